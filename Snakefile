@@ -1,0 +1,23 @@
+# Systematic outliers in large language models (An et al., arXiv 2502.06415), rebuilt from raw weights.
+#
+#   snakemake --cores 2                                  # the default configuration (CPU, no hub)
+#   snakemake --cores 2 --configfile config/paper.yaml   # the paper's models and data (GPUs, hub)
+
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/text.smk"
+
+
+rule all:
+    input:
+        default_targets(),
+    default_target: True

@@ -1,0 +1,50 @@
+# Configuration checks and helpers shared by every rule file.
+
+import os
+import re
+import sys
+from pathlib import Path
+
+# The package lives beside the rules; rule scripts (in any environment) import it from there.
+PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, PACKAGE_DIR)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")]))
+
+from systematic_outliers.config import ConfigError, check_window_length, validate_config
+import json
+
+
+def _validated(config):
+    """The config checked against the schema, or one line on stderr and exit 1 before anything runs."""
+    try:
+        checked = validate_config(config)
+        # once a model's config.json is on disk, its context length is known: check windows now
+        for model in checked["targets"]["models"]:
+            model_config = Path("resources/models") / model / "config.json"
+            if model_config.exists():
+                check_window_length(checked, model, checked["targets"]["corpus"], json.loads(model_config.read_text()))
+    except ConfigError as error:
+        sys.stderr.write(f"config error: {error}\n")
+        sys.exit(1)
+    return checked
+
+
+CONFIG = _validated(config)
+TARGET_MODELS = CONFIG["targets"]["models"]
+TARGET_CORPUS = CONFIG["targets"]["corpus"]
+
+# A hub token is passed on to jobs (also on a cluster) only when the user has set one.
+if "HF_TOKEN" in os.environ:
+
+    envvars:
+        "HF_TOKEN",
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, CONFIG["models"])),
+    corpus="|".join(map(re.escape, CONFIG["corpora"])),
+
+
+def default_targets():
+    """Everything `snakemake` builds without a target; grows with each stage."""
+    return [f"resources/windows/{TARGET_CORPUS}/{model}" for model in TARGET_MODELS]

@@ -1,0 +1,58 @@
+"""Small file helpers: outputs appear whole or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike):
+    """Yield a scratch directory that replaces `target` only if the block succeeds.
+
+    A killed or failing job leaves at most a hidden `.tmp-*` sibling, never a
+    `target` that looks complete.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        yield scratch
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(scratch, target)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch)
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike):
+    """Yield a scratch path in the same folder that is renamed to `target` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, scratch = tempfile.mkstemp(prefix=f".tmp-{target.name}-", suffix=target.suffix, dir=target.parent)
+    os.close(handle)
+    scratch = Path(scratch)
+    try:
+        yield scratch
+        os.replace(scratch, target)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,28 @@
+"""Glue between Snakemake's `script:` directive and the package."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from .config import ConfigError
+from .models import SourceError
+
+
+def run_rule(snakemake, main) -> None:
+    """Run `main(snakemake)` with its output in the rule's log.
+
+    Problems the user can fix (bad config, unreachable source) end as one line on
+    the console and in the log, and exit non-zero; anything else is a bug and keeps
+    its traceback in the log.
+    """
+    console = sys.stderr
+    with open(snakemake.log[0], "w") as log:
+        sys.stdout = sys.stderr = log
+        logging.basicConfig(stream=log, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+        try:
+            main(snakemake)
+        except (ConfigError, SourceError) as error:
+            print(f"error: {error}", file=log)
+            print(f"error: {error}", file=console)
+            sys.exit(1)
