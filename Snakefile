@@ -4,12 +4,15 @@
 #   snakemake --cores 2 --configfile config/paper.yaml   # the paper's models and data (GPUs, hub)
 
 
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default; --configfile FILE deep-merges FILE over it (lists are replaced).
+configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
 include: "workflow/rules/common.smk"

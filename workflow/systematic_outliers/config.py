@@ -150,7 +150,8 @@ def _check_requirement(where: str, value: str, form: str) -> None:
     try:
         requirement = Requirement(value)
     except InvalidRequirement as error:
-        raise ConfigError(f"{where}: {value!r} is not a pip requirement ({error}); write {form}") from None
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"{where}: {value!r} is not a pip requirement ({reason}); write {form}") from None
     if not any(spec.operator in ("==", "===") for spec in requirement.specifier):
         raise ConfigError(f"{where}: {value!r} does not pin a version; write {form} so the run is reproducible")
 
