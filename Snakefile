@@ -21,6 +21,6 @@ include: "workflow/rules/text.smk"
 
 
 rule all:
+    default_target: True
     input:
         default_targets(),
-    default_target: True

@@ -1,17 +1,16 @@
 # Configuration checks and helpers shared by every rule file.
 
+import json
 import os
 import re
 import sys
 from pathlib import Path
 
-# The package lives beside the rules; rule scripts (in any environment) import it from there.
-PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
-sys.path.insert(0, PACKAGE_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")]))
+# The package lives beside the rule scripts, whose folder Snakemake puts on their sys.path
+# in any environment; the Snakefile itself needs only its light config module.
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from systematic_outliers.config import ConfigError, check_window_length, validate_config
-import json
 
 
 def _validated(config):
@@ -22,7 +21,12 @@ def _validated(config):
         for model in checked["targets"]["models"]:
             model_config = Path("resources/models") / model / "config.json"
             if model_config.exists():
-                check_window_length(checked, model, checked["targets"]["corpus"], json.loads(model_config.read_text()))
+                check_window_length(
+                    checked,
+                    model,
+                    checked["targets"]["corpus"],
+                    json.loads(model_config.read_text()),
+                )
     except ConfigError as error:
         sys.stderr.write(f"config error: {error}\n")
         sys.exit(1)

@@ -4,13 +4,13 @@
 rule fetch_model:
     output:
         directory("resources/models/{model}"),
-    params:
-        entry=lambda wildcards: CONFIG["models"][wildcards.model],
     log:
         "results/logs/fetch_model/{model}.log",
     benchmark:
         "results/benchmarks/fetch_model/{model}.tsv"
     conda:
         "../../envs/models.yaml"
+    params:
+        entry=lambda wildcards: CONFIG["models"][wildcards.model],
     script:
         "../scripts/fetch_model.py"

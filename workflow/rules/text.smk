@@ -4,14 +4,14 @@
 rule fetch_corpus:
     output:
         directory("resources/text/{corpus}"),
-    params:
-        entry=lambda wildcards: CONFIG["corpora"][wildcards.corpus],
     log:
         "results/logs/fetch_corpus/{corpus}.log",
     benchmark:
         "results/benchmarks/fetch_corpus/{corpus}.tsv"
     conda:
         "../../envs/text.yaml"
+    params:
+        entry=lambda wildcards: CONFIG["corpora"][wildcards.corpus],
     script:
         "../scripts/fetch_corpus.py"
 
@@ -22,13 +22,13 @@ rule cut_windows:
         model="resources/models/{model}",
     output:
         directory("resources/windows/{corpus}/{model}"),
-    params:
-        config=CONFIG,
     log:
         "results/logs/cut_windows/{corpus}/{model}.log",
     benchmark:
         "results/benchmarks/cut_windows/{corpus}/{model}.tsv"
     conda:
         "../../envs/text.yaml"
+    params:
+        config=CONFIG,
     script:
         "../scripts/cut_windows.py"

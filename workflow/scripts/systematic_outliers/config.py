@@ -14,7 +14,7 @@ import jsonschema
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
 # config.json keys that hold a model's longest sequence, in the order transformers uses them.
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")

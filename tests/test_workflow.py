@@ -1,0 +1,90 @@
+"""The Snakemake workflow as a user drives it: planning, config errors, lint and format."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "1"]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True, env=env, cwd=workdir.parent)
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    lines = output.split("Job stats:")[1].splitlines()[3:]
+    jobs = {}
+    for line in lines:
+        if not line.strip() or line.startswith("total"):
+            break
+        rule, count = line.split()
+        jobs[rule] = int(count)
+    return jobs
+
+
+def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
+    done = snakemake(tmp_path, "-n")
+    assert done.returncode == 0, done.stderr
+    assert planned_jobs(done.stdout) == {"fetch_corpus": 1, "fetch_model": 1, "cut_windows": 1, "all": 1}
+    assert "resources/windows/shakespeare/smollm2-135m" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".snakemake"]
+
+
+def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_path):
+    done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "paper.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert planned_jobs(done.stdout) == {"fetch_corpus": 1, "fetch_model": 12, "cut_windows": 12, "all": 1}
+    assert "resources/windows/redpajama/mixtral-8x7b" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"corpora": {"shakespeare": {"windws": 3}}}, "corpora.shakespeare: unknown key 'windws'; allowed keys:"),
+        ({"corpora": {"shakespeare": {"windows": "many"}}}, "corpora.shakespeare.windows: must be of type integer, got 'many'"),
+        ({"models": {"smollm2-135m": {"source": "ftp:x"}}}, "models.smollm2-135m.source: 'ftp:x' is not valid"),
+        ({"targets": {"models": ["llama2-7b"]}}, "targets.models[0]: unknown model 'llama2-7b'; defined under models: smollm2-135m"),
+    ],
+)
+def test_bad_config_gives_one_line_and_writes_nothing(tmp_path, config, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps(config))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    done = snakemake(workdir, "--configfile", str(bad))
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("config error:")]
+    assert errors == [f"config error: {message}"] or errors[0].startswith(f"config error: {message}")
+    assert len(errors) == 1 and "Traceback" not in done.stderr
+    # nothing but Snakemake's own run log, which it opens before reading the Snakefile
+    written = [p.relative_to(workdir).parts[:2] for p in workdir.rglob("*") if p.is_file()]
+    assert set(written) <= {(".snakemake", "log")}
+
+
+def test_window_longer_than_a_known_context_stops_before_running(tmp_path):
+    model = tmp_path / "resources" / "models" / "smollm2-135m"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 256}))
+    done = snakemake(tmp_path, "-n")
+    assert done.returncode == 1
+    assert (
+        "config error: corpora.shakespeare.window_length: 512 tokens is longer than the context of model 'smollm2-135m' (256); use at most 256"
+        in done.stderr.splitlines()
+    )
+    assert not (tmp_path / ".snakemake").exists()
+
+
+def test_lint_is_clean_and_rules_are_formatted():
+    lint = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
+    assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout + lint.stderr
+    rule_files = ["Snakefile", *map(str, sorted((REPO / "workflow" / "rules").glob("*.smk")))]
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *rule_files], capture_output=True, text=True, cwd=REPO)
+    assert fmt.returncode == 0, fmt.stderr
