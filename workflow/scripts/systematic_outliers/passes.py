@@ -1,0 +1,127 @@
+"""Forward passes that capture: full prompt dumps and streaming corpus statistics.
+
+Both run on CUDA when present, else on the CPU, in the dtype of the model's config
+entry, and record device and dtype in what they write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from . import capture
+from .io import atomic_directory, atomic_file, write_json
+from .models import DTYPES, SourceError
+from .statistics import COLUMNS, CorpusStatistics, token_label
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def free_memory(target: torch.device) -> int:
+    """Bytes free on `target`: the GPU's free memory, or the host's MemAvailable."""
+    if target.type == "cuda":
+        return torch.cuda.mem_get_info(target)[0]
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_fits(name: str, model_dir: Path, target: torch.device) -> None:
+    """Fail before loading when the weights alone exceed the free memory of the device."""
+    weights = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+    free = free_memory(target)
+    if weights > free:
+        raise SourceError(
+            f"models.{name}: its weights need {weights / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free on {target}; "
+            f"use a device with more memory or a smaller models.{name}.dtype"
+        )
+
+
+def load(name: str, entry: dict, model_dir: Path, attention: bool):
+    """Load the fetched model unmodified; the capturing eager attention only when `attention`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = device()
+    check_fits(name, model_dir, target)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir,
+        dtype=DTYPES[entry["dtype"]],
+        attn_implementation=capture.ATTENTION_CAPTURE if attention else "sdpa",
+        trust_remote_code=entry["trust_remote_code"],
+    )
+    capture.architecture_of(model)  # unsupported architectures fail here, before any work
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=entry["trust_remote_code"])
+    return model.to(target).eval(), tokenizer
+
+
+def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: Path, sites=None) -> dict:
+    """Every site at every layer for one short prompt, as full float32 tensors in safetensors.
+
+    Keys are "{site}.{layer}"; the JSON beside it holds the text, token ids and labels.
+    """
+    sites = sites or capture.available_sites(capture.architecture_of(model))
+    input_ids = tokenizer(text, add_special_tokens=add_special_tokens, return_tensors="pt").input_ids
+    tensors = {}
+
+    def keep(site, layer, tensor):
+        tensors[f"{site}.{layer}"] = tensor.float().cpu().clone()  # a copy: layer inputs alias outputs
+
+    with capture.hooks(model, sites, keep), torch.no_grad():
+        logits = model(input_ids.to(model.device)).logits
+    tensors["logits"] = logits[0].float().cpu()
+    record = {
+        "text": text,
+        "add_special_tokens": add_special_tokens,
+        "token_ids": input_ids[0].tolist(),
+        "tokens": [token_label(tokenizer, i) for i in input_ids[0].tolist()],
+        "sites": list(sites),
+        "layers": len(capture.decoder_layers(model, capture.architecture_of(model))),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(model.device),
+        "model_type": model.config.model_type,
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(target) as scratch:
+        save_file(tensors, scratch, metadata={"record": json.dumps(record)})
+    with atomic_file(target.with_suffix(".json")) as scratch:
+        write_json(scratch, record)
+    return record
+
+
+def corpus_statistics(model, tokenizer, windows_dir: Path, target: Path, top_k: int = 8, limit: int | None = None) -> dict:
+    """Stream the windows through the model once; write the statistics tables to folder `target`."""
+    input_ids = load_file(Path(windows_dir) / "input_ids.safetensors")["input_ids"]
+    if limit:
+        input_ids = input_ids[:limit]
+    sites = capture.available_sites(capture.architecture_of(model))
+    statistics = CorpusStatistics(tokenizer, top_k=top_k)
+    with capture.hooks(model, sites, statistics), torch.no_grad():
+        for window, ids in enumerate(tqdm(input_ids, desc="windows", unit="window")):
+            statistics.start_window(window, ids)
+            model(ids[None].to(model.device), use_cache=False)
+            statistics.finish_window()
+    tables = statistics.tables()
+    manifest = {
+        "windows": int(input_ids.shape[0]),
+        "window_length": int(input_ids.shape[1]),
+        "sites": list(sites),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(model.device),
+        "model_type": model.config.model_type,
+        "top_k": top_k,
+        "tables": {name: COLUMNS[name] for name in tables},
+    }
+    with atomic_directory(target) as staging:
+        for name, table in tables.items():
+            table.to_parquet(staging / f"{name}.parquet", index=False)
+        write_json(staging / "manifest.json", manifest)
+    return manifest

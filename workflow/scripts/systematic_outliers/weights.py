@@ -1,0 +1,91 @@
+"""Weight statistics, read one tensor at a time from safetensors (no forward pass, no model).
+
+For every matrix inside a decoder layer (attention and MLP linears; Mixtral's 3-D expert
+tensors one expert at a time), with |W| laid out as [output rows, input columns]:
+column ratio r_col[j] = max_i |W_ij| / mean_i |W_ij| (j is an input channel, for the
+down-projection an intermediate channel) and row ratio r_row[i] = max_j |W_ij| / mean_j |W_ij|.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+
+from .capture import ARCHITECTURES, UnsupportedModel
+
+EPSILON = 1e-8  # as the official code, so an all-zero column has ratio 0, not NaN
+TOP = 3
+
+COLUMNS = {
+    "layer": "decoder layer, 0-based",
+    "module": "module path inside the layer (experts as mlp.experts.down_proj[e])",
+    "rows": "output channels",
+    "columns": "input channels",
+    "max_abs": "max |W|",
+    "mean_abs": "mean |W|",
+    "column_ratio": "max over columns of max|W[:, j]| / mean|W[:, j]|",
+    "top_columns": f"the {TOP} columns with the largest ratio, largest first",
+    "top_column_rows": f"the {TOP} rows with the largest |W| in the top column: the output channels it writes",
+    "row_ratio": "max over rows of max|W[i, :]| / mean|W[i, :]|",
+    "top_rows": f"the {TOP} rows with the largest ratio, largest first",
+    "max_ratio": "max(column_ratio, row_ratio), the quantity of the paper's Fig 5a",
+}
+
+
+def _layer_pattern(layers_path: str) -> re.Pattern:
+    # tensor names may lack the leading model prefix (e.g. GPT-2's legacy "h.0.attn...")
+    last = re.escape(layers_path.split(".")[-1])
+    return re.compile(rf"^(?:.*\.)?{last}\.(\d+)\.(.+)\.weight$|^(?:.*\.)?{last}\.(\d+)\.(.+experts\.\w+)$")
+
+
+def matrix_row(layer: int, module: str, weight: torch.Tensor) -> dict:
+    magnitude = weight.abs().float()
+    column_ratio = magnitude.amax(dim=0) / (magnitude.mean(dim=0) + EPSILON)
+    row_ratio = magnitude.amax(dim=1) / (magnitude.mean(dim=1) + EPSILON)
+    top_columns = column_ratio.topk(min(TOP, column_ratio.numel())).indices
+    top_rows = row_ratio.topk(min(TOP, row_ratio.numel())).indices
+    writes = magnitude[:, top_columns[0]].topk(min(TOP, magnitude.shape[0])).indices
+    return {
+        "layer": layer,
+        "module": module,
+        "rows": magnitude.shape[0],
+        "columns": magnitude.shape[1],
+        "max_abs": magnitude.max().item(),
+        "mean_abs": magnitude.mean().item(),
+        "column_ratio": column_ratio.max().item(),
+        "top_columns": top_columns.tolist(),
+        "top_column_rows": writes.tolist(),
+        "row_ratio": row_ratio.max().item(),
+        "top_rows": top_rows.tolist(),
+        "max_ratio": max(column_ratio.max().item(), row_ratio.max().item()),
+    }
+
+
+def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
+    model_dir = Path(model_dir)
+    model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
+    if model_type not in ARCHITECTURES:
+        raise UnsupportedModel(f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}")
+    architecture = ARCHITECTURES[model_type]
+    pattern = _layer_pattern(architecture.layers)
+    rows = []
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as handle:
+            for name in handle.keys():
+                match = pattern.match(name)
+                if not match:
+                    continue
+                layer, module = (int(match[1]), match[2]) if match[1] else (int(match[3]), match[4])
+                weight = handle.get_tensor(name)
+                if weight.dim() == 2:
+                    rows.append(matrix_row(layer, module, weight.T if architecture.weights_transposed else weight))
+                elif weight.dim() == 3:  # experts stacked as [experts, rows, columns]
+                    rows.extend(matrix_row(layer, f"{module}[{e}]", weight[e]) for e in range(weight.shape[0]))
+    if not rows:
+        raise UnsupportedModel(f"{model_dir}: no decoder-layer weights found under {architecture.layers!r}")
+    return pd.DataFrame(rows, columns=list(COLUMNS)).sort_values(["layer", "module"], kind="stable").reset_index(drop=True)
