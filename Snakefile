@@ -18,6 +18,7 @@ configfile: Path(workflow.basedir) / "config" / "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/text.smk"
+include: "workflow/rules/capture.smk"
 
 
 rule all:

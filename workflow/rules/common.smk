@@ -47,8 +47,21 @@ if "HF_TOKEN" in os.environ:
 wildcard_constraints:
     model="|".join(map(re.escape, CONFIG["models"])),
     corpus="|".join(map(re.escape, CONFIG["corpora"])),
+    prompt="|".join(map(re.escape, CONFIG["prompts"])),
+
+
+def capture_outputs(model):
+    """What the capture stage writes for one model: prompt dumps, corpus and weight statistics."""
+    return [
+        *(
+            f"results/capture/{model}/prompts/{prompt}.safetensors"
+            for prompt in CONFIG["prompts"]
+        ),
+        f"results/capture/{model}/stats/{TARGET_CORPUS}",
+        f"results/capture/{model}/weights.parquet",
+    ]
 
 
 def default_targets():
     """Everything `snakemake` builds without a target; grows with each stage."""
-    return [f"resources/windows/{TARGET_CORPUS}/{model}" for model in TARGET_MODELS]
+    return [path for model in TARGET_MODELS for path in capture_outputs(model)]

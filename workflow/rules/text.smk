@@ -29,6 +29,7 @@ rule cut_windows:
     conda:
         "../../envs/text.yaml"
     params:
-        config=CONFIG,
+        model_entry=lambda wildcards: CONFIG["models"][wildcards.model],
+        corpus_entry=lambda wildcards: CONFIG["corpora"][wildcards.corpus],
     script:
         "../scripts/cut_windows.py"

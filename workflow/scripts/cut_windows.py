@@ -12,7 +12,8 @@ from systematic_outliers.text import cut_windows, write_windows
 
 
 def main(snakemake):
-    config, model, corpus = snakemake.params.config, snakemake.wildcards.model, snakemake.wildcards.corpus
+    model, corpus = snakemake.wildcards.model, snakemake.wildcards.corpus
+    config = {"models": {model: snakemake.params.model_entry}, "corpora": {corpus: snakemake.params.corpus_entry}}
     model_dir = Path(snakemake.input.model)
     check_window_length(config, model, corpus, json.loads((model_dir / "config.json").read_text()))
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=config["models"][model]["trust_remote_code"])

@@ -58,6 +58,7 @@ class Architecture:
     layers: str  # path of the ModuleList of decoder layers
     taps: dict[str, Tap]
     attention: str | None = None  # attention module inside a layer; None: no attention capture
+    probs_from_output: bool = False  # attention code of its own that returns the probabilities: no logits
     weights_transposed: bool = False  # GPT-2's Conv1D stores [in, out]
     notes: str = ""
 
@@ -175,6 +176,27 @@ ARCHITECTURES: dict[str, Architecture] = {
         },
         attention="self_attn",
     ),
+    # MPT has its own (ALiBi) attention code, which always returns its probabilities.
+    "mpt": Architecture(
+        "transformer.blocks",
+        {
+            "layer_input": Tap("", "input"),
+            "attn_norm_output": Tap("norm_1"),
+            "query": Tap("attn.Wqkv", part=(0, 3)),
+            "key": Tap("attn.Wqkv", part=(1, 3)),
+            "value": Tap("attn.Wqkv", part=(2, 3)),
+            "attn_residual": Tap("norm_2", "input"),
+            "mlp_norm_output": Tap("norm_2"),
+            "up_output": Tap("ffn.up_proj"),
+            "act_output": Tap("ffn.act"),
+            "down_proj_input": Tap("ffn.down_proj", "input"),
+            "down_proj_output": Tap("ffn.down_proj"),
+            "layer_output": Tap(""),
+        },
+        attention="attn",
+        probs_from_output=True,
+        notes="no attention logits",
+    ),
     # Falcon has its own attention code (no eager_attention_forward) and a fused multi-query
     # projection; its residual, norm and MLP sites are captured, attention is not.
     "falcon": Architecture(
@@ -208,7 +230,9 @@ def architecture_of(model) -> Architecture:
 
 
 def available_sites(architecture: Architecture) -> tuple[str, ...]:
-    have = set(architecture.taps) | (set(ATTENTION_SITES) if architecture.attention else set())
+    have = set(architecture.taps)
+    if architecture.attention:
+        have |= {"attn_probs"} if architecture.probs_from_output else set(ATTENTION_SITES)
     return tuple(site for site in SITES if site in have)
 
 
@@ -267,7 +291,12 @@ def hooks(model, sites, sink):
             else:
                 handles.append(module.register_forward_hook(lambda module, args, output, emit=emit: emit(_first_tensor(output))))
         wanted = tuple(s for s in sites if s in ATTENTION_SITES)
-        if wanted:
+        if wanted and architecture.probs_from_output:
+            def emit_probs(module, args, output, layer_index=layer_index):
+                sink("attn_probs", layer_index, output[1][0].detach())  # returns None: the output stays as it is
+
+            handles.append(layer.get_submodule(architecture.attention).register_forward_hook(emit_probs))
+        elif wanted:
             if model.config._attn_implementation != ATTENTION_CAPTURE:
                 raise UnsupportedModel(f"attention sites need the model loaded with attn_implementation={ATTENTION_CAPTURE!r}")
             attention = layer.get_submodule(architecture.attention)

@@ -82,6 +82,8 @@ def validate_config(config: dict) -> dict:
     config = copy.deepcopy(config)
     _fill_defaults(config["models"], schema["properties"]["models"]["additionalProperties"])
     _fill_defaults(config["corpora"], schema["properties"]["corpora"]["additionalProperties"])
+    _fill_defaults(config["prompts"], schema["properties"]["prompts"]["additionalProperties"])
+    _fill_defaults({"statistics": config.setdefault("statistics", {})}, schema["properties"]["statistics"])
 
     for name, model in config["models"].items():
         _check_model_source(f"models.{name}", model)

@@ -52,13 +52,20 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool):
 
     target = device()
     check_fits(name, model_dir, target)
+    model_type = json.loads((Path(model_dir) / "config.json").read_text())["model_type"]
+    architecture = capture.ARCHITECTURES.get(model_type)
+    if architecture is None:  # fail before loading, with the list of what is supported
+        raise capture.UnsupportedModel(
+            f"models.{name}: architecture {model_type!r} is not supported for capture; supported: {', '.join(sorted(capture.ARCHITECTURES))}"
+        )
+    # attention code of the model's own (MPT, Falcon) shows its probabilities without help
+    eager = capture.ATTENTION_CAPTURE if architecture.attention and not architecture.probs_from_output else "eager"
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,
         dtype=DTYPES[entry["dtype"]],
-        attn_implementation=capture.ATTENTION_CAPTURE if attention else "sdpa",
+        attn_implementation=eager if attention else "sdpa",
         trust_remote_code=entry["trust_remote_code"],
     )
-    capture.architecture_of(model)  # unsupported architectures fail here, before any work
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=entry["trust_remote_code"])
     return model.to(target).eval(), tokenizer
 
@@ -97,13 +104,18 @@ def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: P
     return record
 
 
+def statistics_sites(model) -> tuple[str, ...]:
+    """Every site of the model but the attention logits, which no statistic reads."""
+    return tuple(s for s in capture.available_sites(capture.architecture_of(model)) if s != "attn_logits")
+
+
 def corpus_statistics(model, tokenizer, windows_dir: Path, target: Path, top_k: int = 8, limit: int | None = None) -> dict:
     """Stream the windows through the model once; write the statistics tables to folder `target`."""
     input_ids = load_file(Path(windows_dir) / "input_ids.safetensors")["input_ids"]
     if limit:
         input_ids = input_ids[:limit]
-    sites = capture.available_sites(capture.architecture_of(model))
-    statistics = CorpusStatistics(tokenizer, top_k=top_k)
+    sites = statistics_sites(model)
+    statistics = CorpusStatistics(tokenizer, windows=len(input_ids), top_k=top_k)
     with capture.hooks(model, sites, statistics), torch.no_grad():
         for window, ids in enumerate(tqdm(input_ids, desc="windows", unit="window")):
             statistics.start_window(window, ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from .capture import UnsupportedModel
 from .config import ConfigError
 from .models import SourceError
 
@@ -22,7 +23,7 @@ def run_rule(snakemake, main) -> None:
         logging.basicConfig(stream=log, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
         try:
             main(snakemake)
-        except (ConfigError, SourceError) as error:
+        except (ConfigError, SourceError, UnsupportedModel) as error:
             print(f"error: {error}", file=log)
             print(f"error: {error}", file=console)
             sys.exit(1)

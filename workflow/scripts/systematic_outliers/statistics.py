@@ -15,6 +15,7 @@ Definitions (paper/FIGURES.md §2.1):
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -23,7 +24,8 @@ from .capture import ATTENTION_SITES
 PAPER_RATIO = 1000.0  # × mean |x|
 SUN_RATIO, SUN_FLOOR = 1000.0, 100.0  # × median |x|, and an absolute floor
 ATTENTION_SHARE = 0.1  # × window length
-TOKEN_MAX_SITES = ("layer_output", "down_proj_input")
+# Sites that also get the median, per-token maxima and outlier tokens (they need |x| in full).
+TOKEN_SITES = ("attn_residual", "down_proj_input", "layer_output")
 
 STRONG_DELIMITERS = set(". <0x0A> , ; : ! ? - -- --- ' \" ( ) [ ] { } / \\ | * & ^ % $ # @ ~ `".split())
 WEAK_SEMANTIC = set("and from of 1 2 3 4 5 6 7 8 9 the a an in on at for with is was are were to by as that this it but or if not".split()) | {""}
@@ -37,7 +39,7 @@ COLUMNS = {
         "layer": "decoder layer, 0-based",
         "site": "capture site (capture.SITES)",
         "mean_abs": "mean |x| over the window's tokens × channels",
-        "median_abs": "median |x| (lower median) over tokens × channels",
+        "median_abs": f"median |x| (lower median) over tokens × channels; only for {', '.join(TOKEN_SITES)}",
         "max_abs": "max |x|",
     },
     "topk": {
@@ -49,14 +51,12 @@ COLUMNS = {
         "token_id": "token id at that position",
     },
     "channel_max": {
-        "layer": "", "site": "", "channel": "",
-        "max_abs": "max |x| of this channel over every token of every window",
+        "layer": "", "site": "",
+        "max_abs": "list: max_abs[channel] is the max |x| of that channel over every token of every window",
     },
     "token_max": {
-        "window": "", "layer": "", "site": f"one of {', '.join(TOKEN_MAX_SITES)}",
-        "position": "", "token_id": "",
-        "max_abs": "max |x| over channels at this token",
-        "channel": "channel of that maximum",
+        "window": "", "layer": "", "site": f"one of {', '.join(TOKEN_SITES)}",
+        "max_abs": "list: max_abs[position] is the max |x| over channels at that token",
     },
     "activation_outliers": {
         "window": "", "layer": "", "site": "", "position": "", "token_id": "",
@@ -92,6 +92,17 @@ COLUMNS = {
 }
 
 
+def lower_median(values: torch.Tensor) -> torch.Tensor:
+    """torch.median of all values (the lower median). On the CPU through numpy's in-place
+    introselect, several times faster than torch's there: it reorders `values`."""
+    if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
+        return values.median()
+    flat = values.numpy().reshape(-1)
+    index = (flat.size - 1) // 2
+    flat.partition(index)
+    return torch.tensor(flat[index])
+
+
 def token_label(tokenizer, token_id: int) -> str:
     """The token decoded alone, with a newline shown as \\n (for tables and axis labels)."""
     return tokenizer.decode([int(token_id)]).replace("\n", "\\n")
@@ -109,84 +120,131 @@ def token_class(position: int, text: str) -> str:
 
 
 class CorpusStatistics:
-    """Sink for `capture.hooks` that keeps per-window reductions of every site."""
+    """Sink for `capture.hooks` that keeps per-window reductions of every site.
 
-    def __init__(self, tokenizer, top_k: int = 8):
-        self.tokenizer, self.top_k = tokenizer, top_k
-        self.rows = {name: [] for name in COLUMNS if name != "channel_max"}
+    Every site gets mean, max, top-k (found among the k tokens with the largest maxima,
+    where the k largest entries must lie) and per-channel maxima, from cheap signed
+    reductions. The residual-stream and down-projection sites (TOKEN_SITES) also get the
+    median, per-token maxima and outlier tokens, which need |x| in full.
+    """
+
+    def __init__(self, tokenizer, windows: int, top_k: int = 8):
+        self.tokenizer, self.windows, self.top_k = tokenizer, windows, top_k
+        self.rows = {name: [] for name in COLUMNS if name not in ("channel_max", "token_max")}
         self.channel_max: dict[tuple[int, str], torch.Tensor] = {}
-        self.window = None
+        # [windows, tokens] per (layer, site), allocated in the first window: small arrays kept
+        # across windows would otherwise pin the C heap between large transient ones, and the
+        # process would grow with every window
+        self.token_max: dict[tuple[int, str], np.ndarray] = {}
+        self.labels: dict[int, str] = {}
+        self.buffers: dict[tuple, torch.Tensor] = {}
 
-    # -- per window ------------------------------------------------------------------------
+    # -- per window, inside the hooks ------------------------------------------------------
     def start_window(self, window: int, input_ids: torch.Tensor) -> None:
-        self.window, self.input_ids = window, input_ids.flatten().tolist()
-        self.pending = []  # (layer, site, reductions on the device)
+        self.window, self.input_ids = window, input_ids.flatten()
+        self.pending = []  # (layer, site, width, {name: reduction on the device})
         self.received = {}  # layer -> [heads, keys] attention received
 
     def __call__(self, site: str, layer: int, tensor: torch.Tensor) -> None:
-        if site == "attn_probs":  # [heads, queries, keys] -> attention each key receives per head
-            self.received[layer] = tensor.float().sum(dim=1)
+        if site == "attn_probs":  # [heads, queries, keys] -> attention each key receives, per head
+            self.received[layer] = tensor.sum(dim=1, dtype=torch.float32)
             return
         if site in ATTENTION_SITES:
             return
-        magnitude = tensor.reshape(tensor.shape[0], -1).abs().float()
-        flat = magnitude.flatten()
-        token_max, token_channel = magnitude.max(dim=1)
-        top_values, top_index = flat.topk(min(self.top_k, flat.numel()))
-        channel_max = magnitude.amax(dim=0)
+        x = tensor.reshape(tensor.shape[0], -1)
+        tokens, width = x.shape
+        if site in TOKEN_SITES:
+            magnitude = torch.abs(x, out=self._buffer(x))  # a reused buffer: allocating |x| costs more than the maths
+            token_max, channel_max, mean = magnitude.amax(dim=1), magnitude.amax(dim=0), magnitude.mean(dtype=torch.float32)
+        else:  # signed reductions need no |x| at all
+            token_max = torch.maximum(x.amax(dim=1), -x.amin(dim=1))
+            channel_max = torch.maximum(x.amax(dim=0), -x.amin(dim=0))
+            mean = torch.linalg.vector_norm(x, ord=1, dtype=torch.float32) / x.numel()
+        # the k largest entries lie among the k tokens with the largest maxima
+        rows = token_max.topk(min(self.top_k, tokens)).indices
+        top_values, top_flat = x[rows].abs().flatten().topk(min(self.top_k, rows.numel() * width))
+        reduced = {
+            "mean": mean,
+            "max": token_max.max(),
+            "top_values": top_values,
+            "top_position": rows[top_flat // width],
+            "top_channel": top_flat % width,
+        }
+        if site in TOKEN_SITES:
+            median = lower_median(magnitude)  # last: on the CPU it reorders the buffer in place
+            flagged = torch.nonzero((token_max > PAPER_RATIO * mean) | ((token_max > SUN_FLOOR) & (token_max > SUN_RATIO * median)))
+            flagged = flagged.flatten()
+            reduced.update(
+                median=median,
+                token_max=token_max,
+                flagged=flagged,
+                flagged_channel=x[flagged].abs().argmax(dim=1),
+            )
         key = (layer, site)
-        self.channel_max[key] = channel_max if key not in self.channel_max else torch.maximum(self.channel_max[key], channel_max)
-        scalars = torch.stack([flat.mean(), flat.median(), top_values[0]])
-        self.pending.append((layer, site, magnitude.shape[1], scalars, token_max, token_channel, top_values, top_index))
+        if key in self.channel_max:  # in place: nothing long-lived is reallocated per window
+            torch.maximum(self.channel_max[key], channel_max, out=self.channel_max[key])
+        else:
+            self.channel_max[key] = channel_max.float()
+        self.pending.append((layer, site, reduced))
 
+    def _buffer(self, like: torch.Tensor) -> torch.Tensor:
+        key = (tuple(like.shape), like.dtype, like.device)
+        if key not in self.buffers:
+            self.buffers[key] = torch.empty_like(like)
+        return self.buffers[key]
+
+    # -- per window, after the forward pass ------------------------------------------------
     def finish_window(self) -> None:
-        """Move this window's reductions to the host (one transfer) and turn them into rows."""
-        pending = [(layer, site, width, *(t.cpu() for t in tensors)) for layer, site, width, *tensors in self.pending]
-        for layer, site, width, scalars, token_max, token_channel, top_values, top_index in pending:
-            self._site_rows(layer, site, width, scalars.tolist(), token_max, token_channel, top_values, top_index)
-        self._attention_rows({layer: received.cpu() for layer, received in self.received.items()})
+        """Move this window's reductions to the host and turn them into rows."""
+        ids = self.input_ids.tolist()
+        for layer, site, reductions in self.pending:
+            self._site_rows(layer, site, {name: value.cpu() for name, value in reductions.items()}, ids)
+        self._attention_rows({layer: received.cpu() for layer, received in self.received.items()}, ids)
         self.pending, self.received = [], {}
 
-    def _site_rows(self, layer, site, width, scalars, token_max, token_channel, top_values, top_index):
-        window, ids = self.window, self.input_ids
-        mean, median, largest = scalars
-        self.rows["sites"].append((window, layer, site, mean, median, largest))
-        for rank, (value, index) in enumerate(zip(top_values.tolist(), top_index.tolist()), start=1):
-            position = index // width
-            self.rows["topk"].append((window, layer, site, rank, value, position, index % width, ids[position]))
-        if site in TOKEN_MAX_SITES:
-            for position, (value, channel) in enumerate(zip(token_max.tolist(), token_channel.tolist())):
-                self.rows["token_max"].append((window, layer, site, position, ids[position], value, channel))
-        paper = token_max > PAPER_RATIO * mean
-        sun = (token_max > SUN_FLOOR) & (token_max > SUN_RATIO * median)
-        for position in torch.nonzero(paper | sun).flatten().tolist():
-            text = token_label(self.tokenizer, ids[position])
-            value = token_max[position].item()
+    def label(self, token_id: int) -> str:
+        if token_id not in self.labels:
+            self.labels[token_id] = token_label(self.tokenizer, token_id)
+        return self.labels[token_id]
+
+    def _site_rows(self, layer, site, reduced, ids):
+        window, mean = self.window, reduced["mean"].item()
+        median = reduced["median"].item() if "median" in reduced else float("nan")
+        self.rows["sites"].append((window, layer, site, mean, median, reduced["max"].item()))
+        top = zip(reduced["top_values"].tolist(), reduced["top_position"].tolist(), reduced["top_channel"].tolist())
+        for rank, (value, position, channel) in enumerate(top, start=1):
+            self.rows["topk"].append((window, layer, site, rank, float(value), position, channel, ids[position]))
+        if site not in TOKEN_SITES:
+            return
+        token_max = reduced["token_max"].float()
+        if (layer, site) not in self.token_max:
+            self.token_max[layer, site] = np.full((self.windows, len(token_max)), np.nan, dtype=np.float32)
+        self.token_max[layer, site][window] = token_max.numpy()
+        for position, channel in zip(reduced["flagged"].tolist(), reduced["flagged_channel"].tolist()):
+            text, value = self.label(ids[position]), token_max[position].item()
             self.rows["activation_outliers"].append(
-                (window, layer, site, position, ids[position], text, token_class(position, text), value,
-                 token_channel[position].item(), value / mean if mean else float("inf"),
-                 value / median if median else float("inf"), bool(paper[position]), bool(sun[position]))
+                (window, layer, site, position, ids[position], text, token_class(position, text), value, channel,
+                 value / mean if mean else float("inf"), value / median if median else float("inf"),
+                 value > PAPER_RATIO * mean, value > SUN_FLOOR and value > SUN_RATIO * median)
             )
 
-    def _attention_rows(self, received: dict[int, torch.Tensor]) -> None:
+    def _attention_rows(self, received: dict[int, torch.Tensor], ids) -> None:
         if not received:
             return
-        window, ids = self.window, self.input_ids
-        length = len(ids)
-        threshold = ATTENTION_SHARE * length
+        window, threshold = self.window, ATTENTION_SHARE * len(ids)
         outlier_keys = set()
         for layer, per_head in sorted(received.items()):
             cumulative = per_head.mean(dim=0)
-            ranked = cumulative.argsort(descending=True, stable=True).tolist()
-            over = [p for p in ranked if cumulative[p] >= threshold]
-            outlier_keys.update(over)
+            ranked = cumulative.argsort(descending=True, stable=True)
+            over = int((cumulative >= threshold).sum())
+            outlier_keys.update(ranked[:over].tolist())
             top = cumulative[ranked[:2]].tolist() + [float("nan")]
-            self.rows["attention_layers"].append((window, layer, top[0], top[1], cumulative.median().item(), threshold, len(over)))
-            for rank, position in enumerate(ranked[: max(self.top_k, len(over))], start=1):
-                text = token_label(self.tokenizer, ids[position])
+            self.rows["attention_layers"].append((window, layer, top[0], top[1], cumulative.median().item(), threshold, over))
+            shown = ranked[: max(self.top_k, over)].tolist()
+            for rank, (position, value) in enumerate(zip(shown, cumulative[shown].tolist()), start=1):
+                text = self.label(ids[position])
                 self.rows["attention_keys"].append(
-                    (window, layer, rank, position, ids[position], text, token_class(position, text),
-                     cumulative[position].item(), position in over)
+                    (window, layer, rank, position, ids[position], text, token_class(position, text), value, rank <= over)
                 )
         keys = sorted(outlier_keys)
         label = " ".join(map(str, keys))
@@ -197,11 +255,16 @@ class CorpusStatistics:
 
     # -- results ---------------------------------------------------------------------------
     def tables(self) -> dict[str, pd.DataFrame]:
-        tables = {name: pd.DataFrame(rows, columns=list(COLUMNS[name])) for name, rows in self.rows.items()}
-        channel_rows = [
-            (layer, site, channel, value)
-            for (layer, site), maxima in sorted(self.channel_max.items())
-            for channel, value in enumerate(maxima.cpu().tolist())
-        ]
-        tables["channel_max"] = pd.DataFrame(channel_rows, columns=list(COLUMNS["channel_max"]))
+        tables = {}
+        for name, rows in self.rows.items():
+            tables[name] = pd.DataFrame(rows, columns=list(COLUMNS[name]))
+        # one list per row keeps these tables small (the paper's setup has ~40M token maxima)
+        tables["token_max"] = pd.DataFrame(
+            [(window, layer, site, maxima[window]) for (layer, site), maxima in sorted(self.token_max.items()) for window in range(self.windows)],
+            columns=list(COLUMNS["token_max"]),
+        ).sort_values(["window", "layer", "site"], kind="stable", ignore_index=True)
+        tables["channel_max"] = pd.DataFrame(
+            [(layer, site, maxima.cpu().numpy()) for (layer, site), maxima in sorted(self.channel_max.items())],
+            columns=list(COLUMNS["channel_max"]),
+        )
         return tables

@@ -1,0 +1,277 @@
+"""Capture on unmodified models: identical logits, the right tensors, planted outliers found exactly."""
+
+import json
+import subprocess
+import sys
+import types
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import REPO, TINY_CONFIGS, tiny_model
+from systematic_outliers import capture, passes
+from systematic_outliers.statistics import token_class
+from systematic_outliers.weights import weight_statistics
+
+PROMPT_IDS = torch.tensor([[5, 17, 42, 8, 63, 17, 30, 8, 2]])
+LABELS = types.SimpleNamespace(decode=lambda ids: {8: ".", 2: "\n", 30: "the"}.get(ids[0], f"w{ids[0]}"))
+
+
+def capturing(model):
+    """The model with the attention implementation the capture rules load it with."""
+    if not capture.architecture_of(model).probs_from_output:
+        model.set_attn_implementation(capture.ATTENTION_CAPTURE)
+    return model
+
+
+@pytest.mark.parametrize("architecture", sorted(TINY_CONFIGS))
+def test_hooked_and_unhooked_logits_are_identical(architecture):
+    model = tiny_model(architecture)
+    with torch.no_grad():
+        plain = model(PROMPT_IDS).logits
+    capturing(model)
+    seen = {}
+    sites = capture.available_sites(capture.architecture_of(model))
+    with capture.hooks(model, sites, lambda site, layer, tensor: seen.setdefault((site, layer), tensor.clone())), torch.no_grad():
+        hooked = model(PROMPT_IDS).logits
+    assert torch.equal(plain, hooked)
+    assert set(seen) == {(site, layer) for site in sites for layer in range(2)}
+    with torch.no_grad():  # hooks are gone afterwards
+        assert torch.equal(model(PROMPT_IDS).logits, plain)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "gpt_neox", "opt"])
+def test_sites_are_the_tensors_they_name(architecture):
+    model = capturing(tiny_model(architecture))
+    seen = {}
+    sites = capture.available_sites(capture.architecture_of(model))
+    with capture.hooks(model, sites, lambda site, layer, tensor: seen.setdefault((site, layer), tensor.clone())), torch.no_grad():
+        hidden = model(PROMPT_IDS, output_hidden_states=True).hidden_states
+    tokens = PROMPT_IDS.shape[1]
+    assert torch.equal(seen["layer_input", 0], hidden[0][0])
+    assert torch.equal(seen["layer_output", 0], hidden[1][0])  # the last entry is after the final norm
+    assert torch.equal(seen["layer_input", 1], seen["layer_output", 0])
+    probs, logits = seen["attn_probs", 1], seen["attn_logits", 1]
+    assert probs.shape == (model.config.num_attention_heads, tokens, tokens)
+    assert torch.allclose(probs.sum(-1), torch.ones(probs.shape[:2]), atol=1e-5)
+    assert torch.allclose(torch.softmax(logits, -1), probs, atol=1e-6)
+    assert torch.all(probs.triu(1) == 0)  # causal
+    assert seen["query", 0].shape[:2] == (tokens, model.config.num_attention_heads)
+    if "gate_output" in sites:
+        act = model.config.hidden_act
+        assert torch.allclose(seen["down_proj_input", 0], seen["act_output", 0] * seen["up_output", 0])
+        assert act == "silu" and torch.allclose(seen["act_output", 0], torch.nn.functional.silu(seen["gate_output", 0]))
+    else:
+        assert torch.equal(seen["down_proj_input", 0], seen["act_output", 0])
+
+
+OUTPUT_PROJECTION = {"llama": "self_attn.o_proj", "gpt2": "attn.c_proj", "gpt_neox": "attention.dense", "opt": "self_attn.out_proj"}
+
+
+@pytest.mark.parametrize("architecture", sorted(OUTPUT_PROJECTION))
+def test_value_and_probabilities_are_what_attention_combines(architecture):
+    """probs @ value, heads merged, is the input of the attention's output projection:
+    this checks the head split of (fused) value projections and the captured probabilities."""
+    model = capturing(tiny_model(architecture))
+    seen = {}
+    projection = model.get_submodule(capture.architecture_of(model).layers)[1].get_submodule(OUTPUT_PROJECTION[architecture])
+    merged = []
+    handle = projection.register_forward_pre_hook(lambda module, args: merged.append(args[0][0].clone()))
+    with capture.hooks(model, ("value", "attn_probs"), lambda s, l, t: seen.setdefault((s, l), t.clone())), torch.no_grad():
+        model(PROMPT_IDS)
+    handle.remove()
+    probs, value = seen["attn_probs", 1], seen["value", 1].transpose(0, 1)  # [heads, tokens, head_dim]
+    value = value.repeat_interleave(probs.shape[0] // value.shape[0], dim=0)
+    combined = (probs @ value).transpose(0, 1).reshape(PROMPT_IDS.shape[1], -1)
+    assert torch.allclose(combined, merged[0], atol=1e-6)
+
+
+def test_unsupported_architecture_and_site_say_what_is_supported():
+    import transformers
+
+    bloom = transformers.AutoModelForCausalLM.from_config(transformers.BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=96))
+    with pytest.raises(capture.UnsupportedModel, match=r"architecture 'bloom' is not supported for capture; supported: .*gpt2.*llama"):
+        capture.architecture_of(bloom)
+    falcon = transformers.AutoModelForCausalLM.from_config(
+        transformers.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=96)
+    )
+    with pytest.raises(capture.UnsupportedModel, match=r"falcon has no capture site attn_probs; it has layer_input"):
+        with capture.hooks(falcon, ("attn_probs",), print):
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Planted outliers: a tiny Llama whose weights create one massive activation, one weight
+# outlier and one attention sink at known places. The sink sits before the massive activation:
+# in a random tiny model any large channel swamps every token's norm output.
+
+MASSIVE_TOKEN, EMBED_CHANNEL = 61, 3  # the token that triggers everything, and its marker channel
+MLP_LAYER, DOWN_COLUMN, OUTPUT_CHANNEL = 2, 37, 20  # layer, intermediate channel, residual channel
+SINK_LAYER = 1
+
+
+def planted_model():
+    model = tiny_model("llama", num_hidden_layers=4, attention_bias=True, intermediate_size=64)
+    head_dim = model.config.head_dim
+    low_frequency = head_dim // 2 - 1  # the rotary pair that barely rotates over a few dozen positions
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        embed[:, EMBED_CHANNEL] = 0.0
+        embed[MASSIVE_TOKEN, EMBED_CHANNEL] = 5.0
+        mlp = model.model.layers[MLP_LAYER].mlp
+        mlp.gate_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = 3.0
+        mlp.up_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = 3.0
+        mlp.down_proj.weight[OUTPUT_CHANNEL, DOWN_COLUMN] = 40.0
+        attention = model.model.layers[SINK_LAYER].self_attn
+        for head in range(model.config.num_attention_heads):
+            attention.q_proj.bias[head * head_dim + low_frequency] = 12.0
+        for head in range(model.config.num_key_value_heads):
+            attention.k_proj.weight[head * head_dim + low_frequency, :] = 0.0
+            attention.k_proj.weight[head * head_dim + low_frequency, EMBED_CHANNEL] = 4.0
+    return capturing(model.eval())
+
+
+def planted_windows(tmp_path, count=3, length=48):
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 60, (count, length), generator=generator)  # never the massive token...
+    ids[:, 0] = MASSIVE_TOKEN  # ...except at the start of every window
+    ids[1, 0], ids[1, 9] = 4, MASSIVE_TOKEN  # and in window 1 at position 9 instead
+    save_file({"input_ids": ids}, tmp_path / "input_ids.safetensors")
+    return ids
+
+
+def test_planted_outliers_are_found_exactly(tmp_path):
+    model = planted_model()
+    planted_windows(tmp_path)
+    manifest = passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / "stats")
+    stats = {name: pd.read_parquet(tmp_path / "stats" / f"{name}.parquet") for name in manifest["tables"]}
+    expected_position = {0: 0, 1: 9, 2: 0}
+
+    # the massive activation: from the planted layer on, at the planted token and channel
+    outliers = stats["activation_outliers"].query("site == 'layer_output' and paper_rule")
+    assert sorted(outliers.layer.unique()) == list(range(MLP_LAYER, 4))
+    assert {(r.window, r.position, r.channel) for r in outliers.itertuples()} == {
+        (w, p, OUTPUT_CHANNEL) for w, p in expected_position.items()
+    }
+    assert set(outliers.token_class) == {"initial", "other"}
+    top = stats["topk"].query("site == 'layer_output' and layer == @MLP_LAYER and rank == 1")
+    assert {(r.window, r.position, r.channel) for r in top.itertuples()} == {(w, p, OUTPUT_CHANNEL) for w, p in expected_position.items()}
+    down = stats["activation_outliers"].query("site == 'down_proj_input' and paper_rule")
+    assert set(down.layer) == {MLP_LAYER} and set(down.channel) == {DOWN_COLUMN}
+    channel_max = stats["channel_max"].query("site == 'layer_output' and layer == @MLP_LAYER").max_abs.iloc[0]
+    assert channel_max.argmax() == OUTPUT_CHANNEL and len(channel_max) == 32
+    token_max = stats["token_max"].query("site == 'layer_output' and layer == @MLP_LAYER").set_index("window").max_abs
+    assert [token_max[w].argmax() for w in range(3)] == [expected_position[w] for w in range(3)]
+
+    # the attention sink: in the planted layer every head attends to the massive token
+    keys = stats["attention_keys"].query("layer == @SINK_LAYER and rank == 1")
+    assert {(r.window, r.position) for r in keys.itertuples()} == set(expected_position.items())
+    assert keys.is_outlier.all() and (keys.cumulative > 0.5 * 48).all()
+    heads = stats["attention_heads"].query("layer == @SINK_LAYER")
+    for row in heads.itertuples():  # every query that can see the sink (causal) puts all on it
+        assert row.outlier_share == pytest.approx((48 - expected_position[row.window]) / 48, abs=1e-3)
+    assert set(heads.query("window == 1").outlier_keys) == {"9"}
+
+    # the weight outlier, straight from the saved weights
+    model.save_pretrained(tmp_path / "model")
+    weights = weight_statistics(tmp_path / "model")
+    largest = weights.loc[weights.max_ratio.idxmax()]
+    assert (largest.layer, largest.module) == (MLP_LAYER, "mlp.down_proj")
+    assert largest.top_columns[0] == DOWN_COLUMN and largest.top_column_rows[0] == OUTPUT_CHANNEL
+
+
+def test_statistics_are_deterministic(tmp_path):
+    model = planted_model()
+    planted_windows(tmp_path)
+    passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / "first")
+    passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / "second")
+    for table in (tmp_path / "first").iterdir():
+        assert table.read_bytes() == (tmp_path / "second" / table.name).read_bytes(), table.name
+
+
+def test_weight_statistics_read_gpt2_conv1d_as_input_columns(tiny_model_dir):
+    model, folder = tiny_model_dir("gpt2")
+    weights = weight_statistics(folder)
+    down = weights.query("layer == 0 and module == 'mlp.c_proj'").iloc[0]
+    assert (down.rows, down.columns) == (32, 128)  # [d_model out, intermediate in], like nn.Linear
+    assert len(weights.query("layer == 0")) == 4  # c_attn, c_proj (attention), c_fc, c_proj (MLP)
+
+
+def test_token_classes_follow_the_official_lists():
+    assert token_class(0, "Summer") == "initial"
+    assert token_class(3, ".") == "strong_delimiter"
+    assert token_class(8, "\\n") == "weak_semantic"  # decodes to "\n", stripped to "" as in the official code
+    assert token_class(4, " the") == "weak_semantic"
+    assert token_class(2, " warm") == "other"
+
+
+def test_prompt_dump_holds_every_site_in_full(tmp_path):
+    model = planted_model()
+
+    class Tokenizer:
+        decode = staticmethod(LABELS.decode)
+
+        def __call__(self, text, add_special_tokens, return_tensors):
+            return types.SimpleNamespace(input_ids=torch.tensor([[MASSIVE_TOKEN, 5, 8, 30, 2]]))
+
+    record = passes.dump_prompt(model, Tokenizer(), "planted", False, tmp_path / "prompt.safetensors")
+    tensors = load_file(tmp_path / "prompt.safetensors")
+    assert json.loads((tmp_path / "prompt.json").read_text()) == record
+    assert record["tokens"] == ["w61", "w5", ".", "the", "\\n"] and record["layers"] == 4
+    assert set(tensors) == {f"{s}.{l}" for s in record["sites"] for l in range(4)} | {"logits"}
+    assert tensors["layer_output.1"].shape == (5, 32) and tensors["attn_probs.2"].shape == (4, 5, 5)
+    h = tensors[f"layer_output.{MLP_LAYER}"].abs()
+    assert divmod(int(h.argmax()), h.shape[1]) == (0, OUTPUT_CHANNEL)
+
+
+MEMORY_SCRIPT = """
+import resource, sys, types
+sys.path[:0] = [{scripts!r}, {tests!r}]
+import torch
+from safetensors.torch import save_file
+from conftest import tiny_model
+from systematic_outliers import capture, passes
+from pathlib import Path
+windows = int(sys.argv[1]); folder = Path(sys.argv[2])
+model = tiny_model("llama", num_hidden_layers=4, hidden_size=128, intermediate_size=512, max_position_embeddings=1024)
+model.set_attn_implementation(capture.ATTENTION_CAPTURE)
+save_file({{"input_ids": torch.randint(0, 96, (windows, 1024), generator=torch.Generator().manual_seed(0))}}, folder / "input_ids.safetensors")
+labels = types.SimpleNamespace(decode=lambda ids: str(ids[0]))
+passes.corpus_statistics(model, labels, folder, folder / "stats")
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_memory_is_bounded_by_one_window(tmp_path):
+    """Peak RSS for 40 windows stays within 10% of that for 4: nothing grows with the window count
+    but the small statistics tables (keeping every window's activations would add ~1.3 GB)."""
+    script = MEMORY_SCRIPT.format(scripts=str(REPO / "workflow" / "scripts"), tests=str(REPO / "tests"))
+    peak = {}
+    for windows in (4, 40):
+        folder = tmp_path / str(windows)
+        folder.mkdir()
+        done = subprocess.run([sys.executable, "-c", script, str(windows), str(folder)], capture_output=True, text=True, check=True)
+        peak[windows] = int(done.stdout.split()[-1])
+    assert peak[40] <= 1.10 * peak[4], peak
+
+
+def test_real_default_model_shows_the_papers_outliers(smollm2_dir, tmp_path):
+    """SmolLM2 on the paper's prompt: DESIGN.md §3's numbers."""
+    folder, _ = smollm2_dir
+    model, tokenizer = passes.load("smollm2-135m", {"dtype": "float32", "trust_remote_code": False}, folder, attention=True)
+    record = passes.dump_prompt(model, tokenizer, "Summer is warm. Winter is cold.\n", False, tmp_path / "summer.safetensors")
+    assert record["tokens"][0] == "Summer" and record["tokens"][-1] == "\\n" and len(record["tokens"]) == 9
+    tensors = load_file(tmp_path / "summer.safetensors")
+    for layer in range(11, 28):  # layers 12 to 28, 1-based
+        h = tensors[f"layer_output.{layer}"].abs()
+        position, channel = divmod(int(h.argmax()), h.shape[1])
+        assert (position, channel) == (0, 507) and 20_000 < h.max() < 26_000
+        assert h.max() > 1_000 * h.median()
+    h12 = tensors["layer_output.11"].abs()
+    assert h12.max() > 10_000 * h12.median()  # where it emerges; later the median grows
+    h3 = tensors["layer_output.2"].abs()
+    assert divmod(int(h3.argmax()), h3.shape[1]) == (0, 507) and 600 < h3.max() < 800
+    on_first = [tensors[f"attn_probs.{layer}"].mean(0)[1:, 0].mean().item() for layer in range(3, 30)]
+    assert sum(share > 0.5 for share in on_first) > len(on_first) / 2

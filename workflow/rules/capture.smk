@@ -1,0 +1,58 @@
+# Tensor capture and outlier statistics: every LLM figure reads only what these rules write.
+
+
+rule dump_prompt:
+    input:
+        model="resources/models/{model}",
+    output:
+        tensors="results/capture/{model}/prompts/{prompt}.safetensors",
+        tokens="results/capture/{model}/prompts/{prompt}.json",
+    log:
+        "results/logs/dump_prompt/{model}/{prompt}.log",
+    benchmark:
+        "results/benchmarks/dump_prompt/{model}/{prompt}.tsv"
+    conda:
+        "../../envs/capture.yaml"
+    resources:
+        gpu=1,
+    params:
+        entry=lambda wildcards: CONFIG["models"][wildcards.model],
+        prompt=lambda wildcards: CONFIG["prompts"][wildcards.prompt],
+    script:
+        "../scripts/dump_prompt.py"
+
+
+rule corpus_statistics:
+    input:
+        model="resources/models/{model}",
+        windows="resources/windows/{corpus}/{model}",
+    output:
+        directory("results/capture/{model}/stats/{corpus}"),
+    log:
+        "results/logs/corpus_statistics/{model}/{corpus}.log",
+    benchmark:
+        "results/benchmarks/corpus_statistics/{model}/{corpus}.tsv"
+    conda:
+        "../../envs/capture.yaml"
+    resources:
+        gpu=1,
+    params:
+        entry=lambda wildcards: CONFIG["models"][wildcards.model],
+        top_k=CONFIG["statistics"]["top_k"],
+    script:
+        "../scripts/corpus_statistics.py"
+
+
+rule weight_statistics:
+    input:
+        model="resources/models/{model}",
+    output:
+        "results/capture/{model}/weights.parquet",
+    log:
+        "results/logs/weight_statistics/{model}.log",
+    benchmark:
+        "results/benchmarks/weight_statistics/{model}.tsv"
+    conda:
+        "../../envs/capture.yaml"
+    script:
+        "../scripts/weight_statistics.py"
