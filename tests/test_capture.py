@@ -182,6 +182,21 @@ def test_planted_outliers_are_found_exactly(tmp_path):
     assert largest.top_columns[0] == DOWN_COLUMN and largest.top_column_rows[0] == OUTPUT_CHANNEL
 
 
+def test_too_long_windows_and_too_large_models_fail_before_any_work(tmp_path, tiny_model_dir, monkeypatch):
+    from systematic_outliers.config import ConfigError
+    from systematic_outliers.models import SourceError
+
+    model = planted_model()  # accepts 128 tokens
+    planted_windows(tmp_path, count=2, length=200)
+    with pytest.raises(ConfigError, match=r"have 200 tokens, more than the 128 the model accepts"):
+        passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / "stats")
+    assert not (tmp_path / "stats").exists()
+    _, folder = tiny_model_dir("llama")
+    monkeypatch.setattr(passes, "free_memory", lambda device: 1024)
+    with pytest.raises(SourceError, match=r"^models.tiny: its weights need 0.0 GiB but only 0.0 GiB is free on cpu"):
+        passes.load("tiny", {"dtype": "float32", "trust_remote_code": False}, folder, attention=True)
+
+
 def test_statistics_are_deterministic(tmp_path):
     model = planted_model()
     planted_windows(tmp_path)

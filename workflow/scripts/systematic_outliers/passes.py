@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from . import capture
+from .config import CONTEXT_KEYS, ConfigError
 from .io import atomic_directory, atomic_file, write_json
 from .models import DTYPES, SourceError
 from .statistics import COLUMNS, CorpusStatistics, token_label
@@ -114,6 +115,12 @@ def corpus_statistics(model, tokenizer, windows_dir: Path, target: Path, top_k: 
     input_ids = load_file(Path(windows_dir) / "input_ids.safetensors")["input_ids"]
     if limit:
         input_ids = input_ids[:limit]
+    context = next((v for k in CONTEXT_KEYS if isinstance(v := getattr(model.config, k, None), int)), None)
+    if context is not None and input_ids.shape[1] > context:
+        raise ConfigError(
+            f"windows in {windows_dir} have {input_ids.shape[1]} tokens, more than the {context} the model accepts; "
+            "lower the window_length of the corpus or the model"
+        )
     sites = statistics_sites(model)
     statistics = CorpusStatistics(tokenizer, windows=len(input_ids), top_k=top_k)
     with capture.hooks(model, sites, statistics), torch.no_grad():
