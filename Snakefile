@@ -15,10 +15,14 @@ min_version("9.0")
 configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/text.smk"
 include: "workflow/rules/capture.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

@@ -62,6 +62,19 @@ def capture_outputs(model):
     ]
 
 
+NOTEBOOKS = (
+    Path(workflow.basedir) / "notebooks"
+)  # beside the Snakefile, whatever the working directory
+FIGURES = ["fig03_activation_positions"]
+
+
 def default_targets():
     """Everything `snakemake` builds without a target; grows with each stage."""
-    return [path for model in TARGET_MODELS for path in capture_outputs(model)]
+    return [
+        *(path for model in TARGET_MODELS for path in capture_outputs(model)),
+        *(
+            f"results/figures/{model}/{figure}.png"
+            for model in TARGET_MODELS
+            for figure in FIGURES
+        ),
+    ]

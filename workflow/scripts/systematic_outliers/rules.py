@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 from .capture import UnsupportedModel
 from .config import ConfigError
+from .figures import FigureDataError
 from .models import SourceError
 
 
@@ -17,13 +19,19 @@ def run_rule(snakemake, main) -> None:
     the console and in the log, and exit non-zero; anything else is a bug and keeps
     its traceback in the log.
     """
-    console = sys.stderr
+    console, console_out = sys.stderr, sys.stdout
     with open(snakemake.log[0], "w") as log:
         sys.stdout = sys.stderr = log
         logging.basicConfig(stream=log, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
         try:
             main(snakemake)
-        except (ConfigError, SourceError, UnsupportedModel) as error:
+        except (ConfigError, SourceError, UnsupportedModel, FigureDataError) as error:
             print(f"error: {error}", file=log)
             print(f"error: {error}", file=console)
             sys.exit(1)
+        except BaseException:
+            traceback.print_exc(file=log)
+            raise
+        finally:
+            log.flush()
+            sys.stdout, sys.stderr = console_out, console

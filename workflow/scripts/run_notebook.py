@@ -1,0 +1,26 @@
+"""Rules fig*: run a figure notebook with papermill, keeping the executed copy."""
+
+import os
+from pathlib import Path
+
+import papermill
+
+from systematic_outliers.figures import FigureDataError
+from systematic_outliers.rules import run_rule
+
+
+def main(snakemake):
+    # the kernel is a new process: hand it the package beside this script in any environment
+    package_dir = str(Path(__file__).resolve().parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [package_dir, os.environ.get("PYTHONPATH")]))
+    try:
+        papermill.execute_notebook(
+            snakemake.input.notebook, snakemake.output.notebook, parameters=dict(snakemake.params.notebook), progress_bar=False
+        )
+    except papermill.PapermillExecutionError as error:
+        if error.ename == FigureDataError.__name__:  # broken or empty statistics: the user's to fix
+            raise FigureDataError(error.evalue) from None
+        raise
+
+
+run_rule(snakemake, main)
