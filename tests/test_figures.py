@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO
 from systematic_outliers import passes
 from systematic_outliers.figures import FigureDataError, emergence_layer, read_table
-from test_capture import LABELS, MLP_LAYER, OUTPUT_CHANNEL, planted_model, planted_windows
+from test_capture import LABELS, MLP_LAYER, OUTPUT_CHANNEL, SINK_LAYER, planted_model, planted_windows
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -51,3 +51,11 @@ def test_a_figure_from_empty_statistics_fails_naming_the_file(planted_stats, tmp
         run_notebook("fig03_activation_positions", tmp_path, stats_dir=str(broken), model="x", output_stem=str(tmp_path / "fig"))
     assert caught.value.ename == FigureDataError.__name__ and f"{broken}/topk.parquet: cannot be read" in caught.value.evalue
     assert not (tmp_path / "fig.png").exists()
+
+
+def test_fig06_runs_standalone_and_finds_the_planted_sink(planted_stats, tmp_path):
+    stem = tmp_path / "fig06"
+    run_notebook("fig06_attention_positions", tmp_path, stats_dir=str(planted_stats), model="planted", output_stem=str(stem))
+    assert stem.with_suffix(".png").stat().st_size > 10_000
+    caption = (tmp_path / "fig06.caption.txt").read_text()
+    assert f"at layer {SINK_LAYER + 1} (layer {SINK_LAYER + 1} is the first where 3 of 3 windows have outlier keys)" in caption

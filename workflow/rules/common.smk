@@ -44,10 +44,17 @@ if "HF_TOKEN" in os.environ:
         "HF_TOKEN",
 
 
+# Notebooks lie beside the Snakefile, whatever the working directory.
+NOTEBOOKS = Path(workflow.basedir) / "notebooks"
+# Figures drawn from the corpus statistics alone (notebooks/{figure}.ipynb, rule statistics_figure).
+STATISTICS_FIGURES = ["fig03_activation_positions", "fig06_attention_positions"]
+
+
 wildcard_constraints:
     model="|".join(map(re.escape, CONFIG["models"])),
     corpus="|".join(map(re.escape, CONFIG["corpora"])),
     prompt="|".join(map(re.escape, CONFIG["prompts"])),
+    figure="|".join(STATISTICS_FIGURES),
 
 
 def capture_outputs(model):
@@ -62,12 +69,6 @@ def capture_outputs(model):
     ]
 
 
-NOTEBOOKS = (
-    Path(workflow.basedir) / "notebooks"
-)  # beside the Snakefile, whatever the working directory
-FIGURES = ["fig03_activation_positions"]
-
-
 def default_targets():
     """Everything `snakemake` builds without a target; grows with each stage."""
     return [
@@ -75,6 +76,6 @@ def default_targets():
         *(
             f"results/figures/{model}/{figure}.png"
             for model in TARGET_MODELS
-            for figure in FIGURES
+            for figure in STATISTICS_FIGURES
         ),
     ]

@@ -1,22 +1,22 @@
 # Figures: papermill notebooks that read the capture stage's files and draw.
 
 
-rule fig03_activation_positions:
+rule statistics_figure:
     input:
         stats=f"results/capture/{{model}}/stats/{TARGET_CORPUS}",
-        notebook=NOTEBOOKS / "fig03_activation_positions.ipynb",
+        notebook=NOTEBOOKS / "{figure}.ipynb",
     output:
         png=report(
-            "results/figures/{model}/fig03_activation_positions.png",
-            caption="../report/fig03_activation_positions.rst",
+            "results/figures/{model}/{figure}.png",
+            caption="../report/{figure}.rst",
             category="Figures",
             subcategory="{model}",
         ),
-        pdf="results/figures/{model}/fig03_activation_positions.pdf",
-        caption="results/figures/{model}/fig03_activation_positions.caption.txt",
-        notebook="results/notebooks/{model}/fig03_activation_positions.ipynb",
+        pdf="results/figures/{model}/{figure}.pdf",
+        caption="results/figures/{model}/{figure}.caption.txt",
+        notebook="results/notebooks/{model}/{figure}.ipynb",
     log:
-        "results/logs/figures/{model}/fig03_activation_positions.log",
+        "results/logs/figures/{model}/{figure}.log",
     conda:
         "../../envs/figures.yaml"
     params:

@@ -70,6 +70,16 @@ def emergence_layer(outliers: pd.DataFrame, windows: int, site: str = "layer_out
     return layer, f"layer {layer + 1} is the first where {hits[layer]} of {windows} windows have an outlier token"
 
 
+def attention_outlier_layer(layers: pd.DataFrame, windows: int) -> tuple[int, str]:
+    """The first layer where at least half the windows have attention-outlier keys; with the reason."""
+    hits = layers[layers.outlier_keys > 0].groupby("layer").window.nunique()
+    found = hits[hits >= windows / 2].index
+    if len(found) == 0:
+        raise FigureDataError(f"no layer has keys receiving 0.1 × the window length in half of the {windows} windows")
+    layer = int(found.min())
+    return layer, f"layer {layer + 1} is the first where {hits[layer]} of {windows} windows have outlier keys"
+
+
 def plot_layerwise(ax, curves: pd.DataFrame, title: str) -> None:
     layers = curves.index + 1  # 1-based, as the paper prints them
     for column, style in (("top1", "o-"), ("top2", "o-"), ("top3", "o-"), ("median", "v-")):
