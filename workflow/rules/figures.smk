@@ -8,7 +8,7 @@ rule statistics_figure:
     output:
         png=report(
             "results/figures/{model}/{figure}.png",
-            caption="../report/{figure}.rst",
+            caption="../report/statistics_figure.rst",
             category="Figures",
             subcategory="{model}",
         ),
