@@ -8,7 +8,16 @@ import pytest
 from conftest import REPO
 from systematic_outliers import passes
 from systematic_outliers.figures import FigureDataError, emergence_layer, read_table
-from test_capture import LABELS, MLP_LAYER, OUTPUT_CHANNEL, SINK_LAYER, planted_model, planted_windows
+from test_capture import (
+    DOWN_COLUMN,
+    LABELS,
+    MASSIVE_TOKEN,
+    MLP_LAYER,
+    OUTPUT_CHANNEL,
+    SINK_LAYER,
+    planted_model,
+    planted_windows,
+)
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -59,3 +68,26 @@ def test_fig06_runs_standalone_and_finds_the_planted_sink(planted_stats, tmp_pat
     assert stem.with_suffix(".png").stat().st_size > 10_000
     caption = (tmp_path / "fig06.caption.txt").read_text()
     assert f"at layer {SINK_LAYER + 1} (layer {SINK_LAYER + 1} is the first where 3 of 3 windows have outlier keys)" in caption
+
+
+class PlantedTokenizer:
+    decode = staticmethod(LABELS.decode)
+
+    def __call__(self, text, add_special_tokens, return_tensors):
+        import torch
+
+        return type("Encoded", (), {"input_ids": torch.tensor([[MASSIVE_TOKEN, 5, 8, 30, 2, 17]])})
+
+
+def test_fig04_shows_the_planted_down_projection_column(planted_stats, tmp_path):
+    prompt = tmp_path / "prompt.safetensors"
+    passes.dump_prompt(planted_model(), PlantedTokenizer(), "planted", False, prompt)
+    stem = tmp_path / "fig04"
+    run_notebook(
+        "fig04_down_proj_positions", tmp_path, stats_dir=str(planted_stats), prompt_path=str(prompt), model="planted",
+        output_stem=str(stem), cancel_layer=3,  # the planted model never cancels its outlier: say where to look
+    )
+    caption = (tmp_path / "fig04.caption.txt").read_text()
+    assert f"(b) |x_down| on the prompt at layer {MLP_LAYER + 1} (layer {MLP_LAYER + 1} is the first where" in caption
+    assert f"ticked channels {DOWN_COLUMN}." in caption and "(c) the same at layer 4 (layer 4 was set in the config)" in caption
+    assert "outlier tokens ('w61')" in caption

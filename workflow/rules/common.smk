@@ -47,7 +47,13 @@ if "HF_TOKEN" in os.environ:
 # Notebooks lie beside the Snakefile, whatever the working directory.
 NOTEBOOKS = Path(workflow.basedir) / "notebooks"
 # Figures drawn from the corpus statistics alone (notebooks/{figure}.ipynb, rule statistics_figure).
-STATISTICS_FIGURES = ["fig03_activation_positions", "fig06_attention_positions"]
+STATISTICS_FIGURES = [
+    "fig03_activation_positions",
+    "fig04_down_proj_positions",
+    "fig06_attention_positions",
+]
+# The prompt the figures' 3-D panels show: the first configured one.
+FIGURE_PROMPT = next(iter(CONFIG["prompts"]))
 
 
 wildcard_constraints:

@@ -4,6 +4,7 @@
 rule statistics_figure:
     input:
         stats=f"results/capture/{{model}}/stats/{TARGET_CORPUS}",
+        prompt=f"results/capture/{{model}}/prompts/{FIGURE_PROMPT}.safetensors",
         notebook=NOTEBOOKS / "{figure}.ipynb",
     output:
         png=report(
@@ -22,6 +23,7 @@ rule statistics_figure:
     params:
         notebook=lambda wildcards, input, output: {
             "stats_dir": input.stats,
+            "prompt_path": input.prompt,
             "model": wildcards.model,
             "output_stem": output.png.removesuffix(".png"),
         },

@@ -13,10 +13,11 @@ def main(snakemake):
     # the kernel is a new process: hand it the package beside this script in any environment
     package_dir = str(Path(__file__).resolve().parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [package_dir, os.environ.get("PYTHONPATH")]))
+    # each notebook gets the parameters its parameters cell declares, out of what the rule offers
+    declared = papermill.inspect_notebook(snakemake.input.notebook)
+    parameters = {name: value for name, value in snakemake.params.notebook.items() if name in declared}
     try:
-        papermill.execute_notebook(
-            snakemake.input.notebook, snakemake.output.notebook, parameters=dict(snakemake.params.notebook), progress_bar=False
-        )
+        papermill.execute_notebook(snakemake.input.notebook, snakemake.output.notebook, parameters=parameters, progress_bar=False)
     except papermill.PapermillExecutionError as error:
         if error.ename == FigureDataError.__name__:  # broken or empty statistics: the user's to fix
             raise FigureDataError(error.evalue) from None
