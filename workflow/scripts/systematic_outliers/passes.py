@@ -110,11 +110,9 @@ def statistics_sites(model) -> tuple[str, ...]:
     return tuple(s for s in capture.available_sites(capture.architecture_of(model)) if s != "attn_logits")
 
 
-def corpus_statistics(model, tokenizer, windows_dir: Path, target: Path, top_k: int = 8, limit: int | None = None) -> dict:
+def corpus_statistics(model, tokenizer, windows_dir: Path, target: Path, top_k: int = 8) -> dict:
     """Stream the windows through the model once; write the statistics tables to folder `target`."""
     input_ids = load_file(Path(windows_dir) / "input_ids.safetensors")["input_ids"]
-    if limit:
-        input_ids = input_ids[:limit]
     context = next((v for k in CONTEXT_KEYS if isinstance(v := getattr(model.config, k, None), int)), None)
     if context is not None and input_ids.shape[1] > context:
         raise ConfigError(
