@@ -89,25 +89,24 @@ def layerwise(sites: pd.DataFrame, topk: pd.DataFrame, site: str) -> pd.DataFram
     return top.join(median)
 
 
-def emergence_layer(outliers: pd.DataFrame, windows: int, site: str = "layer_output") -> tuple[int, str]:
-    """The first layer where at least half the windows have an activation-outlier token
-    by the paper's rule; with the reason, for the caption."""
-    hits = outliers[(outliers.site == site) & outliers.paper_rule].groupby("layer").window.nunique()
+def _first_layer_in_most_windows(rows: pd.DataFrame, windows: int, what: str) -> tuple[int, str]:
+    """The first layer where at least half the windows have a row in `rows`; with the reason."""
+    hits = rows.groupby("layer").window.nunique()
     layers = hits[hits >= windows / 2].index
     if len(layers) == 0:
-        raise FigureDataError(f"no layer has {site} outlier tokens (max > 1000 × mean |x|) in half of the {windows} windows")
+        raise FigureDataError(f"no layer has {what} in half of the {windows} windows")
     layer = int(layers.min())
-    return layer, f"layer {layer + 1} is the first where {hits[layer]} of {windows} windows have an outlier token"
+    return layer, f"layer {layer + 1} is the first where {hits[layer]} of {windows} windows have {what}"
+
+
+def emergence_layer(outliers: pd.DataFrame, windows: int, site: str = "layer_output") -> tuple[int, str]:
+    """The first layer where most windows have an activation-outlier token by the paper's rule."""
+    return _first_layer_in_most_windows(outliers[(outliers.site == site) & outliers.paper_rule], windows, "an outlier token")
 
 
 def attention_outlier_layer(layers: pd.DataFrame, windows: int) -> tuple[int, str]:
-    """The first layer where at least half the windows have attention-outlier keys; with the reason."""
-    hits = layers[layers.outlier_keys > 0].groupby("layer").window.nunique()
-    found = hits[hits >= windows / 2].index
-    if len(found) == 0:
-        raise FigureDataError(f"no layer has keys receiving 0.1 × the window length in half of the {windows} windows")
-    layer = int(found.min())
-    return layer, f"layer {layer + 1} is the first where {hits[layer]} of {windows} windows have outlier keys"
+    """The first layer where most windows have keys receiving 0.1 × the window length."""
+    return _first_layer_in_most_windows(layers[layers.outlier_keys > 0], windows, "outlier keys")
 
 
 def disappearance_layer(curves: pd.DataFrame, after: int) -> tuple[int, str]:
