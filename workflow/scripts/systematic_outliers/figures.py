@@ -154,7 +154,7 @@ def plot_layerwise(ax, curves: pd.DataFrame, title: str) -> None:
 def plot_token_classes(ax, classes: pd.Series, title: str) -> None:
     """Pie of outlier-token classes; only the classes that occur (matplotlib refuses zero wedges' labels)."""
     counts = classes.value_counts()
-    ax.pie(counts, labels=[TOKEN_CLASS_LABELS[c] for c in counts.index], autopct="%1.1f%%", startangle=90,
+    ax.pie(counts, labels=[TOKEN_CLASS_LABELS[c] for c in counts.index], autopct="%1.1f%%", startangle=90, labeldistance=1.08,
            colors=[OUTLIER if c == "initial" else "plum" if c == "strong_delimiter" else "lightsteelblue" for c in counts.index])
     ax.set_title(title)
 

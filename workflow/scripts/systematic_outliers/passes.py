@@ -99,7 +99,7 @@ def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: P
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(target) as scratch:
-        save_file(tensors, scratch, metadata={"record": json.dumps(record)})
+        save_file(tensors, scratch)
     with atomic_file(target.with_suffix(".json")) as scratch:
         write_json(scratch, record)
     return record
