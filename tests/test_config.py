@@ -84,6 +84,18 @@ def test_unknown_model_or_corpus_in_targets():
     assert message == "targets.corpus: unknown corpus 'wikitext'; defined under corpora: shakespeare"
 
 
+def test_figure_overrides_name_defined_models_and_known_choices():
+    config = validate_config({**DEFAULT, "figures": {"overrides": {"smollm2-135m": {"emergence_layer": 12}}}})
+    assert config["figures"]["overrides"]["smollm2-135m"] == {"emergence_layer": 12}
+    message = bad(lambda c: c.update(figures={"overrides": {"llama2-7b": {"emergence_layer": 2}}}))
+    assert message == "figures.overrides.llama2-7b: unknown model 'llama2-7b'; defined under models: smollm2-135m"
+    message = bad(lambda c: c.update(figures={"overrides": {"smollm2-135m": {"emergence": 2}}}))
+    assert message.startswith("figures.overrides.smollm2-135m: unknown key 'emergence'; allowed keys: attention_layer")
+    assert bad(lambda c: c.update(figures={"overrides": {"smollm2-135m": {"attention_layer": 0}}})).startswith(
+        "figures.overrides.smollm2-135m.attention_layer:"
+    )
+
+
 def test_window_longer_than_context_names_the_key_that_set_it():
     config = validate_config(DEFAULT)
     check_window_length(config, "smollm2-135m", "shakespeare", {"max_position_embeddings": 512})

@@ -85,9 +85,9 @@ def test_fig04_shows_the_planted_down_projection_column(planted_stats, tmp_path)
     stem = tmp_path / "fig04"
     run_notebook(
         "fig04_down_proj_positions", tmp_path, stats_dir=str(planted_stats), prompt_path=str(prompt), model="planted",
-        output_stem=str(stem), cancel_layer=3,  # the planted model never cancels its outlier: say where to look
+        output_stem=str(stem), disappearance_layer=3,  # the planted model never cancels its outlier: say where to look
     )
     caption = (tmp_path / "fig04.caption.txt").read_text()
     assert f"(b) |x_down| on the prompt at layer {MLP_LAYER + 1} (layer {MLP_LAYER + 1} is the first where" in caption
-    assert f"ticked channels {DOWN_COLUMN}." in caption and "(c) the same at layer 4 (layer 4 was set in the config)" in caption
+    assert f"ticked channels {DOWN_COLUMN}." in caption and "(c) the same at layer 4 (layer 4 was set in the config (figures.overrides))" in caption
     assert "outlier tokens ('w61')" in caption

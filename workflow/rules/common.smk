@@ -75,6 +75,12 @@ def capture_outputs(model):
     ]
 
 
+def figure_overrides(model):
+    """The config's layer overrides for `model` as 0-based notebook parameters."""
+    overrides = CONFIG.get("figures", {}).get("overrides", {}).get(model, {})
+    return {name: layer - 1 for name, layer in overrides.items()}
+
+
 def default_targets():
     """Everything `snakemake` builds without a target; grows with each stage."""
     return [

@@ -26,6 +26,7 @@ rule statistics_figure:
             "prompt_path": input.prompt,
             "model": wildcards.model,
             "output_stem": output.png.removesuffix(".png"),
+            **figure_overrides(wildcards.model),
         },
     script:
         "../scripts/run_notebook.py"

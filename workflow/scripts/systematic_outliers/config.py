@@ -95,6 +95,9 @@ def validate_config(config: dict) -> dict:
             raise ConfigError(
                 f"targets.models[{i}]: unknown model {name!r}; defined under models: {', '.join(config['models'])}"
             )
+    for name in config.get("figures", {}).get("overrides", {}):
+        if name not in config["models"]:
+            raise ConfigError(f"figures.overrides.{name}: unknown model {name!r}; defined under models: {', '.join(config['models'])}")
     corpus = config["targets"]["corpus"]
     if corpus not in config["corpora"]:
         raise ConfigError(f"targets.corpus: unknown corpus {corpus!r}; defined under corpora: {', '.join(config['corpora'])}")
