@@ -60,7 +60,6 @@ class Architecture:
     attention: str | None = None  # attention module inside a layer; None: no attention capture
     probs_from_output: bool = False  # attention code of its own that returns the probabilities: no logits
     weights_transposed: bool = False  # GPT-2's Conv1D stores [in, out]
-    notes: str = ""
 
 
 def _llama_like(mlp_norm: str = "post_attention_layernorm", gate_up: str | None = None) -> dict[str, Tap]:
@@ -84,6 +83,30 @@ def _llama_like(mlp_norm: str = "post_attention_layernorm", gate_up: str | None 
     return taps
 
 
+def _separate(attention: str) -> tuple[Tap, Tap, Tap]:
+    return tuple(Tap(f"{attention}.{name}_proj") for name in "qkv")
+
+
+def _fused(projection: str, split: str) -> tuple[Tap, Tap, Tap]:
+    """q, k and v as thirds of one projection: of its output (`part`) or of each head (`head_part`)."""
+    return tuple(Tap(projection, **{split: (index, 3)}) for index in range(3))
+
+
+def _ungated(attn_norm, qkv, up, act, down, mlp_norm=None, parallel=False) -> dict[str, Tap]:
+    """Sites of a block whose MLP has no gate. Without `mlp_norm` the MLP reads the attention
+    norm's output; a `parallel` block feeds the layer input to both, so it has no attention residual."""
+    taps = {"layer_input": Tap("", "input"), "attn_norm_output": Tap(attn_norm)}
+    if qkv:
+        taps.update(zip(HEAD_SITES, qkv))
+    if mlp_norm and not parallel:
+        taps["attn_residual"] = Tap(mlp_norm, "input")
+    if mlp_norm:
+        taps["mlp_norm_output"] = Tap(mlp_norm)
+    taps.update(up_output=Tap(up), act_output=Tap(act), down_proj_input=Tap(down, "input"), down_proj_output=Tap(down))
+    taps["layer_output"] = Tap("")
+    return taps
+
+
 _LLAMA = Architecture("model.layers", _llama_like(), attention="self_attn")
 _MIXTRAL_TAPS = {k: v for k, v in _llama_like().items() if not k.startswith(("gate", "up", "act", "down"))}
 
@@ -100,117 +123,46 @@ ARCHITECTURES: dict[str, Architecture] = {
         "model.layers",
         {k: v for k, v in _llama_like(gate_up="mlp.gate_up_proj").items() if k not in HEAD_SITES},
         attention="self_attn",
-        notes="no query/key/value sites (fused qkv_proj)",
     ),
     # Mixtral's experts are one module with 3-D weights, called once per routed expert:
     # its MLP sites are not per token, so only the residual, norm and attention sites are captured.
-    "mixtral": Architecture("model.layers", _MIXTRAL_TAPS, attention="self_attn", notes="no per-expert MLP sites"),
+    "mixtral": Architecture("model.layers", _MIXTRAL_TAPS, attention="self_attn"),
     "gpt2": Architecture(
         "transformer.h",
-        {
-            "layer_input": Tap("", "input"),
-            "attn_norm_output": Tap("ln_1"),
-            "query": Tap("attn.c_attn", part=(0, 3)),
-            "key": Tap("attn.c_attn", part=(1, 3)),
-            "value": Tap("attn.c_attn", part=(2, 3)),
-            "attn_residual": Tap("ln_2", "input"),
-            "mlp_norm_output": Tap("ln_2"),
-            "up_output": Tap("mlp.c_fc"),
-            "act_output": Tap("mlp.act"),
-            "down_proj_input": Tap("mlp.c_proj", "input"),
-            "down_proj_output": Tap("mlp.c_proj"),
-            "layer_output": Tap(""),
-        },
+        _ungated("ln_1", _fused("attn.c_attn", "part"), "mlp.c_fc", "mlp.act", "mlp.c_proj", mlp_norm="ln_2"),
         attention="attn",
         weights_transposed=True,
     ),
     # GPT-NeoX and Phi run attention and MLP in parallel on the same input: no attention residual.
     "gpt_neox": Architecture(
         "gpt_neox.layers",
-        {
-            "layer_input": Tap("", "input"),
-            "attn_norm_output": Tap("input_layernorm"),
-            "query": Tap("attention.query_key_value", head_part=(0, 3)),
-            "key": Tap("attention.query_key_value", head_part=(1, 3)),
-            "value": Tap("attention.query_key_value", head_part=(2, 3)),
-            "mlp_norm_output": Tap("post_attention_layernorm"),
-            "up_output": Tap("mlp.dense_h_to_4h"),
-            "act_output": Tap("mlp.act"),
-            "down_proj_input": Tap("mlp.dense_4h_to_h", "input"),
-            "down_proj_output": Tap("mlp.dense_4h_to_h"),
-            "layer_output": Tap(""),
-        },
+        _ungated(
+            "input_layernorm", _fused("attention.query_key_value", "head_part"), "mlp.dense_h_to_4h", "mlp.act",
+            "mlp.dense_4h_to_h", mlp_norm="post_attention_layernorm", parallel=True,
+        ),
         attention="attention",
     ),
     "phi": Architecture(
         "model.layers",
-        {
-            "layer_input": Tap("", "input"),
-            "attn_norm_output": Tap("input_layernorm"),
-            "query": Tap("self_attn.q_proj"),
-            "key": Tap("self_attn.k_proj"),
-            "value": Tap("self_attn.v_proj"),
-            "up_output": Tap("mlp.fc1"),
-            "act_output": Tap("mlp.activation_fn"),
-            "down_proj_input": Tap("mlp.fc2", "input"),
-            "down_proj_output": Tap("mlp.fc2"),
-            "layer_output": Tap(""),
-        },
+        _ungated("input_layernorm", _separate("self_attn"), "mlp.fc1", "mlp.activation_fn", "mlp.fc2"),
         attention="self_attn",
     ),
     "opt": Architecture(
         "model.decoder.layers",
-        {
-            "layer_input": Tap("", "input"),
-            "attn_norm_output": Tap("self_attn_layer_norm"),
-            "query": Tap("self_attn.q_proj"),
-            "key": Tap("self_attn.k_proj"),
-            "value": Tap("self_attn.v_proj"),
-            "attn_residual": Tap("final_layer_norm", "input"),
-            "mlp_norm_output": Tap("final_layer_norm"),
-            "up_output": Tap("fc1"),
-            "act_output": Tap("activation_fn"),
-            "down_proj_input": Tap("fc2", "input"),
-            "down_proj_output": Tap("fc2"),
-            "layer_output": Tap(""),
-        },
+        _ungated("self_attn_layer_norm", _separate("self_attn"), "fc1", "activation_fn", "fc2", mlp_norm="final_layer_norm"),
         attention="self_attn",
     ),
-    # MPT has its own (ALiBi) attention code, which always returns its probabilities.
+    # MPT has its own (ALiBi) attention code, which always returns its probabilities: no logits.
     "mpt": Architecture(
         "transformer.blocks",
-        {
-            "layer_input": Tap("", "input"),
-            "attn_norm_output": Tap("norm_1"),
-            "query": Tap("attn.Wqkv", part=(0, 3)),
-            "key": Tap("attn.Wqkv", part=(1, 3)),
-            "value": Tap("attn.Wqkv", part=(2, 3)),
-            "attn_residual": Tap("norm_2", "input"),
-            "mlp_norm_output": Tap("norm_2"),
-            "up_output": Tap("ffn.up_proj"),
-            "act_output": Tap("ffn.act"),
-            "down_proj_input": Tap("ffn.down_proj", "input"),
-            "down_proj_output": Tap("ffn.down_proj"),
-            "layer_output": Tap(""),
-        },
+        _ungated("norm_1", _fused("attn.Wqkv", "part"), "ffn.up_proj", "ffn.act", "ffn.down_proj", mlp_norm="norm_2"),
         attention="attn",
         probs_from_output=True,
-        notes="no attention logits",
     ),
     # Falcon has its own attention code (no eager_attention_forward) and a fused multi-query
     # projection; its residual, norm and MLP sites are captured, attention is not.
     "falcon": Architecture(
-        "transformer.h",
-        {
-            "layer_input": Tap("", "input"),
-            "attn_norm_output": Tap("input_layernorm"),
-            "up_output": Tap("mlp.dense_h_to_4h"),
-            "act_output": Tap("mlp.act"),
-            "down_proj_input": Tap("mlp.dense_4h_to_h", "input"),
-            "down_proj_output": Tap("mlp.dense_4h_to_h"),
-            "layer_output": Tap(""),
-        },
-        notes="no attention or query/key/value sites",
+        "transformer.h", _ungated("input_layernorm", None, "mlp.dense_h_to_4h", "mlp.act", "mlp.dense_4h_to_h")
     ),
 }
 
