@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import UserError
+
 # Every site, in the order data flows through a decoder layer.
 SITES = (
     "layer_input",
@@ -167,7 +169,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(UserError, ValueError):
     """The model's architecture or a requested site is not in the table."""
 
 

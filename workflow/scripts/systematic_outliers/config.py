@@ -23,8 +23,15 @@ HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 HF_DATASET_ONLY_KEYS = ("subset", "split", "text_field")
 
 
-class ConfigError(ValueError):
-    """A configuration problem, worded as one line for the user."""
+class UserError(Exception):
+    """A problem the user can fix (config, source, model, statistics), worded as one line.
+
+    Rules print it as that line and exit non-zero; any other exception is a bug.
+    """
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration problem."""
 
 
 def load_schema() -> dict:

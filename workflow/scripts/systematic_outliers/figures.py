@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .config import UserError  # noqa: E402
 from .statistics import SUN_FLOOR, SUN_RATIO  # noqa: E402
 
 OUTLIER = "magenta"  # outlier tokens, as in the paper
@@ -27,7 +28,7 @@ TOKEN_CLASS_LABELS = {"initial": "initial token", "strong_delimiter": "strong de
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "figure.dpi": 100})
 
 
-class FigureDataError(ValueError):
+class FigureDataError(UserError, ValueError):
     """A statistics file is missing, empty or lacks what a figure needs; the text names it."""
 
 

@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import split_revision, split_source
+from .config import UserError, split_revision, split_source
 from .io import atomic_directory, sha256_file, write_json
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -42,7 +42,7 @@ HUB_PATTERNS = [
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".gguf")
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError, RuntimeError):
     """The model or text cannot be fetched; the text says why and what to do."""
 
 

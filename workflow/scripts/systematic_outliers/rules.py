@@ -6,10 +6,7 @@ import logging
 import sys
 import traceback
 
-from .capture import UnsupportedModel
-from .config import ConfigError
-from .figures import FigureDataError
-from .models import SourceError
+from .config import UserError
 
 
 def run_rule(snakemake, main) -> None:
@@ -25,7 +22,7 @@ def run_rule(snakemake, main) -> None:
         logging.basicConfig(stream=log, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
         try:
             main(snakemake)
-        except (ConfigError, SourceError, UnsupportedModel, FigureDataError) as error:
+        except UserError as error:
             print(f"error: {error}", file=log)
             print(f"error: {error}", file=console)
             sys.exit(1)
