@@ -46,12 +46,18 @@ if "HF_TOKEN" in os.environ:
 
 # Notebooks lie beside the Snakefile, whatever the working directory.
 NOTEBOOKS = Path(workflow.basedir) / "notebooks"
-# Figures drawn from the corpus statistics alone (notebooks/{figure}.ipynb, rule statistics_figure).
-STATISTICS_FIGURES = [
-    "fig03_activation_positions",
-    "fig04_down_proj_positions",
-    "fig06_attention_positions",
-]
+# Every LLM figure: the notebook that draws it (notebooks/<name>.ipynb, rule figure) and the
+# fixed parameters that make it this figure; one notebook may draw a family of figures.
+FIGURES = {
+    "fig01_existence": ("fig01_existence", {}),
+    "fig03_activation_positions": ("fig03_activation_positions", {}),
+    "fig04_down_proj_positions": ("fig04_down_proj_positions", {}),
+    "fig05_weight_positions": ("fig05_weight_positions", {}),
+    "fig06_attention_positions": ("fig06_attention_positions", {}),
+    "fig07_emergence": ("lifecycle_mlp", {"stage": "emergence"}),
+    "fig08_spread": ("fig08_spread", {}),
+    "fig09_disappearance": ("lifecycle_mlp", {"stage": "disappearance"}),
+}
 # The prompt the figures' 3-D panels show: the first configured one.
 FIGURE_PROMPT = next(iter(CONFIG["prompts"]))
 
@@ -60,7 +66,7 @@ wildcard_constraints:
     model="|".join(map(re.escape, CONFIG["models"])),
     corpus="|".join(map(re.escape, CONFIG["corpora"])),
     prompt="|".join(map(re.escape, CONFIG["prompts"])),
-    figure="|".join(STATISTICS_FIGURES),
+    figure="|".join(FIGURES),
 
 
 def capture_outputs(model):
@@ -76,7 +82,7 @@ def capture_outputs(model):
 
 
 def figure_overrides(model):
-    """The config's layer overrides for `model` as 0-based notebook parameters."""
+    """The config's layer and head overrides for `model` as 0-based notebook parameters."""
     overrides = CONFIG.get("figures", {}).get("overrides", {}).get(model, {})
     return {name: layer - 1 for name, layer in overrides.items()}
 
@@ -88,6 +94,8 @@ def default_targets():
         *(
             f"results/figures/{model}/{figure}.png"
             for model in TARGET_MODELS
-            for figure in STATISTICS_FIGURES
+            for figure in FIGURES
         ),
+        *(f"results/claims/{model}.md" for model in TARGET_MODELS),
+        "results/tables/table1_alignment.csv",
     ]

@@ -1,15 +1,16 @@
-# Figures: papermill notebooks that read the capture stage's files and draw.
+# Figures and tables: papermill notebooks and small scripts that read the capture stage's files.
 
 
-rule statistics_figure:
+rule figure:
     input:
         stats=f"results/capture/{{model}}/stats/{TARGET_CORPUS}",
         prompt=f"results/capture/{{model}}/prompts/{FIGURE_PROMPT}.safetensors",
-        notebook=NOTEBOOKS / "{figure}.ipynb",
+        weights="results/capture/{model}/weights.parquet",
+        notebook=lambda wildcards: NOTEBOOKS / f"{FIGURES[wildcards.figure][0]}.ipynb",
     output:
         png=report(
             "results/figures/{model}/{figure}.png",
-            caption="../report/statistics_figure.rst",
+            caption="../report/figure.rst",
             category="Figures",
             subcategory="{model}",
         ),
@@ -24,9 +25,49 @@ rule statistics_figure:
         notebook=lambda wildcards, input, output: {
             "stats_dir": input.stats,
             "prompt_path": input.prompt,
+            "weights_path": input.weights,
             "model": wildcards.model,
             "output_stem": output.png.removesuffix(".png"),
+            **FIGURES[wildcards.figure][1],
             **figure_overrides(wildcards.model),
         },
     script:
         "../scripts/run_notebook.py"
+
+
+rule claims:
+    input:
+        stats=f"results/capture/{{model}}/stats/{TARGET_CORPUS}",
+        prompt=f"results/capture/{{model}}/prompts/{FIGURE_PROMPT}.safetensors",
+        weights="results/capture/{model}/weights.parquet",
+    output:
+        report("results/claims/{model}.md", category="Claims"),
+    log:
+        "results/logs/claims/{model}.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        overrides=lambda wildcards: figure_overrides(wildcards.model),
+    script:
+        "../scripts/write_claims.py"
+
+
+rule table1_alignment:
+    input:
+        stats=expand(
+            "results/capture/{model}/stats/{corpus}",
+            model=TARGET_MODELS,
+            corpus=TARGET_CORPUS,
+        ),
+        weights=expand("results/capture/{model}/weights.parquet", model=TARGET_MODELS),
+    output:
+        csv=report("results/tables/table1_alignment.csv", category="Tables"),
+        markdown="results/tables/table1_alignment.md",
+    log:
+        "results/logs/tables/table1_alignment.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        models=TARGET_MODELS,
+    script:
+        "../scripts/alignment_table.py"

@@ -1,15 +1,19 @@
 """Rule dump_prompt: every capture site at every layer for one short prompt, in full."""
 
+import json
 from pathlib import Path
 
 from systematic_outliers import passes
+from systematic_outliers.models import weights_provenance
 from systematic_outliers.rules import run_rule
 
 
 def main(snakemake):
     model, tokenizer = passes.load(snakemake.wildcards.model, snakemake.params.entry, Path(snakemake.input.model), attention=True)
     prompt = snakemake.params.prompt
-    record = passes.dump_prompt(model, tokenizer, prompt["text"], prompt["add_special_tokens"], Path(snakemake.output.tensors))
+    manifest = json.loads((Path(snakemake.input.model) / "manifest.json").read_text())
+    record = passes.dump_prompt(model, tokenizer, prompt["text"], prompt["add_special_tokens"], Path(snakemake.output.tensors),
+                                weights=weights_provenance(manifest))
     print(f"{len(record['sites'])} sites × {record['layers']} layers on {record['device']}: {record['tokens']}")
 
 

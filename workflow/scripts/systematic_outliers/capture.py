@@ -194,6 +194,21 @@ def decoder_layers(model, architecture: Architecture):
     return model.get_submodule(architecture.layers)
 
 
+def mlp_weights(model, layer_index: int) -> dict[str, torch.Tensor]:
+    """The MLP's gate, up and down matrices of one layer as [out, in], where the table has them."""
+    architecture = architecture_of(model)
+    layer = decoder_layers(model, architecture)[layer_index]
+    matrices = {}
+    for name, site in (("gate_proj", "gate_output"), ("up_proj", "up_output"), ("down_proj", "down_proj_input")):
+        tap = architecture.taps.get(site)
+        if tap is None:
+            continue
+        weight = layer.get_submodule(tap.module).weight.detach()
+        weight = weight.T if architecture.weights_transposed else weight
+        matrices[name] = weight.chunk(tap.part[1], dim=0)[tap.part[0]] if tap.part else weight
+    return matrices
+
+
 def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 

@@ -23,6 +23,7 @@ OUTLIER = "magenta"  # outlier tokens, as in the paper
 NORMAL = "royalblue"  # other tokens
 WEIGHT = "forestgreen"  # weights
 HEATMAP = "YlGnBu"
+WEIGHT_OUTLIER_FACTOR = 5.0  # × the reference median: a down-projection column that stands out
 TOKEN_CLASS_LABELS = {"initial": "initial token", "strong_delimiter": "strong delimiter", "weak_semantic": "weak semantic", "other": "other"}
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "figure.dpi": 100})
@@ -52,6 +53,15 @@ def read_manifest(stats_dir: str | Path) -> dict:
     if not path.is_file():
         raise FigureDataError(f"{path}: missing; rerun the capture rule that writes it")
     return json.loads(path.read_text())
+
+
+def read_prompt_record(path: str | Path) -> dict:
+    """The JSON beside a prompt dump: text, tokens, dtype, device and where the weights come from."""
+    path = Path(path).with_suffix(".json")
+    try:
+        return json.loads(path.read_text())
+    except Exception as error:
+        raise FigureDataError(f"{path}: cannot be read ({type(error).__name__}: {error})") from None
 
 
 def read_prompt(path: str | Path, sites: tuple[str, ...]) -> tuple[dict, list[str]]:
@@ -125,23 +135,110 @@ def outlier_channels(values, tokens: list[int], share: float = 0.3) -> list[int]
     return sorted(int(c) for c in (magnitude >= share * magnitude.max()).nonzero()[0])
 
 
-def plot_3d(ax, values, tokens: list[str], outlier_tokens: list[int], ticked_channels: list[int], title: str,
-            color_others: str = NORMAL, zlabel: str = "") -> None:
-    """|values| [tokens, channels] as one line per token along the channels (the paper's wireframes,
-    rstride=0): outlier tokens magenta, the others `color_others`."""
+def plot_3d(ax, values, labels: list[str], highlighted: list[int], ticked: list[int], title: str,
+            color_others: str = NORMAL, zlabel: str = "", signed: bool = False, zlim: float | None = None) -> None:
+    """values [lines, width] as one line per row along the width (the paper's wireframes, rstride=0):
+    rows in `highlighted` magenta, the others `color_others`; |values| unless `signed`."""
     import numpy as np
 
-    magnitude = np.abs(values)
-    channels = np.arange(magnitude.shape[1])
-    for position in range(magnitude.shape[0]):
-        color = OUTLIER if position in outlier_tokens else color_others
-        ax.plot(channels, np.full_like(channels, position), magnitude[position], color=color, linewidth=0.8)
-    ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
-    ax.set_xticks(ticked_channels, [str(c) for c in ticked_channels], fontsize=7)
-    ax.set_zlim(0, magnitude.max() * 1.05)
-    ax.set_title(title, fontsize=10)
+    shown = np.asarray(values) if signed else np.abs(values)
+    width = np.arange(shown.shape[1])
+    for row in range(shown.shape[0]):
+        color = OUTLIER if row in highlighted else color_others
+        ax.plot(width, np.full_like(width, row), shown[row], color=color, linewidth=0.8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax.set_xticks(ticked, [str(c) for c in ticked], fontsize=6)
+    ax.tick_params(axis="z", labelsize=6)
+    top = zlim or float(np.abs(shown).max()) * 1.05 or 1.0
+    ax.set_zlim(-top if signed else 0, top)
+    ax.set_title(title, fontsize=9)
     ax.set_zlabel(zlabel)
     ax.view_init(elev=25, azim=-60)
+
+
+def plot_attention(ax, values, tokens: list[str], title: str, colorbar: bool = True) -> None:
+    """A [query, key] attention map with the upper (future) triangle masked, YlGnBu as in the paper."""
+    import numpy as np
+    import seaborn as sns
+
+    values = np.asarray(values, dtype=float)
+    upper = np.triu(np.ones_like(values, dtype=bool), k=1)
+    sns.heatmap(np.where(upper, np.nan, values), mask=upper, cmap=HEATMAP, ax=ax, square=True, cbar=colorbar,
+                xticklabels=tokens, yticklabels=tokens, cbar_kws={"shrink": 0.7})
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=9)
+
+
+def weight_slice(prompt: dict, layer: int, name: str, focus: list[int] | None = None):
+    """The kept columns of one MLP matrix at `layer` as (channels, [channels, d_model]); with
+    `focus`, only the edges and the focus channels with their neighbours, as the paper shows."""
+    import numpy as np
+
+    key = f"{name}_weight.{layer}"
+    if key not in prompt:
+        raise FigureDataError(f"the prompt dump has no {key}; rerun rule dump_prompt")
+    channels = prompt[f"weight_channels.{layer}"]
+    matrix = prompt[key].T if name == "down_proj" else prompt[key]  # down: [d_model, channels]
+    if focus is not None:
+        wanted = {0, 1, 2, int(channels[-1])} | {c + d for c in focus for d in (-1, 0, 1)}
+        keep = np.isin(channels, sorted(wanted))
+        channels, matrix = channels[keep], matrix[keep]
+    return [int(c) for c in channels], matrix
+
+
+def written_rows(column, share: float = 0.5) -> list[int]:
+    """Rows of one weight column whose |W| reaches `share` of its largest: the channels it writes."""
+    import numpy as np
+
+    magnitude = np.abs(column)
+    return sorted(int(r) for r in (magnitude >= share * magnitude.max()).nonzero()[0])
+
+
+def reference_median(weights: pd.DataFrame) -> float:
+    """The median max/mean ratio over every matrix of the model (the paper's reference line is a mean)."""
+    return float(weights.max_ratio.median())
+
+
+def weight_outlier_layers(weights: pd.DataFrame, factor: float = WEIGHT_OUTLIER_FACTOR) -> pd.DataFrame:
+    """Down-projection rows of the weight table whose column ratio is `factor` × the reference median or more."""
+    down = weights[weights.mlp_down]
+    return down[down.column_ratio >= factor * reference_median(weights)]
+
+
+def activation_outlier_channels(channel_max: pd.DataFrame, sites: pd.DataFrame, site: str) -> dict[int, list[int]]:
+    """Per layer, the channels whose corpus max |x| at `site` passes Sun's rule against the layer's
+    mean median (> 100 and > 1000 × median); layers without any are left out."""
+    import numpy as np
+
+    medians = sites[sites.site == site].groupby("layer").median_abs.mean()
+    found = {}
+    for row in channel_max[channel_max.site == site].itertuples():
+        values = np.asarray(row.max_abs)
+        channels = ((values > SUN_FLOOR) & (values > SUN_RATIO * medians[row.layer])).nonzero()[0]
+        if len(channels):
+            found[int(row.layer)] = [int(c) for c in channels]
+    return found
+
+
+def spread_head(heads: pd.DataFrame, after: int) -> tuple[int, int, str]:
+    """The layer (from `after` on) and head that put the largest mean share of attention on the outlier keys."""
+    share = heads[heads.layer >= after].groupby(["layer", "head"]).outlier_share.mean()
+    if share.empty or share.max() <= 0:
+        raise FigureDataError(f"no head after layer {after + 1} attends to outlier keys")
+    layer, head = (int(v) for v in share.idxmax())
+    return layer, head, (f"layer {layer + 1}, head {head + 1} puts the largest mean share of its attention on the "
+                         f"windows' outlier keys, {share.max():.2f}")
+
+
+def carrying_dims(query, key, outlier_tokens: list[int], count: int = 2) -> list[int]:
+    """Head dims that contribute most to the logits of later queries on the outlier keys:
+    the largest mean_i q[i, d] · k[o, d] over queries i ≥ o (pre-rotary, so approximate under RoPE)."""
+    import numpy as np
+
+    contribution = np.zeros(query.shape[1])
+    for o in outlier_tokens:
+        contribution += query[o:].mean(axis=0) * key[o]
+    return sorted(int(d) for d in np.argsort(contribution)[::-1][:count])
 
 
 def plot_layerwise(ax, curves: pd.DataFrame, title: str) -> None:
@@ -166,3 +263,43 @@ def save(figure, stem: str | Path) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     for suffix in (".png", ".pdf"):
         figure.savefig(stem.with_suffix(suffix), bbox_inches="tight", dpi=150)
+
+
+def flow_figure(rows: int, columns: int, panels: dict[str, tuple[int, int, str]], cell=(3.3, 2.8)):
+    """A figure with one axes per panel on a rows × columns grid: panels maps a name to
+    (row, column, "3d" or "2d"). Cells keep room between panels for the arrows."""
+    figure = plt.figure(figsize=(columns * cell[0], rows * cell[1]))
+    axes = {}
+    for name, (row, column, kind) in panels.items():
+        left, bottom = column / columns, 1 - (row + 1) / rows
+        rect = [left + 0.12 / columns, bottom + 0.1 / rows, 0.76 / columns, 0.76 / rows]
+        axes[name] = figure.add_axes(rect, projection="3d" if kind == "3d" else None)
+    return figure, axes
+
+
+def draw_edges(figure, axes: dict, edges: list[tuple]) -> None:
+    """Arrows between panels, each (source, target, label) or (source, target, label, "under"):
+    straight from side to side, or ("under") down below every panel and up into the target.
+    The label sits on the arrow in a box, as an operation in a data-flow diagram."""
+    from matplotlib.patches import FancyArrowPatch
+    from matplotlib.path import Path as Polyline
+
+    box = dict(boxstyle="round,pad=0.25", facecolor="lightyellow", edgecolor="gray")
+    for source, target, label, *route in edges:
+        a, b = axes[source].get_position(), axes[target].get_position()
+        if route == ["under"]:
+            level = 0.02
+            points = [(a.x0 + a.width / 2, a.y0), (a.x0 + a.width / 2, level), (b.x0 + b.width / 2, level), (b.x0 + b.width / 2, b.y0)]
+            middle = ((points[1][0] + points[2][0]) / 2, level)
+        else:
+            (ax_, ay), (bx, by) = (a.x0 + a.width / 2, a.y0 + a.height / 2), (b.x0 + b.width / 2, b.y0 + b.height / 2)
+            if abs(bx - ax_) > abs(by - ay):  # mostly sideways: leave and enter through the sides
+                points = [(a.x1 if bx > ax_ else a.x0, ay), (b.x0 if bx > ax_ else b.x1, by)]
+            else:
+                points = [(ax_, a.y0 if by < ay else a.y1), (bx, b.y1 if by < ay else b.y0)]
+            middle = ((points[0][0] + points[1][0]) / 2, (points[0][1] + points[1][1]) / 2)
+        codes = [Polyline.MOVETO] + [Polyline.LINETO] * (len(points) - 1)
+        figure.add_artist(FancyArrowPatch(path=Polyline(points, codes), arrowstyle="-|>", mutation_scale=14,
+                                          color="dimgray", linewidth=1.2, transform=figure.transFigure))
+        if label:
+            figure.text(*middle, label, ha="center", va="center", fontsize=9, bbox=box, transform=figure.transFigure)

@@ -243,3 +243,11 @@ def _from_gguf(path: Path, entry: dict, staging: Path) -> dict:
         "dequantized": any(t not in ("F32", "F16", "BF16") for t in types),
         "quantization": types,
     }
+
+
+def weights_provenance(manifest: dict) -> str:
+    """One phrase for captions and claims: where the weight numbers come from."""
+    if manifest.get("dequantized"):
+        quantized = [t for t in manifest["quantization"] if t not in ("F32", "F16", "BF16")]
+        return f"weights dequantized to {manifest['dtype']} from a GGUF quantized as {', '.join(quantized)} (4-/8-bit blocks), not the original weights"
+    return f"weights as published, loaded in {manifest['dtype']}"

@@ -19,6 +19,7 @@ from .config import CONTEXT_KEYS, ConfigError
 from .io import atomic_directory, atomic_file, write_json
 from .models import DTYPES, SourceError
 from .statistics import COLUMNS, CorpusStatistics, token_label
+from .weights import slice_channels
 
 
 def device() -> torch.device:
@@ -71,10 +72,14 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool):
     return model.to(target).eval(), tokenizer
 
 
-def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: Path, sites=None) -> dict:
+def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: Path, sites=None, weights: str = "") -> dict:
     """Every site at every layer for one short prompt, as full float32 tensors in safetensors.
 
-    Keys are "{site}.{layer}"; the JSON beside it holds the text, token ids and labels.
+    Keys are "{site}.{layer}". For the weight panels it also keeps, per layer, slices of the MLP
+    matrices at the intermediate channels `weights.slice_channels` picks ("weight_channels.{layer}"):
+    "down_proj_weight.{layer}" [d_model, channels], "gate_proj_weight.{layer}" and
+    "up_proj_weight.{layer}" [channels, d_model]. The JSON beside it holds the text, token ids and
+    labels, and `weights`, where the weight numbers come from.
     """
     sites = sites or capture.available_sites(capture.architecture_of(model))
     input_ids = tokenizer(text, add_special_tokens=add_special_tokens, return_tensors="pt").input_ids
@@ -86,6 +91,17 @@ def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: P
     with capture.hooks(model, sites, keep), torch.no_grad():
         logits = model(input_ids.to(model.device)).logits
     tensors["logits"] = logits[0].float().cpu()
+    for layer in range(len(capture.decoder_layers(model, capture.architecture_of(model)))):
+        matrices = capture.mlp_weights(model, layer)
+        if "down_proj" not in matrices or f"down_proj_input.{layer}" not in tensors:
+            continue
+        channels = torch.tensor(slice_channels(matrices["down_proj"], tensors[f"down_proj_input.{layer}"]))
+        tensors[f"weight_channels.{layer}"] = channels
+        index = channels.to(matrices["down_proj"].device)
+        tensors[f"down_proj_weight.{layer}"] = matrices["down_proj"][:, index].float().cpu().contiguous()
+        for name in ("gate_proj", "up_proj"):
+            if name in matrices:
+                tensors[f"{name}_weight.{layer}"] = matrices[name][index].float().cpu().contiguous()
     record = {
         "text": text,
         "add_special_tokens": add_special_tokens,
@@ -96,6 +112,7 @@ def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: P
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "model_type": model.config.model_type,
+        "weights": weights,
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(target) as scratch:

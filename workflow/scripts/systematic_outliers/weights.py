@@ -20,6 +20,8 @@ from .capture import ARCHITECTURES, UnsupportedModel
 
 EPSILON = 1e-8  # as the official code, so an all-zero column has ratio 0, not NaN
 TOP = 3
+WRITE_SHARE = 0.5
+SLICE_EDGES = (0, 1, 2)  # and the last column: the paper's W_down panels show [0, 1, 2, …, c-1, c, c+1, …, N-1]
 
 COLUMNS = {
     "layer": "decoder layer, 0-based",
@@ -30,10 +32,12 @@ COLUMNS = {
     "mean_abs": "mean |W|",
     "column_ratio": "max over columns of max|W[:, j]| / mean|W[:, j]|",
     "top_columns": f"the {TOP} columns with the largest ratio, largest first",
-    "top_column_rows": f"the {TOP} rows with the largest |W| in the top column: the output channels it writes",
+    "top_column_rows": f"rows of the top column with |W| at least {WRITE_SHARE:g} × its largest (at most {TOP}), largest first: "
+    "the output channels it writes",
     "row_ratio": "max over rows of max|W[i, :]| / mean|W[i, :]|",
     "top_rows": f"the {TOP} rows with the largest ratio, largest first",
     "max_ratio": "max(column_ratio, row_ratio), the quantity of the paper's Fig 5a",
+    "mlp_down": "true for the MLP's down projection, the W_down of Figs 1b and 5b/c",
 }
 
 
@@ -49,7 +53,8 @@ def matrix_row(layer: int, module: str, weight: torch.Tensor) -> dict:
     row_ratio = magnitude.amax(dim=1) / (magnitude.mean(dim=1) + EPSILON)
     top_columns = column_ratio.topk(min(TOP, column_ratio.numel())).indices
     top_rows = row_ratio.topk(min(TOP, row_ratio.numel())).indices
-    writes = magnitude[:, top_columns[0]].topk(min(TOP, magnitude.shape[0])).indices
+    top_column = magnitude[:, top_columns[0]]
+    writes = [i for i in top_column.topk(min(TOP, magnitude.shape[0])).indices.tolist() if top_column[i] >= WRITE_SHARE * top_column.max()]
     return {
         "layer": layer,
         "module": module,
@@ -59,7 +64,7 @@ def matrix_row(layer: int, module: str, weight: torch.Tensor) -> dict:
         "mean_abs": magnitude.mean().item(),
         "column_ratio": column_ratio.max().item(),
         "top_columns": top_columns.tolist(),
-        "top_column_rows": writes.tolist(),
+        "top_column_rows": writes,
         "row_ratio": row_ratio.max().item(),
         "top_rows": top_rows.tolist(),
         "max_ratio": max(column_ratio.max().item(), row_ratio.max().item()),
@@ -73,6 +78,7 @@ def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
         raise UnsupportedModel(f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}")
     architecture = ARCHITECTURES[model_type]
     pattern = _layer_pattern(architecture.layers)
+    down = architecture.taps.get("down_proj_input")
     rows = []
     for shard in sorted(model_dir.glob("*.safetensors")):
         with safe_open(shard, framework="pt") as handle:
@@ -84,8 +90,29 @@ def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
                 weight = handle.get_tensor(name)
                 if weight.dim() == 2:
                     rows.append(matrix_row(layer, module, weight.T if architecture.weights_transposed else weight))
+                    rows[-1]["mlp_down"] = down is not None and module == down.module
                 elif weight.dim() == 3:  # experts stacked as [experts, rows, columns]
-                    rows.extend(matrix_row(layer, f"{module}[{e}]", weight[e]) for e in range(weight.shape[0]))
+                    rows.extend({**matrix_row(layer, f"{module}[{e}]", weight[e]), "mlp_down": False} for e in range(weight.shape[0]))
     if not rows:
         raise UnsupportedModel(f"{model_dir}: no decoder-layer weights found under {architecture.layers!r}")
     return pd.DataFrame(rows, columns=list(COLUMNS)).sort_values(["layer", "module"], kind="stable").reset_index(drop=True)
+
+
+def slice_channels(down_weight: torch.Tensor, down_input: torch.Tensor, strongest: int = 4, share: float = 0.3) -> list[int]:
+    """Intermediate channels of one layer worth keeping for the weight panels, sorted.
+
+    `down_weight` is W_down as [d_model, d_ff], `down_input` the prompt's [tokens, d_ff]. Kept:
+    the TOP columns by max/mean ratio, the (at most `strongest`) channels whose |x| on the prompt
+    reaches `share` of the layer's largest, each with its two neighbours, and the edges.
+    """
+    magnitude = down_weight.abs().float()
+    ratio = magnitude.amax(dim=0) / (magnitude.mean(dim=0) + EPSILON)
+    by_ratio = ratio.topk(min(TOP, ratio.numel())).indices.tolist()
+    prompt_max = down_input.abs().float().amax(dim=0)
+    strong = prompt_max.topk(min(strongest, prompt_max.numel()))
+    by_prompt = [c for v, c in zip(strong.values.tolist(), strong.indices.tolist()) if v >= share * prompt_max.max()]
+    width = magnitude.shape[1]
+    kept = {*SLICE_EDGES, width - 1}
+    for channel in by_ratio + by_prompt:
+        kept |= {c for c in (channel - 1, channel, channel + 1) if 0 <= c < width}
+    return sorted(kept)

@@ -1,0 +1,22 @@
+"""Rule table1_alignment: Table 1, how far weight, activation and attention outliers coincide, per model."""
+
+import pandas as pd
+
+from systematic_outliers import findings
+from systematic_outliers.io import atomic_file
+from systematic_outliers.rules import run_rule
+
+
+def main(snakemake):
+    table = pd.DataFrame(
+        findings.alignment(findings.Evidence.load(model, stats, weights))
+        for model, stats, weights in zip(snakemake.params.models, snakemake.input.stats, snakemake.input.weights)
+    )
+    with atomic_file(snakemake.output.csv) as scratch:
+        table.to_csv(scratch, index=False)
+    with atomic_file(snakemake.output.markdown) as scratch:
+        scratch.write_text(findings.alignment_markdown(table))
+    print(table.to_string())
+
+
+run_rule(snakemake, main)
