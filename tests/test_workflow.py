@@ -35,7 +35,7 @@ def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
     assert done.returncode == 0, done.stderr
     assert planned_jobs(done.stdout) == {
         "fetch_corpus": 1, "fetch_model": 1, "cut_windows": 1,
-        "dump_prompt": 1, "corpus_statistics": 1, "weight_statistics": 1, "statistics_figure": 3, "all": 1,
+        "dump_prompt": 1, "corpus_statistics": 1, "weight_statistics": 1, "figure": 8, "claims": 1, "table1_alignment": 1, "all": 1,
     }
     assert "results/capture/smollm2-135m/stats/shakespeare" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == [".snakemake"]
@@ -46,7 +46,7 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
     assert done.returncode == 0, done.stderr
     assert planned_jobs(done.stdout) == {
         "fetch_corpus": 1, "fetch_model": 12, "cut_windows": 12,
-        "dump_prompt": 12, "corpus_statistics": 12, "weight_statistics": 12, "statistics_figure": 36, "all": 1,
+        "dump_prompt": 12, "corpus_statistics": 12, "weight_statistics": 12, "figure": 96, "claims": 12, "table1_alignment": 1, "all": 1,
     }
     assert "results/capture/mixtral-8x7b/stats/redpajama" in done.stdout
 

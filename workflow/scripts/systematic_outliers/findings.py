@@ -122,7 +122,10 @@ def claims(evidence: Evidence, prompt: dict, tokens: list[str], record: dict, ov
     if "disappearance_layer" in overrides:
         disappearance, disappearance_why = overrides["disappearance_layer"], "set in the config"
     else:
-        disappearance, disappearance_why = figures.disappearance_layer(h, after=emergence)
+        try:
+            disappearance, disappearance_why = figures.disappearance_layer(h, after=emergence)
+        except figures.FigureDataError as never:  # outliers that last to the output: a finding, not an error
+            disappearance, disappearance_why = None, str(never)
     reference = figures.reference_median(evidence.weights)
     down = evidence.weights[evidence.weights.mlp_down]
     top_weight = down.loc[down.column_ratio.idxmax()] if not down.empty else None
@@ -134,10 +137,6 @@ def claims(evidence: Evidence, prompt: dict, tokens: list[str], record: dict, ov
     table1 = alignment(evidence)
     # the cancelling layer on the prompt: what the MLP writes against what arrives on the outlier channel
     marked = figures.prompt_outlier_tokens(prompt[f"layer_output.{emergence}"]) or [0]
-    arriving = prompt[f"attn_residual.{disappearance}"]
-    token, channel = marked[0], int(np.abs(arriving[marked[0]]).argmax())
-    written = prompt[f"down_proj_output.{disappearance}"][token, channel]
-
     rows = []
 
     def claim(text, measured, holds):
@@ -167,10 +166,11 @@ def claims(evidence: Evidence, prompt: dict, tokens: list[str], record: dict, ov
           f"{len(channels)} channel(s) carry the outlier tokens' maxima; " + ", ".join(f"{c}: {v:.0%}" for c, v in channels.head(3).items()),
           bool(len(channels) and channels.head(4).sum() >= HOLDS))
     early = emergence < layers / 4
+    late = disappearance is None or disappearance >= layers - 4
     claim("… from an early layer to a late one",
-          f"they emerge at layer {emergence + 1} of {layers} ({emergence_why}) and are cancelled at layer {disappearance + 1} "
-          f"({disappearance_why})",
-          True if early and disappearance >= layers - 4 else None if disappearance >= layers - 4 else False)
+          f"they emerge at layer {emergence + 1} of {layers} ({emergence_why}) and "
+          + (f"last to the output ({disappearance_why})" if disappearance is None else f"are cancelled at layer {disappearance + 1} ({disappearance_why})"),
+          True if early and late else None if late else False)
     claim("The weight-outlier columns write the activation-outlier channels",
           f"{table1['rows_on_residual_outlier_channels']} of {table1['rows_written']} rows written by the {table1['weight_outlier_columns']} "
           f"outstanding W_down columns are residual outlier channels ({table1['residual_outlier_channels'] or 'none'}); "
@@ -180,11 +180,17 @@ def claims(evidence: Evidence, prompt: dict, tokens: list[str], record: dict, ov
           f"{table1['tokens_that_are_outlier_keys']:.0%} of {table1['activation_outlier_tokens']} activation-outlier tokens are outlier keys; "
           f"{table1['keys_that_are_outlier_tokens']:.0%} of {table1['attention_outlier_keys']} outlier keys are activation-outlier tokens",
           None if not table1["activation_outlier_tokens"] else bool(table1["tokens_that_are_outlier_keys"] >= HOLDS))
-    fall = 1 - h.top1[disappearance] / h.top1[disappearance - 1]
-    claim("Late layers cancel them",
-          f"at layer {disappearance + 1} the mean top-1 |h| falls by {fall:.0%}; on the prompt its MLP writes {written:+,.0f} onto "
-          f"channel {channel} of {tokens[token]!r}, which arrives at {arriving[token, channel]:+,.0f}",
-          bool(fall >= 0.5 and np.sign(written) == -np.sign(arriving[token, channel])))
+    if disappearance is None:
+        claim("Late layers cancel them", disappearance_why, False)
+    else:
+        arriving = prompt[f"attn_residual.{disappearance}"]
+        token, channel = marked[0], int(np.abs(arriving[marked[0]]).argmax())
+        written = prompt[f"down_proj_output.{disappearance}"][token, channel]
+        fall = 1 - h.top1[disappearance] / h.top1[disappearance - 1]
+        claim("Late layers cancel them",
+              f"at layer {disappearance + 1} the mean top-1 |h| falls by {fall:.0%}; on the prompt its MLP writes {written:+,.0f} onto "
+              f"channel {channel} of {tokens[token]!r}, which arrives at {arriving[token, channel]:+,.0f}",
+              bool(fall >= 0.5 and np.sign(written) == -np.sign(arriving[token, channel])))
 
     return "\n".join([
         f"# The paper's claims, checked on {evidence.model}",
