@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,23 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
         "dump_prompt": 12, "corpus_statistics": 12, "weight_statistics": 12, "figure": 96, "claims": 12, "table1_alignment": 1, "all": 1,
     }
     assert "results/capture/mixtral-8x7b/stats/redpajama" in done.stdout
+
+
+def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tmp_path):
+    """Falcon has no attention capture and an ungated MLP; MPT has no attention logits."""
+    for model, model_type in (("falcon-7b", "falcon"), ("mpt-7b", "mpt"), ("llama2-7b", "llama")):
+        folder = tmp_path / "resources" / "models" / model
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type, "max_position_embeddings": 4096}))
+    done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "paper.yaml"))
+    assert done.returncode == 0, done.stderr
+    def planned(model):
+        return set(re.findall(rf"results/figures/{model}/(\w+)\.png", done.stdout))
+
+    assert planned("falcon-7b") == {"fig03_activation_positions", "fig04_down_proj_positions", "fig05_weight_positions"}
+    assert planned("mpt-7b") == planned("falcon-7b") | {"fig01_existence", "fig06_attention_positions"}
+    assert len(planned("llama2-7b")) == 8
+    assert planned_jobs(done.stdout)["figure"] == 96 - 5 - 3  # MPT: no logits (Fig 8), no gate (Figs 7, 9)
 
 
 @pytest.mark.parametrize(

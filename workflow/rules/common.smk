@@ -10,6 +10,7 @@ from pathlib import Path
 # in any environment; the Snakefile itself needs only its light config module.
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
+from systematic_outliers.architectures import ARCHITECTURES, available_sites
 from systematic_outliers.config import ConfigError, check_window_length, validate_config
 
 
@@ -46,18 +47,70 @@ if "HF_TOKEN" in os.environ:
 
 # Notebooks lie beside the Snakefile, whatever the working directory.
 NOTEBOOKS = Path(workflow.basedir) / "notebooks"
-# Every LLM figure: the notebook that draws it (notebooks/<name>.ipynb, rule figure) and the
-# fixed parameters that make it this figure; one notebook may draw a family of figures.
+# Every LLM figure: the notebook that draws it (notebooks/<name>.ipynb, rule figure), the fixed
+# parameters that make it this figure (one notebook may draw a family), and the capture sites it needs.
+_LIFECYCLE_SITES = (
+    "attn_residual",
+    "mlp_norm_output",
+    "gate_output",
+    "up_output",
+    "act_output",
+    "down_proj_input",
+    "down_proj_output",
+    "layer_output",
+)
 FIGURES = {
-    "fig01_existence": ("fig01_existence", {}),
-    "fig03_activation_positions": ("fig03_activation_positions", {}),
-    "fig04_down_proj_positions": ("fig04_down_proj_positions", {}),
-    "fig05_weight_positions": ("fig05_weight_positions", {}),
-    "fig06_attention_positions": ("fig06_attention_positions", {}),
-    "fig07_emergence": ("lifecycle_mlp", {"stage": "emergence"}),
-    "fig08_spread": ("fig08_spread", {}),
-    "fig09_disappearance": ("lifecycle_mlp", {"stage": "disappearance"}),
+    "fig01_existence": (
+        "fig01_existence",
+        {},
+        ("down_proj_input", "layer_output", "attn_probs"),
+    ),
+    "fig03_activation_positions": ("fig03_activation_positions", {}, ("layer_output",)),
+    "fig04_down_proj_positions": (
+        "fig04_down_proj_positions",
+        {},
+        ("down_proj_input", "layer_output"),
+    ),
+    "fig05_weight_positions": ("fig05_weight_positions", {}, ("down_proj_input",)),
+    "fig06_attention_positions": ("fig06_attention_positions", {}, ("attn_probs",)),
+    "fig07_emergence": ("lifecycle_mlp", {"stage": "emergence"}, _LIFECYCLE_SITES),
+    "fig08_spread": (
+        "fig08_spread",
+        {},
+        (
+            "layer_input",
+            "attn_norm_output",
+            "query",
+            "key",
+            "value",
+            "attn_logits",
+            "attn_probs",
+        ),
+    ),
+    "fig09_disappearance": (
+        "lifecycle_mlp",
+        {"stage": "disappearance"},
+        _LIFECYCLE_SITES,
+    ),
 }
+
+
+def figures_for(model):
+    """The figures `model`'s architecture can give. Known once its config.json is on disk (after
+    fetch_model); before that every figure is planned, as in a dry run of the paper config.
+    """
+    model_config = Path("resources/models") / model / "config.json"
+    if not model_config.exists():
+        return list(FIGURES)
+    architecture = ARCHITECTURES.get(json.loads(model_config.read_text())["model_type"])
+    if (
+        architecture is None
+    ):  # the capture rules fail with the list of supported architectures
+        return list(FIGURES)
+    have = set(available_sites(architecture))
+    return [figure for figure, (_, _, sites) in FIGURES.items() if set(sites) <= have]
+
+
 # The prompt the figures' 3-D panels show: the first configured one.
 FIGURE_PROMPT = next(iter(CONFIG["prompts"]))
 
@@ -94,7 +147,7 @@ def default_targets():
         *(
             f"results/figures/{model}/{figure}.png"
             for model in TARGET_MODELS
-            for figure in FIGURES
+            for figure in figures_for(model)
         ),
         *(f"results/claims/{model}.md" for model in TARGET_MODELS),
         "results/tables/table1_alignment.csv",

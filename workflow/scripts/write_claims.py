@@ -7,7 +7,7 @@ from systematic_outliers.rules import run_rule
 
 def main(snakemake):
     evidence = findings.Evidence.load(snakemake.wildcards.model, snakemake.input.stats, snakemake.input.weights)
-    prompt, tokens = figures.read_prompt(snakemake.input.prompt, ("attn_residual", "down_proj_output", "layer_output"))
+    prompt, tokens = figures.read_prompt(snakemake.input.prompt, ("layer_output",))
     text = findings.claims(evidence, prompt, tokens, figures.read_prompt_record(snakemake.input.prompt), snakemake.params.overrides)
     with atomic_file(snakemake.output[0]) as scratch:
         scratch.write_text(text)

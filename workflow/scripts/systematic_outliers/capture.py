@@ -1,7 +1,7 @@
 """Capture named tensors from unmodified Hugging Face models with forward hooks.
 
 Every architecture maps the same site names onto its own modules in one small table
-entry (`ARCHITECTURES`). A hook hands each captured tensor, as [tokens, channels] (or
+entry (`architectures.ARCHITECTURES`). A hook hands each captured tensor, as [tokens, channels] (or
 [tokens, heads, head_dim] for query/key/value), to a callback `sink(site, layer, tensor)`
 and returns None, so the model's outputs are untouched.
 
@@ -15,162 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from dataclasses import dataclass
 
 import torch
 
-from .config import UserError
-
-# Every site, in the order data flows through a decoder layer.
-SITES = (
-    "layer_input",
-    "attn_norm_output",
-    "query",
-    "key",
-    "value",
-    "attn_logits",
-    "attn_probs",
-    "attn_residual",
-    "mlp_norm_output",
-    "gate_output",
-    "up_output",
-    "act_output",
-    "down_proj_input",
-    "down_proj_output",
-    "layer_output",
+from .architectures import (  # noqa: F401  (re-exported: capture.SITES, capture.Tap, …)
+    ARCHITECTURES,
+    ATTENTION_SITES,
+    HEAD_SITES,
+    SITES,
+    Architecture,
+    Tap,
+    UnsupportedModel,
+    available_sites,
 )
-ATTENTION_SITES = ("attn_logits", "attn_probs")
-HEAD_SITES = ("query", "key", "value")
-
-
-@dataclass(frozen=True)
-class Tap:
-    """Where a site is read: a module path inside the decoder layer ('' = the layer itself),
-    its output or its first input, and for fused projections which chunk of the last dim
-    (`part`, before splitting heads) or of each head (`head_part`, GPT-NeoX's interleaving)."""
-
-    module: str
-    side: str = "output"
-    part: tuple[int, int] | None = None
-    head_part: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class Architecture:
-    layers: str  # path of the ModuleList of decoder layers
-    taps: dict[str, Tap]
-    attention: str | None = None  # attention module inside a layer; None: no attention capture
-    probs_from_output: bool = False  # attention code of its own that returns the probabilities: no logits
-    weights_transposed: bool = False  # GPT-2's Conv1D stores [in, out]
-
-
-def _llama_like(mlp_norm: str = "post_attention_layernorm", gate_up: str | None = None) -> dict[str, Tap]:
-    taps = {
-        "layer_input": Tap("", "input"),
-        "attn_norm_output": Tap("input_layernorm"),
-        "query": Tap("self_attn.q_proj"),
-        "key": Tap("self_attn.k_proj"),
-        "value": Tap("self_attn.v_proj"),
-        "attn_residual": Tap(mlp_norm, "input"),
-        "mlp_norm_output": Tap(mlp_norm),
-        "gate_output": Tap("mlp.gate_proj"),
-        "up_output": Tap("mlp.up_proj"),
-        "act_output": Tap("mlp.act_fn"),
-        "down_proj_input": Tap("mlp.down_proj", "input"),
-        "down_proj_output": Tap("mlp.down_proj"),
-        "layer_output": Tap(""),
-    }
-    if gate_up:  # Phi-3 fuses gate and up into one projection: gate first, then up
-        taps.update(gate_output=Tap(gate_up, part=(0, 2)), up_output=Tap(gate_up, part=(1, 2)), act_output=Tap("mlp.activation_fn"))
-    return taps
-
-
-def _separate(attention: str) -> tuple[Tap, Tap, Tap]:
-    return tuple(Tap(f"{attention}.{name}_proj") for name in "qkv")
-
-
-def _fused(projection: str, split: str) -> tuple[Tap, Tap, Tap]:
-    """q, k and v as thirds of one projection: of its output (`part`) or of each head (`head_part`)."""
-    return tuple(Tap(projection, **{split: (index, 3)}) for index in range(3))
-
-
-def _ungated(attn_norm, qkv, up, act, down, mlp_norm=None, parallel=False) -> dict[str, Tap]:
-    """Sites of a block whose MLP has no gate. Without `mlp_norm` the MLP reads the attention
-    norm's output; a `parallel` block feeds the layer input to both, so it has no attention residual."""
-    taps = {"layer_input": Tap("", "input"), "attn_norm_output": Tap(attn_norm)}
-    if qkv:
-        taps.update(zip(HEAD_SITES, qkv))
-    if mlp_norm and not parallel:
-        taps["attn_residual"] = Tap(mlp_norm, "input")
-    if mlp_norm:
-        taps["mlp_norm_output"] = Tap(mlp_norm)
-    taps.update(up_output=Tap(up), act_output=Tap(act), down_proj_input=Tap(down, "input"), down_proj_output=Tap(down))
-    taps["layer_output"] = Tap("")
-    return taps
-
-
-_LLAMA = Architecture("model.layers", _llama_like(), attention="self_attn")
-_MIXTRAL_TAPS = {k: v for k, v in _llama_like().items() if not k.startswith(("gate", "up", "act", "down"))}
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "qwen3": _LLAMA,
-    # Gemma norms the attention output before the residual add; the MLP norm is pre_feedforward_layernorm.
-    "gemma2": Architecture("model.layers", _llama_like("pre_feedforward_layernorm"), attention="self_attn"),
-    "gemma3_text": Architecture("model.layers", _llama_like("pre_feedforward_layernorm"), attention="self_attn"),
-    # Phi-3 fuses q, k and v into one projection of unequal parts: no query/key/value sites.
-    "phi3": Architecture(
-        "model.layers",
-        {k: v for k, v in _llama_like(gate_up="mlp.gate_up_proj").items() if k not in HEAD_SITES},
-        attention="self_attn",
-    ),
-    # Mixtral's experts are one module with 3-D weights, called once per routed expert:
-    # its MLP sites are not per token, so only the residual, norm and attention sites are captured.
-    "mixtral": Architecture("model.layers", _MIXTRAL_TAPS, attention="self_attn"),
-    "gpt2": Architecture(
-        "transformer.h",
-        _ungated("ln_1", _fused("attn.c_attn", "part"), "mlp.c_fc", "mlp.act", "mlp.c_proj", mlp_norm="ln_2"),
-        attention="attn",
-        weights_transposed=True,
-    ),
-    # GPT-NeoX and Phi run attention and MLP in parallel on the same input: no attention residual.
-    "gpt_neox": Architecture(
-        "gpt_neox.layers",
-        _ungated(
-            "input_layernorm", _fused("attention.query_key_value", "head_part"), "mlp.dense_h_to_4h", "mlp.act",
-            "mlp.dense_4h_to_h", mlp_norm="post_attention_layernorm", parallel=True,
-        ),
-        attention="attention",
-    ),
-    "phi": Architecture(
-        "model.layers",
-        _ungated("input_layernorm", _separate("self_attn"), "mlp.fc1", "mlp.activation_fn", "mlp.fc2"),
-        attention="self_attn",
-    ),
-    "opt": Architecture(
-        "model.decoder.layers",
-        _ungated("self_attn_layer_norm", _separate("self_attn"), "fc1", "activation_fn", "fc2", mlp_norm="final_layer_norm"),
-        attention="self_attn",
-    ),
-    # MPT has its own (ALiBi) attention code, which always returns its probabilities: no logits.
-    "mpt": Architecture(
-        "transformer.blocks",
-        _ungated("norm_1", _fused("attn.Wqkv", "part"), "ffn.up_proj", "ffn.act", "ffn.down_proj", mlp_norm="norm_2"),
-        attention="attn",
-        probs_from_output=True,
-    ),
-    # Falcon has its own attention code (no eager_attention_forward) and a fused multi-query
-    # projection; its residual, norm and MLP sites are captured, attention is not.
-    "falcon": Architecture(
-        "transformer.h", _ungated("input_layernorm", None, "mlp.dense_h_to_4h", "mlp.act", "mlp.dense_4h_to_h")
-    ),
-}
-
-
-class UnsupportedModel(UserError, ValueError):
-    """The model's architecture or a requested site is not in the table."""
 
 
 def architecture_of(model) -> Architecture:
@@ -181,13 +38,6 @@ def architecture_of(model) -> Architecture:
             "Adding one is an entry in ARCHITECTURES (workflow/scripts/systematic_outliers/capture.py)"
         )
     return ARCHITECTURES[model_type]
-
-
-def available_sites(architecture: Architecture) -> tuple[str, ...]:
-    have = set(architecture.taps)
-    if architecture.attention:
-        have |= {"attn_probs"} if architecture.probs_from_output else set(ATTENTION_SITES)
-    return tuple(site for site in SITES if site in have)
 
 
 def decoder_layers(model, architecture: Architecture):

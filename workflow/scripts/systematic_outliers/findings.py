@@ -31,24 +31,26 @@ class Evidence:
     topk: pd.DataFrame
     outliers: pd.DataFrame
     channel_max: pd.DataFrame
-    attention_layers: pd.DataFrame
-    attention_keys: pd.DataFrame
+    attention_layers: pd.DataFrame | None  # None: the architecture has no attention capture (Falcon)
+    attention_keys: pd.DataFrame | None
     weights: pd.DataFrame
 
     @classmethod
     def load(cls, model: str, stats_dir, weights_path) -> "Evidence":
         weights_path = Path(weights_path)
+        manifest = figures.read_manifest(stats_dir)
+        attention = "attn_probs" in manifest["sites"]
         return cls(
             model=model,
             stats_dir=Path(stats_dir),
-            manifest=figures.read_manifest(stats_dir),
+            manifest=manifest,
             sites=figures.read_table(stats_dir, "sites", ("window", "layer", "site", "median_abs")),
             topk=figures.read_table(stats_dir, "topk", ("window", "layer", "site", "rank", "value")),
             outliers=figures.read_table(stats_dir, "activation_outliers", ("window", "layer", "site", "position", "channel",
                                                                            "token_class", "paper_rule", "sun_rule")),
             channel_max=figures.read_table(stats_dir, "channel_max", ("layer", "site", "max_abs")),
-            attention_layers=figures.read_table(stats_dir, "attention_layers", ("window", "layer", "top1", "outlier_keys")),
-            attention_keys=figures.read_table(stats_dir, "attention_keys", ("window", "layer", "position", "is_outlier")),
+            attention_layers=figures.read_table(stats_dir, "attention_layers", ("window", "layer", "top1", "outlier_keys")) if attention else None,
+            attention_keys=figures.read_table(stats_dir, "attention_keys", ("window", "layer", "position", "is_outlier")) if attention else None,
             weights=figures.read_table(weights_path.parent, weights_path.stem, ("layer", "max_ratio", "column_ratio",
                                                                                 "top_columns", "top_column_rows", "mlp_down")),
         )
@@ -79,8 +81,11 @@ def alignment(evidence: Evidence) -> dict:
     rows_matched = sum(r in residual_channels for r in written)
     tokens, rule = evidence.outlier_tokens()
     activation = set(zip(tokens.window, tokens.position))
-    keys = evidence.attention_keys[evidence.attention_keys.is_outlier]
-    attention = set(zip(keys.window, keys.position))
+    if evidence.attention_keys is None:
+        attention = set()
+    else:
+        keys = evidence.attention_keys[evidence.attention_keys.is_outlier]
+        attention = set(zip(keys.window, keys.position))
     both = activation & attention
     return {
         "model": evidence.model,
@@ -92,7 +97,7 @@ def alignment(evidence: Evidence) -> dict:
         "row_share": rows_matched / len(written) if written else np.nan,
         "activation_outlier_tokens": len(activation),
         "attention_outlier_keys": len(attention),
-        "tokens_that_are_outlier_keys": len(both) / len(activation) if activation else np.nan,
+        "tokens_that_are_outlier_keys": len(both) / len(activation) if activation and evidence.attention_keys is not None else np.nan,
         "keys_that_are_outlier_tokens": len(both) / len(attention) if attention else np.nan,
         "residual_outlier_channels": " ".join(map(str, sorted(residual_channels))),
         "token_rule": rule,
@@ -104,8 +109,11 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|")
 
 
-def _verdict(holds: bool | None) -> str:
-    return {True: "holds", False: "does not hold", None: "partly"}[holds]
+NOT_MEASURED = "not measured"
+
+
+def _verdict(holds: bool | None | str) -> str:
+    return holds if holds == NOT_MEASURED else {True: "holds", False: "does not hold", None: "partly"}[holds]
 
 
 def claims(evidence: Evidence, prompt: dict, tokens: list[str], record: dict, overrides: dict | None = None) -> str:
@@ -129,8 +137,10 @@ def claims(evidence: Evidence, prompt: dict, tokens: list[str], record: dict, ov
     reference = figures.reference_median(evidence.weights)
     down = evidence.weights[evidence.weights.mlp_down]
     top_weight = down.loc[down.column_ratio.idxmax()] if not down.empty else None
-    attention_hits = evidence.attention_layers[evidence.attention_layers.outlier_keys > 0].groupby("layer").window.nunique()
-    attention_layers = sorted(int(layer) for layer in attention_hits[attention_hits >= windows / 2].index)
+    no_attention = f"{evidence.manifest['model_type']} has no attention capture (architectures.ARCHITECTURES)"
+    if evidence.attention_layers is not None:
+        attention_hits = evidence.attention_layers[evidence.attention_layers.outlier_keys > 0].groupby("layer").window.nunique()
+        attention_layers = sorted(int(layer) for layer in attention_hits[attention_hits >= windows / 2].index)
     tokens_found, rule = evidence.outlier_tokens()
     classes = tokens_found.token_class.value_counts(normalize=True)
     channels = tokens_found.channel.value_counts(normalize=True)
@@ -152,10 +162,13 @@ def claims(evidence: Evidence, prompt: dict, tokens: list[str], record: dict, ov
               f"column {int(top_weight.top_columns[0])} of layer {int(top_weight.layer) + 1}: ratio {top_weight.column_ratio:,.0f}, "
               f"{top_weight.column_ratio / reference:.1f} × the median over all matrices ({reference:.0f})",
               bool(top_weight.column_ratio >= figures.WEIGHT_OUTLIER_FACTOR * reference))
-    claim("Attention outliers exist: keys that take much of the attention",
-          f"keys receiving ≥ 0.1 × the window length in most of {windows} windows at {len(attention_layers)} of {layers} layers "
-          f"(from layer {attention_layers[0] + 1})" if attention_layers else f"no layer has such keys in most of {windows} windows",
-          bool(attention_layers))
+    if evidence.attention_layers is None:
+        claim("Attention outliers exist: keys that take much of the attention", no_attention, NOT_MEASURED)
+    else:
+        claim("Attention outliers exist: keys that take much of the attention",
+              f"keys receiving ≥ 0.1 × the window length in most of {windows} windows at {len(attention_layers)} of {layers} layers "
+              f"(from layer {attention_layers[0] + 1})" if attention_layers else f"no layer has such keys in most of {windows} windows",
+              bool(attention_layers))
     share = classes.reindex(["initial", "strong_delimiter", "weak_semantic"]).fillna(0)
     delimiters = share["strong_delimiter"] + share["weak_semantic"]
     claim("They sit at the first token and at delimiters",
@@ -176,21 +189,29 @@ def claims(evidence: Evidence, prompt: dict, tokens: list[str], record: dict, ov
           f"outstanding W_down columns are residual outlier channels ({table1['residual_outlier_channels'] or 'none'}); "
           f"{table1['columns_on_down_input_outlier_channels']} of the columns are down-input outlier channels of their layer",
           None if not table1["rows_written"] else bool(table1["row_share"] >= HOLDS))
-    claim("The attention-outlier keys are the activation-outlier tokens",
-          f"{table1['tokens_that_are_outlier_keys']:.0%} of {table1['activation_outlier_tokens']} activation-outlier tokens are outlier keys; "
-          f"{table1['keys_that_are_outlier_tokens']:.0%} of {table1['attention_outlier_keys']} outlier keys are activation-outlier tokens",
-          None if not table1["activation_outlier_tokens"] else bool(table1["tokens_that_are_outlier_keys"] >= HOLDS))
+    if evidence.attention_keys is None:
+        claim("The attention-outlier keys are the activation-outlier tokens", no_attention, NOT_MEASURED)
+    else:
+        claim("The attention-outlier keys are the activation-outlier tokens",
+              f"{table1['tokens_that_are_outlier_keys']:.0%} of {table1['activation_outlier_tokens']} activation-outlier tokens are outlier keys; "
+              f"{table1['keys_that_are_outlier_tokens']:.0%} of {table1['attention_outlier_keys']} outlier keys are activation-outlier tokens",
+              None if not table1["activation_outlier_tokens"] else bool(table1["tokens_that_are_outlier_keys"] >= HOLDS))
     if disappearance is None:
         claim("Late layers cancel them", disappearance_why, False)
     else:
-        arriving = prompt[f"attn_residual.{disappearance}"]
-        token, channel = marked[0], int(np.abs(arriving[marked[0]]).argmax())
-        written = prompt[f"down_proj_output.{disappearance}"][token, channel]
         fall = 1 - h.top1[disappearance] / h.top1[disappearance - 1]
-        claim("Late layers cancel them",
-              f"at layer {disappearance + 1} the mean top-1 |h| falls by {fall:.0%}; on the prompt its MLP writes {written:+,.0f} onto "
-              f"channel {channel} of {tokens[token]!r}, which arrives at {arriving[token, channel]:+,.0f}",
-              bool(fall >= 0.5 and np.sign(written) == -np.sign(arriving[token, channel])))
+        measured = f"at layer {disappearance + 1} the mean top-1 |h| falls by {fall:.0%}"
+        if f"down_proj_output.{disappearance}" in prompt and f"attn_residual.{disappearance}" in prompt:
+            arriving = prompt[f"attn_residual.{disappearance}"]
+            token, channel = marked[0], int(np.abs(arriving[marked[0]]).argmax())
+            written = prompt[f"down_proj_output.{disappearance}"][token, channel]
+            claim("Late layers cancel them",
+                  f"{measured}; on the prompt its MLP writes {written:+,.0f} onto channel {channel} of {tokens[token]!r}, "
+                  f"which arrives at {arriving[token, channel]:+,.0f}",
+                  bool(fall >= 0.5 and np.sign(written) == -np.sign(arriving[token, channel])))
+        else:  # parallel blocks (no attention residual) or no MLP sites: only the fall is measured
+            claim("Late layers cancel them", f"{measured}; the MLP's own contribution is not captured for this architecture",
+                  None if fall >= 0.5 else False)
 
     return "\n".join([
         f"# The paper's claims, checked on {evidence.model}",
@@ -198,7 +219,7 @@ def claims(evidence: Evidence, prompt: dict, tokens: list[str], record: dict, ov
         f"Measured on {windows} windows of {evidence.manifest['window_length']} tokens ({evidence.stats_dir}) and the prompt "
         f"{record['text']!r}, in {evidence.manifest['dtype']} on {evidence.manifest['device']}. Weight numbers: {record['weights']}.",
         f"A claim holds when the measured share is at least {HOLDS:.0%} (or, for existence, the paper's thresholds are met); "
-        "\"partly\" says it holds in part, as the measured column states.",
+        "\"partly\" says it holds in part, as the measured column states; \"not measured\": the capture table lacks the sites.",
         "",
         "| claim | measured | verdict |",
         "|---|---|---|",
