@@ -236,7 +236,8 @@ def test_prompt_dump_holds_every_site_in_full(tmp_path):
     tensors = load_file(tmp_path / "prompt.safetensors")
     assert json.loads((tmp_path / "prompt.json").read_text()) == record
     assert record["tokens"] == ["w61", "w5", ".", "the", "\\n"] and record["layers"] == 4
-    assert set(tensors) == {f"{s}.{l}" for s in record["sites"] for l in range(4)} | {"logits"}
+    weight_slices = {f"{name}.{l}" for name in ("weight_channels", "gate_proj_weight", "up_proj_weight", "down_proj_weight") for l in range(4)}
+    assert set(tensors) == {f"{s}.{l}" for s in record["sites"] for l in range(4)} | {"logits"} | weight_slices
     assert tensors["layer_output.1"].shape == (5, 32) and tensors["attn_probs.2"].shape == (4, 5, 5)
     h = tensors[f"layer_output.{MLP_LAYER}"].abs()
     assert divmod(int(h.argmax()), h.shape[1]) == (0, OUTPUT_CHANNEL)

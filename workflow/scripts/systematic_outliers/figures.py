@@ -156,7 +156,7 @@ def plot_3d(ax, values, labels: list[str], highlighted: list[int], ticked: list[
     ax.view_init(elev=25, azim=-60)
 
 
-def plot_attention(ax, values, tokens: list[str], title: str, colorbar: bool = True) -> None:
+def plot_attention(ax, values, tokens: list[str], title: str, colorbar: bool = True, query_labels: bool = True) -> None:
     """A [query, key] attention map with the upper (future) triangle masked, YlGnBu as in the paper."""
     import numpy as np
     import seaborn as sns
@@ -164,7 +164,7 @@ def plot_attention(ax, values, tokens: list[str], title: str, colorbar: bool = T
     values = np.asarray(values, dtype=float)
     upper = np.triu(np.ones_like(values, dtype=bool), k=1)
     sns.heatmap(np.where(upper, np.nan, values), mask=upper, cmap=HEATMAP, ax=ax, square=True, cbar=colorbar,
-                xticklabels=tokens, yticklabels=tokens, cbar_kws={"shrink": 0.7})
+                xticklabels=tokens, yticklabels=tokens if query_labels else False, cbar_kws={"shrink": 0.7})
     ax.tick_params(labelsize=7)
     ax.set_title(title, fontsize=9)
 

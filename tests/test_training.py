@@ -1,0 +1,89 @@
+"""Training: the testbed's sequences follow its rules, and a killed run resumes to the same result."""
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+from systematic_outliers.gpt2 import GPTConfig
+from systematic_outliers.training import BOS, BigramBackcopy, Schedule, TextWindows, load_trained, train
+
+TINY = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=1, n_embd=16, tie_weights=False, attention="context_scale")
+
+
+def schedule(**overrides):
+    return Schedule(**{**dict(steps=300, batch_size=8, learning_rate=3e-3, min_learning_rate=3e-4, warmup_steps=20, decay_steps=300,
+                              weight_decay=0.01, eval_interval=20, eval_batches=2, checkpoint_interval=50), **overrides})
+
+
+def test_backcopy_sequences_copy_after_triggers_and_follow_the_table_elsewhere():
+    task = BigramBackcopy(vocab_size=64, length=64, triggers=3)
+    tokens = task.sequences(200, torch.Generator().manual_seed(0))
+    assert torch.all(tokens[:, 0] == BOS) and torch.all(tokens[:, 1:] != BOS)
+    after_trigger = task.is_trigger[tokens[:, 2:-1]]
+    assert after_trigger.sum() > 500  # triggers are common enough to learn from
+    assert torch.equal(tokens[:, 3:][after_trigger], tokens[:, 1:-2][after_trigger])  # the copy
+    ordinary = ~task.is_trigger[tokens[:, 1:-1]]
+    ordinary[:, 0] |= True  # position 1 never copies
+    pairs = torch.stack([tokens[:, 1:-1][ordinary], tokens[:, 2:][ordinary]], dim=1)
+    assert torch.all(task.table[pairs[:, 0], pairs[:, 1]] > 0)  # every other step is a bigram the table allows
+    inputs, targets, mask = task.batch(4, torch.Generator().manual_seed(0))
+    assert not mask[:, 0].any() and mask[:, 1:].all() and torch.equal(inputs[:, 1:], targets[:, :-1])
+
+
+def test_text_windows_refuse_a_text_too_short_for_them():
+    with pytest.raises(ValueError, match="the text has 10 training and 5 validation tokens; windows of 16 need more"):
+        TextWindows(torch.arange(10), torch.arange(5), 16)
+
+
+def _train_in_a_child(folder):
+    code = (
+        "import sys; sys.path.insert(0, 'workflow/scripts'); sys.path.insert(0, 'tests');"
+        "from test_training import TINY, schedule; from systematic_outliers.training import BigramBackcopy, train;"
+        f"train(TINY, schedule(steps=800, decay_steps=800), BigramBackcopy(length=32), {str(folder)!r})"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path):
+    killed = tmp_path / "killed"
+    child = _train_in_a_child(killed)
+    try:
+        deadline = time.time() + 120
+        while not (killed / "checkpoint.pt").exists():
+            assert child.poll() is None and time.time() < deadline, "the child ended before its first checkpoint"
+            time.sleep(0.01)
+        time.sleep(0.2)  # somewhere past the checkpoint, mid-run
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert not (killed / "model.safetensors").exists()
+    stopped_at = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
+    assert 0 < stopped_at < 800
+
+    long = schedule(steps=800, decay_steps=800)
+    resumed_rows = train(TINY, long, BigramBackcopy(length=32), killed)
+    straight_rows = train(TINY, long, BigramBackcopy(length=32), tmp_path / "straight")
+    resumed, straight = load_trained(killed), load_trained(tmp_path / "straight")
+    for (name, a), (_, b) in zip(resumed.state_dict().items(), straight.state_dict().items()):
+        assert torch.equal(a, b), name
+    def without_time(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert without_time(resumed_rows) == without_time(straight_rows)
+    assert not (killed / "checkpoint.pt").exists()
+    with open(killed / "log.csv") as handle:
+        logged = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in logged] == list(range(20, 801, 20))
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    train(TINY, schedule(steps=60, checkpoint_interval=50), BigramBackcopy(length=32), tmp_path, stop_after=55)
+    other = GPTConfig(**{**TINY.to_dict(), "attention": "default"})
+    with pytest.raises(ValueError, match="checkpoint.pt was written for another model"):
+        train(other, schedule(steps=60), BigramBackcopy(length=32), tmp_path)

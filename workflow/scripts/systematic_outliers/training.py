@@ -1,0 +1,249 @@
+"""Training the GPT-2 attention variants: data, schedule, checkpoints that resume exactly.
+
+Two tasks feed the same loop:
+- `BigramBackcopy` (Guo et al., arXiv 2410.13835): sequences start with BOS; each next token
+  follows a fixed random bigram table, except that right after a trigger token it copies the
+  token before the trigger. A softmax head that copies must do nothing at every other position,
+  which it does by parking its attention on BOS: the mechanism the paper says outliers serve.
+- `TextWindows`: random windows of a token stream, with a fixed validation set.
+
+Resuming: the checkpoint holds the model, the optimizer, the data generator's state and the
+log rows so far, so a killed run continued from its last checkpoint ends with the same weights
+and the same log as one that never stopped (apart from the wall-clock column).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .gpt2 import GPT, GPTConfig
+from .io import atomic_file, write_json
+
+BOS = 0
+
+
+@dataclass
+class Schedule:
+    steps: int
+    batch_size: int
+    learning_rate: float
+    min_learning_rate: float
+    warmup_steps: int
+    decay_steps: int  # cosine from the peak to min_learning_rate over this many steps, then flat
+    weight_decay: float
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    gradient_accumulation: int = 1
+    eval_interval: int = 100
+    eval_batches: int = 8
+    checkpoint_interval: int = 500
+    seed: int = 0
+    precision: str = "float32"  # or bfloat16 (autocast)
+
+    def learning_rate_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.learning_rate * (step + 1) / (self.warmup_steps + 1)
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.decay_steps - self.warmup_steps))
+        return self.min_learning_rate + 0.5 * (1 + math.cos(math.pi * progress)) * (self.learning_rate - self.min_learning_rate)
+
+
+class BigramBackcopy:
+    """Bigram-Backcopy sequences over `vocab_size` tokens (0 is BOS), fixed by `task_seed`."""
+
+    def __init__(self, vocab_size: int = 64, length: int = 64, triggers: int = 3, successors: int = 4, task_seed: int = 0):
+        generator = torch.Generator().manual_seed(task_seed)
+        self.vocab_size, self.length = vocab_size, length
+        ordinary = vocab_size - 1
+        self.triggers = (torch.randperm(ordinary, generator=generator)[:triggers] + 1).tolist()
+        # each token has a few likely successors: a sharp table a small model can learn in minutes
+        self.table = torch.zeros(vocab_size, vocab_size)
+        for token in range(1, vocab_size):
+            nexts = torch.randperm(ordinary, generator=generator)[:successors] + 1
+            self.table[token, nexts] = torch.rand(successors, generator=generator) + 0.1
+        self.table /= self.table.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        self.is_trigger = torch.zeros(vocab_size, dtype=torch.bool)
+        self.is_trigger[self.triggers] = True
+
+    def sequences(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        tokens = torch.empty(count, self.length + 1, dtype=torch.long)
+        tokens[:, 0] = BOS
+        tokens[:, 1] = torch.randint(1, self.vocab_size, (count,), generator=generator)
+        for t in range(1, self.length):
+            drawn = torch.multinomial(self.table[tokens[:, t]], 1, generator=generator).squeeze(1)
+            copy = self.is_trigger[tokens[:, t]] & (t >= 2)
+            tokens[:, t + 1] = torch.where(copy, tokens[:, t - 1], drawn)
+        return tokens
+
+    def batch(self, size: int, generator: torch.Generator):
+        tokens = self.sequences(size, generator)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        loss_mask = torch.ones_like(inputs, dtype=torch.bool)
+        loss_mask[:, 0] = False  # the first token after BOS is drawn uniformly: nothing to learn
+        return inputs, targets, loss_mask
+
+    def copy_positions(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Positions whose next token is a copy: a trigger with a real token before it."""
+        positions = self.is_trigger[inputs]
+        positions[:, :2] = False
+        return positions
+
+
+class TextWindows:
+    """Random windows of a token stream (the training split) and fixed ones of the validation split."""
+
+    def __init__(self, train: torch.Tensor, validation: torch.Tensor, length: int):
+        if len(train) <= length or len(validation) <= length:
+            raise ValueError(f"the text has {len(train)} training and {len(validation)} validation tokens; windows of {length} need more")
+        self.train, self.validation, self.length = train, validation, length
+
+    def _windows(self, stream, size, generator):
+        starts = torch.randint(0, len(stream) - self.length - 1, (size,), generator=generator)
+        tokens = torch.stack([stream[s : s + self.length + 1] for s in starts.tolist()])
+        return tokens[:, :-1], tokens[:, 1:], None
+
+    def batch(self, size: int, generator: torch.Generator):
+        return self._windows(self.train, size, generator)
+
+    def validation_batch(self, size: int, generator: torch.Generator):
+        return self._windows(self.validation, size, generator)
+
+
+def _validation_batches(data, schedule: Schedule):
+    """Fixed validation batches (their own generator), the same for every variant and every resume."""
+    generator = torch.Generator().manual_seed(10_000 + schedule.seed)
+    draw = data.validation_batch if hasattr(data, "validation_batch") else data.batch
+    return [draw(schedule.batch_size, generator) for _ in range(schedule.eval_batches)]
+
+
+@torch.no_grad()
+def evaluate(model: GPT, batches, data) -> dict:
+    model.eval()
+    losses, correct, copies = [], 0, 0
+    for inputs, targets, mask in batches:
+        logits, loss = model(inputs, targets, mask)
+        losses.append(loss.item())
+        if isinstance(data, BigramBackcopy):
+            positions = data.copy_positions(inputs)
+            correct += (logits.argmax(-1)[positions] == targets[positions]).sum().item()
+            copies += positions.sum().item()
+    model.train()
+    result = {"val_loss": sum(losses) / len(losses)}
+    if isinstance(data, BigramBackcopy):
+        result["backcopy_accuracy"] = correct / max(1, copies)
+    return result
+
+
+def optimizer_for(model: GPT, schedule: Schedule) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only, as nanoGPT."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": schedule.weight_decay},
+        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=schedule.learning_rate, betas=(schedule.beta1, schedule.beta2))
+
+
+LOG_COLUMNS = ("step", "tokens", "train_loss", "val_loss", "backcopy_accuracy", "learning_rate", "seconds")
+
+
+def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_after: int | None = None) -> list[dict]:
+    """Train into `folder` (checkpoint.pt while running; model.safetensors, config.json and log.csv at the end).
+
+    Resumes from folder/checkpoint.pt when present. `stop_after` ends the process's work after
+    that many steps as a kill would (tests use it); the checkpoint then holds the last save.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = folder / "checkpoint.pt"
+    torch.manual_seed(schedule.seed)
+    model = GPT(model_config)
+    optimizer = optimizer_for(model, schedule)
+    generator = torch.Generator().manual_seed(schedule.seed)
+    step, seconds, rows = 0, 0.0, []
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=True)
+        if state["model_config"] != model_config.to_dict():
+            raise ValueError(f"{checkpoint_path} was written for another model ({state['model_config']}); delete it to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, seconds, rows = state["step"], state["seconds"], state["rows"]
+    validation = _validation_batches(data, schedule)
+    autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=schedule.precision == "bfloat16")
+    model.train()
+    tokens_per_step = schedule.batch_size * schedule.gradient_accumulation * data.length
+    progress = tqdm(range(step, schedule.steps), initial=step, total=schedule.steps, desc=model_config.attention, unit="step")
+    started = time.perf_counter() - seconds
+    for step in progress:
+        if stop_after is not None and step >= stop_after:
+            return rows
+        learning_rate = schedule.learning_rate_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+        train_loss = 0.0
+        for _ in range(schedule.gradient_accumulation):
+            inputs, targets, mask = data.batch(schedule.batch_size, generator)
+            with autocast:
+                _, loss = model(inputs, targets, mask)
+            (loss / schedule.gradient_accumulation).backward()
+            train_loss += loss.item() / schedule.gradient_accumulation
+        torch.nn.utils.clip_grad_norm_(model.parameters(), schedule.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % schedule.eval_interval == 0 or done == schedule.steps:
+            row = {"step": done, "tokens": done * tokens_per_step, "train_loss": train_loss, **evaluate(model, validation, data),
+                   "learning_rate": learning_rate, "seconds": time.perf_counter() - started}
+            rows.append(row)
+            _write_log(folder / "log.csv", rows)  # rewritten whole at each evaluation: follow it while it trains
+            progress.set_postfix(val_loss=f"{row['val_loss']:.3f}")
+        if done % schedule.checkpoint_interval == 0 and done < schedule.steps:
+            _save_checkpoint(checkpoint_path, model, optimizer, generator, model_config, done, time.perf_counter() - started, rows)
+    _save_result(folder, model, model_config, schedule, rows)
+    checkpoint_path.unlink(missing_ok=True)
+    return rows
+
+
+def _save_checkpoint(path, model, optimizer, generator, model_config, step, seconds, rows) -> None:
+    with atomic_file(path) as scratch:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                    "model_config": model_config.to_dict(), "step": step, "seconds": seconds, "rows": rows}, scratch)
+
+
+def _write_log(path: Path, rows) -> None:
+    with atomic_file(path) as scratch, open(scratch, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, LOG_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _save_result(folder: Path, model, model_config, schedule, rows) -> None:
+    from safetensors.torch import save_model
+
+    with atomic_file(folder / "model.safetensors") as scratch:
+        save_model(model, str(scratch))  # handles the tied embedding
+    with atomic_file(folder / "config.json") as scratch:
+        write_json(scratch, {"model": model_config.to_dict(), "schedule": schedule.__dict__,
+                             "extra_parameters": model.extra_parameters(), "parameters": sum(p.numel() for p in model.parameters())})
+    _write_log(folder / "log.csv", rows)
+
+
+def load_trained(folder: Path) -> GPT:
+    """A trained variant from its folder (safetensors weights and config.json)."""
+    import json
+
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    model = GPT(GPTConfig(**config["model"]))
+    load_model(model, str(folder / "model.safetensors"))
+    return model.eval()
