@@ -105,10 +105,40 @@ def validate_config(config: dict) -> dict:
     for name in config.get("figures", {}).get("overrides", {}):
         if name not in config["models"]:
             raise ConfigError(f"figures.overrides.{name}: unknown model {name!r}; defined under models: {', '.join(config['models'])}")
+    _check_training(config)
     corpus = config["targets"]["corpus"]
     if corpus not in config["corpora"]:
         raise ConfigError(f"targets.corpus: unknown corpus {corpus!r}; defined under corpora: {', '.join(config['corpora'])}")
     return config
+
+
+TASK_KEYS = {  # data keys each task kind needs
+    "bigram_backcopy": ("vocab_size", "triggers", "task_seed"),
+    "characters": ("corpus", "validation_share", "prompt"),
+    "tokens": ("corpus", "tokenizer", "validation_share", "prompt"),
+}
+
+
+def _check_training(config: dict) -> None:
+    training = config.get("training")
+    if not training:
+        return
+    for name, task in training["tasks"].items():
+        data = task["data"]
+        missing = [key for key in TASK_KEYS[data["kind"]] if key not in data]
+        if missing:
+            raise ConfigError(f"training.tasks.{name}.data: kind {data['kind']!r} needs {', '.join(missing)}")
+        extra = [key for key in data if key not in (*TASK_KEYS[data["kind"]], "kind", "length")]
+        if extra:
+            raise ConfigError(f"training.tasks.{name}.data: {', '.join(extra)} not used by kind {data['kind']!r}; remove it")
+        if "corpus" in data and data["corpus"] not in config["corpora"]:
+            raise ConfigError(f"training.tasks.{name}.data.corpus: unknown corpus {data['corpus']!r}; defined under corpora: {', '.join(config['corpora'])}")
+        heads, width = task["model"]["n_head"], task["model"]["n_embd"]
+        if width % heads:
+            raise ConfigError(f"training.tasks.{name}.model: n_embd {width} is not a multiple of n_head {heads}")
+    for i, name in enumerate(training["run"]):
+        if name not in training["tasks"]:
+            raise ConfigError(f"training.run[{i}]: unknown task {name!r}; defined under training.tasks: {', '.join(training['tasks'])}")
 
 
 def split_source(source: str) -> tuple[str, str]:

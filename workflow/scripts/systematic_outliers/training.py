@@ -7,8 +7,8 @@ Two tasks feed the same loop:
   which it does by parking its attention on BOS: the mechanism the paper says outliers serve.
 - `TextWindows`: random windows of a token stream, with a fixed validation set.
 
-Resuming: the checkpoint holds the model, the optimizer, the data generator's state and the
-log rows so far, so a killed run continued from its last checkpoint ends with the same weights
+Resuming: the checkpoint holds the model, the optimizer and the log rows so far, and each
+step's data depends only on (seed, step, rank), so a killed run continued from its last checkpoint ends with the same weights
 and the same log as one that never stopped (apart from the wall-clock column).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,16 +59,14 @@ class Schedule:
 class BigramBackcopy:
     """Bigram-Backcopy sequences over `vocab_size` tokens (0 is BOS), fixed by `task_seed`."""
 
-    def __init__(self, vocab_size: int = 64, length: int = 64, triggers: int = 3, successors: int = 4, task_seed: int = 0):
+    def __init__(self, vocab_size: int = 64, length: int = 64, triggers: int = 3, task_seed: int = 0):
         generator = torch.Generator().manual_seed(task_seed)
         self.vocab_size, self.length = vocab_size, length
-        ordinary = vocab_size - 1
-        self.triggers = (torch.randperm(ordinary, generator=generator)[:triggers] + 1).tolist()
-        # each token has a few likely successors: a sharp table a small model can learn in minutes
+        self.triggers = (torch.randperm(vocab_size - 1, generator=generator)[:triggers] + 1).tolist()
+        # a dense random table: the previous token's value would spoil every bigram guess, so a
+        # copy head must go dormant at non-trigger positions (with a sparse table it need not)
         self.table = torch.zeros(vocab_size, vocab_size)
-        for token in range(1, vocab_size):
-            nexts = torch.randperm(ordinary, generator=generator)[:successors] + 1
-            self.table[token, nexts] = torch.rand(successors, generator=generator) + 0.1
+        self.table[1:, 1:] = torch.rand(vocab_size - 1, vocab_size - 1, generator=generator) + 0.1
         self.table /= self.table.sum(dim=1, keepdim=True).clamp_min(1e-12)
         self.is_trigger = torch.zeros(vocab_size, dtype=torch.bool)
         self.is_trigger[self.triggers] = True
@@ -91,7 +90,7 @@ class BigramBackcopy:
 
     def copy_positions(self, inputs: torch.Tensor) -> torch.Tensor:
         """Positions whose next token is a copy: a trigger with a real token before it."""
-        positions = self.is_trigger[inputs]
+        positions = self.is_trigger.to(inputs.device)[inputs]
         positions[:, :2] = False
         return positions
 
@@ -154,33 +153,60 @@ def optimizer_for(model: GPT, schedule: Schedule) -> torch.optim.AdamW:
 LOG_COLUMNS = ("step", "tokens", "train_loss", "val_loss", "backcopy_accuracy", "learning_rate", "seconds")
 
 
+def _batch_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The data of a step depends on (seed, step, rank) only, so a resumed run draws what the
+    uninterrupted one drew without saving any generator state."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + rank)
+
+
+def _distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device): under torchrun one GPU per process with DDP, else one device."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist.init_process_group("nccl")
+    local = int(os.environ["LOCAL_RANK"])
+    torch.cuda.set_device(local)
+    return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local)
+
+
 def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_after: int | None = None) -> list[dict]:
     """Train into `folder` (checkpoint.pt while running; model.safetensors, config.json and log.csv at the end).
 
     Resumes from folder/checkpoint.pt when present. `stop_after` ends the process's work after
     that many steps as a kill would (tests use it); the checkpoint then holds the last save.
+    Under torchrun the micro-batches of a step are shared among the processes (DDP); rank 0
+    evaluates, logs and saves.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint_path = folder / "checkpoint.pt"
+    rank, world, device = _distributed()
+    if schedule.gradient_accumulation % world:
+        raise ValueError(f"gradient_accumulation {schedule.gradient_accumulation} is not a multiple of the {world} processes")
     torch.manual_seed(schedule.seed)
-    model = GPT(model_config)
+    model = GPT(model_config).to(device)
     optimizer = optimizer_for(model, schedule)
-    generator = torch.Generator().manual_seed(schedule.seed)
     step, seconds, rows = 0, 0.0, []
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=True)
+        state = torch.load(checkpoint_path, weights_only=True, map_location=device)
         if state["model_config"] != model_config.to_dict():
             raise ValueError(f"{checkpoint_path} was written for another model ({state['model_config']}); delete it to start over")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
         step, seconds, rows = state["step"], state["seconds"], state["rows"]
-    validation = _validation_batches(data, schedule)
-    autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=schedule.precision == "bfloat16")
+    trained = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index])
+    validation = [tuple(t if t is None else t.to(device) for t in batch) for batch in _validation_batches(data, schedule)]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=schedule.precision == "bfloat16")
     model.train()
+    micro_steps = schedule.gradient_accumulation // world
     tokens_per_step = schedule.batch_size * schedule.gradient_accumulation * data.length
-    progress = tqdm(range(step, schedule.steps), initial=step, total=schedule.steps, desc=model_config.attention, unit="step")
+    progress = tqdm(range(step, schedule.steps), initial=step, total=schedule.steps, desc=model_config.attention, unit="step", disable=rank > 0)
     started = time.perf_counter() - seconds
     for step in progress:
         if stop_after is not None and step >= stop_after:
@@ -188,17 +214,22 @@ def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_
         learning_rate = schedule.learning_rate_at(step)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate
+        generator = _batch_generator(schedule.seed, step, rank)
         train_loss = 0.0
-        for _ in range(schedule.gradient_accumulation):
-            inputs, targets, mask = data.batch(schedule.batch_size, generator)
+        for micro in range(micro_steps):
+            inputs, targets, mask = (t if t is None else t.to(device) for t in data.batch(schedule.batch_size, generator))
+            if world > 1:  # all-reduce the gradients once per step, on the last micro-batch
+                trained.require_backward_grad_sync = micro == micro_steps - 1
             with autocast:
-                _, loss = model(inputs, targets, mask)
-            (loss / schedule.gradient_accumulation).backward()
-            train_loss += loss.item() / schedule.gradient_accumulation
+                _, loss = trained(inputs, targets, mask)
+            (loss / micro_steps).backward()
+            train_loss += loss.item() / micro_steps
         torch.nn.utils.clip_grad_norm_(model.parameters(), schedule.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
+        if rank > 0:
+            continue
         if done % schedule.eval_interval == 0 or done == schedule.steps:
             row = {"step": done, "tokens": done * tokens_per_step, "train_loss": train_loss, **evaluate(model, validation, data),
                    "learning_rate": learning_rate, "seconds": time.perf_counter() - started}
@@ -206,16 +237,17 @@ def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_
             _write_log(folder / "log.csv", rows)  # rewritten whole at each evaluation: follow it while it trains
             progress.set_postfix(val_loss=f"{row['val_loss']:.3f}")
         if done % schedule.checkpoint_interval == 0 and done < schedule.steps:
-            _save_checkpoint(checkpoint_path, model, optimizer, generator, model_config, done, time.perf_counter() - started, rows)
-    _save_result(folder, model, model_config, schedule, rows)
-    checkpoint_path.unlink(missing_ok=True)
+            _save_checkpoint(checkpoint_path, model, optimizer, model_config, done, time.perf_counter() - started, rows)
+    if rank == 0:
+        _save_result(folder, model, model_config, schedule, rows)
+        checkpoint_path.unlink(missing_ok=True)
     return rows
 
 
-def _save_checkpoint(path, model, optimizer, generator, model_config, step, seconds, rows) -> None:
+def _save_checkpoint(path, model, optimizer, model_config, step, seconds, rows) -> None:
     with atomic_file(path) as scratch:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                    "model_config": model_config.to_dict(), "step": step, "seconds": seconds, "rows": rows}, scratch)
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "model_config": model_config.to_dict(),
+                    "step": step, "seconds": seconds, "rows": rows}, scratch)
 
 
 def _write_log(path: Path, rows) -> None:
