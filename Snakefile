@@ -23,6 +23,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/text.smk"
 include: "workflow/rules/capture.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/training.smk"
 
 
 rule all:

@@ -37,6 +37,8 @@ def _validated(config):
 CONFIG = _validated(config)
 TARGET_MODELS = CONFIG["targets"]["models"]
 TARGET_CORPUS = CONFIG["targets"]["corpus"]
+TRAINING = CONFIG.get("training", {"variants": [], "tasks": {}, "run": []})
+TASKS = TRAINING["tasks"]
 
 # A hub token is passed on to jobs (also on a cluster) only when the user has set one.
 if "HF_TOKEN" in os.environ:
@@ -117,9 +119,35 @@ FIGURE_PROMPT = next(iter(CONFIG["prompts"]))
 
 wildcard_constraints:
     model="|".join(map(re.escape, CONFIG["models"])),
+    task="|".join(map(re.escape, TASKS)) or "no-task",
+    variant="|".join(TRAINING["variants"]) or "no-variant",
+    seed=r"\d+",
     corpus="|".join(map(re.escape, CONFIG["corpora"])),
     prompt="|".join(map(re.escape, CONFIG["prompts"])),
     figure="|".join(FIGURES),
+
+
+def training_runs(task):
+    """(variant, seed) of every training run of `task`."""
+    return [
+        (variant, seed)
+        for variant in TRAINING["variants"]
+        for seed in TASKS[task]["seeds"]
+    ]
+
+
+def trained_models(task):
+    return [
+        f"results/training/{task}/{variant}/seed{seed}/model.safetensors"
+        for variant, seed in training_runs(task)
+    ]
+
+
+def training_data(wildcards):
+    """A text task's encoded corpus; the synthetic testbed needs none."""
+    if TASKS[wildcards.task]["data"]["kind"] == "bigram_backcopy":
+        return []
+    return f"resources/training/{wildcards.task}"
 
 
 def capture_outputs(model):
@@ -151,4 +179,5 @@ def default_targets():
         ),
         *(f"results/claims/{model}.md" for model in TARGET_MODELS),
         "results/tables/table1_alignment.csv",
+        *(f"results/training/{task}/analysis" for task in TRAINING["run"]),
     ]

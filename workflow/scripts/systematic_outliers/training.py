@@ -279,3 +279,66 @@ def load_trained(folder: Path) -> GPT:
     model = GPT(GPTConfig(**config["model"]))
     load_model(model, str(folder / "model.safetensors"))
     return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks from the config: data, model shape and schedule of one training.tasks entry.
+
+def prepare_text(data_config: dict, documents: list[str], separator: str, target: Path) -> dict:
+    """Encode a corpus for a text task into folder `target`: tokens.safetensors (train and
+    validation streams, the last validation_share of the text) and vocabulary.json (with the
+    encoded analysis prompt)."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_directory
+
+    text = separator.join(documents)
+    prompt = data_config["prompt"]
+    if data_config["kind"] == "characters":
+        characters = sorted(set(text) | set(prompt))
+        index = {c: i for i, c in enumerate(characters)}
+        ids = torch.tensor([index[c] for c in text], dtype=torch.int32)
+        prompt_ids = [index[c] for c in prompt]
+        vocabulary = {"kind": "characters", "characters": characters, "vocab_size": len(characters),
+                      "prompt_tokens": [c.replace("\n", "\\n") for c in prompt]}
+    else:
+        from transformers import AutoTokenizer
+
+        repository = data_config["tokenizer"].removeprefix("hf:")
+        tokenizer = AutoTokenizer.from_pretrained(repository)
+        ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.int32)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        vocabulary = {"kind": "tokens", "tokenizer": repository, "vocab_size": (len(tokenizer) + 63) // 64 * 64,  # nanoGPT's padding
+                      "prompt_tokens": [tokenizer.decode([i]).replace("\n", "\\n") for i in prompt_ids]}
+    split = int(len(ids) * (1 - data_config["validation_share"]))
+    vocabulary.update(prompt=prompt, prompt_ids=prompt_ids, train_tokens=split, validation_tokens=len(ids) - split)
+    with atomic_directory(target) as staging:
+        save_file({"train": ids[:split].contiguous(), "validation": ids[split:].contiguous()}, staging / "tokens.safetensors")
+        write_json(staging / "vocabulary.json", vocabulary)
+    return vocabulary
+
+
+def load_task(task: dict, data_dir: Path | None = None):
+    """(data, vocab_size, prompt ids, prompt labels) of a training.tasks entry."""
+    data_config = task["data"]
+    if data_config["kind"] == "bigram_backcopy":
+        data = BigramBackcopy(data_config["vocab_size"], data_config["length"], data_config["triggers"], data_config["task_seed"])
+        prompt = data.sequences(1, torch.Generator().manual_seed(20_000))[0, : min(24, data.length)]  # a fixed sequence
+        labels = ["BOS" if t == BOS else f"T{t}" if data.is_trigger[t] else str(int(t)) for t in prompt]
+        return data, data.vocab_size, prompt.tolist(), labels
+    import json
+
+    from safetensors.torch import load_file
+
+    streams = load_file(Path(data_dir) / "tokens.safetensors")
+    vocabulary = json.loads((Path(data_dir) / "vocabulary.json").read_text())
+    data = TextWindows(streams["train"].long(), streams["validation"].long(), data_config["length"])
+    return data, vocabulary["vocab_size"], vocabulary["prompt_ids"], vocabulary["prompt_tokens"]
+
+
+def model_config(task: dict, variant: str, vocab_size: int) -> GPTConfig:
+    return GPTConfig(vocab_size=vocab_size, block_size=task["data"]["length"], attention=variant, **task["model"])
+
+
+def schedule(task: dict, seed: int) -> Schedule:
+    return Schedule(**task["schedule"], seed=seed)

@@ -1,0 +1,67 @@
+"""The variant analysis on tiny trained models: every table, consistent with training, and compression that bites."""
+
+import pandas as pd
+import pytest
+import torch
+
+from systematic_outliers import training, variants
+from systematic_outliers.gpt2 import GPT, GPTConfig
+
+TASK = {
+    "data": {"kind": "bigram_backcopy", "length": 16, "vocab_size": 16, "triggers": 2, "task_seed": 0},
+    "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "tie_weights": False},
+    "schedule": {"steps": 40, "batch_size": 8, "learning_rate": 3e-3, "min_learning_rate": 3e-4, "warmup_steps": 5,
+                 "decay_steps": 40, "weight_decay": 0.01, "eval_interval": 20, "eval_batches": 2, "checkpoint_interval": 100},
+    "seeds": [0],
+}
+
+
+@pytest.fixture(scope="module")
+def analysis(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("variants")
+    data, vocab_size, prompt_ids, labels = training.load_task(TASK)
+    runs = {}
+    for variant in ("default", "attention_bias", "context_scale"):
+        runs[(variant, 0)] = folder / variant
+        training.train(training.model_config(TASK, variant, vocab_size), training.schedule(TASK, 0), data, runs[(variant, 0)])
+    variants.analyse(TASK, runs, data, prompt_ids, labels, folder / "analysis")
+    return folder / "analysis"
+
+
+def test_every_table_covers_every_run_and_layer(analysis):
+    runs = pd.read_parquet(analysis / "runs.parquet")
+    assert list(runs.variant) == ["attention_bias", "context_scale", "default"]
+    assert dict(zip(runs.variant, runs.extra_parameters)) == {"attention_bias": 2 * 2 * 2 * 8, "context_scale": 2 * (16 * 2 + 2), "default": 0}
+    layers = pd.read_parquet(analysis / "layerwise.parquet")
+    assert sorted(layers.layer.unique()) == [0, 1, 2] and (layers.top1 >= layers.top2).all() and (layers.top3 >= layers["median"]).all()
+    sink = pd.read_parquet(analysis / "sink.parquet")
+    assert set(sink.positions) == {"trigger", "non_trigger"}
+    assert sink[sink.variant == "attention_bias"].extra_key.notna().all() and sink[sink.variant == "default"].extra_key.isna().all()
+    scale = sink[sink.variant == "context_scale"].scale
+    assert scale.notna().all() and ((scale > 0) & (scale < 2)).all()
+
+
+def test_full_precision_loss_is_the_one_training_logged(analysis):
+    runs = pd.read_parquet(analysis / "runs.parquet").set_index("variant")
+    compression = pd.read_parquet(analysis / "compression.parquet")
+    full = compression[compression.method == "full"].set_index("variant").val_loss
+    for variant in full.index:  # same seed-0 validation batches, same weights
+        assert full[variant] == pytest.approx(runs.val_loss[variant], rel=1e-6)
+    assert set(compression.method) == {"full", "w8", "w8a8", "prune50"}
+
+
+def test_compression_changes_weights_only_inside_its_block():
+    model = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    with variants.compressed(model, "prune50"):
+        weight = model.blocks[0].mlp.c_fc.weight
+        assert (weight == 0).float().mean() == 0.5
+    with variants.compressed(model, "w8"):
+        values = model.blocks[0].attn.c_attn.weight
+        step = values.abs().max() / 127
+        assert torch.allclose(values / step, (values / step).round(), atol=1e-4)
+    for name, parameter in model.state_dict().items():
+        assert torch.equal(parameter, before[name]), name
+    with pytest.raises(ValueError, match="compression method 'w4'"):
+        with variants.compressed(model, "w4"):
+            pass

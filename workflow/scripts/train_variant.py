@@ -1,0 +1,39 @@
+"""Rule train_variant: one attention variant on one task with one seed; resumes from its checkpoint.
+
+With `gpus` above one in the task, the training runs under torchrun (DDP), one process per GPU.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from systematic_outliers import training
+from systematic_outliers.rules import run_rule
+
+
+def run(task: dict, variant: str, seed: int, data_dir, folder) -> None:
+    data, vocab_size, _, _ = training.load_task(task, data_dir)
+    rows = training.train(training.model_config(task, variant, vocab_size), training.schedule(task, seed), data, Path(folder))
+    if rows:
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()})
+
+
+def main(snakemake):
+    torch.set_num_threads(snakemake.threads)
+    task, folder = snakemake.params.task, Path(snakemake.output.model).parent
+    arguments = [json.dumps(task), snakemake.wildcards.variant, snakemake.wildcards.seed, snakemake.input.data or "", str(folder)]
+    if task.get("gpus", 0) > 1:
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={task['gpus']}", __file__, *arguments],
+                       check=True)
+    else:
+        run(task, snakemake.wildcards.variant, int(snakemake.wildcards.seed), snakemake.input.data or None, folder)
+
+
+if __name__ == "__main__" and "snakemake" not in globals():  # one torchrun process
+    task, variant, seed, data_dir, folder = sys.argv[1:]
+    run(json.loads(task), variant, int(seed), data_dir or None, folder)
+else:
+    run_rule(snakemake, main)
