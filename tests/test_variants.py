@@ -1,8 +1,13 @@
 """The variant analysis on tiny trained models: every table, consistent with training, and compression that bites."""
 
+import os
+
 import pandas as pd
+import papermill
 import pytest
 import torch
+
+from conftest import REPO
 
 from systematic_outliers import training, variants
 from systematic_outliers.gpt2 import GPT, GPTConfig
@@ -21,8 +26,8 @@ def analysis(tmp_path_factory):
     folder = tmp_path_factory.mktemp("variants")
     data, vocab_size, prompt_ids, labels = training.load_task(TASK)
     runs = {}
-    for variant in ("default", "attention_bias", "context_scale"):
-        runs[(variant, 0)] = folder / variant
+    for variant in ("default", "attention_bias", "context_scale", "sigmoid"):
+        runs[(variant, 0)] = folder / variant / "seed0"
         training.train(training.model_config(TASK, variant, vocab_size), training.schedule(TASK, 0), data, runs[(variant, 0)])
     variants.analyse(TASK, runs, data, prompt_ids, labels, folder / "analysis")
     return folder / "analysis"
@@ -30,8 +35,9 @@ def analysis(tmp_path_factory):
 
 def test_every_table_covers_every_run_and_layer(analysis):
     runs = pd.read_parquet(analysis / "runs.parquet")
-    assert list(runs.variant) == ["attention_bias", "context_scale", "default"]
-    assert dict(zip(runs.variant, runs.extra_parameters)) == {"attention_bias": 2 * 2 * 2 * 8, "context_scale": 2 * (16 * 2 + 2), "default": 0}
+    assert list(runs.variant) == ["attention_bias", "context_scale", "default", "sigmoid"]
+    assert dict(zip(runs.variant, runs.extra_parameters)) == {"attention_bias": 2 * 2 * 2 * 8, "context_scale": 2 * (16 * 2 + 2),
+                                                             "default": 0, "sigmoid": 0}
     layers = pd.read_parquet(analysis / "layerwise.parquet")
     assert sorted(layers.layer.unique()) == [0, 1, 2] and (layers.top1 >= layers.top2).all() and (layers.top3 >= layers["median"]).all()
     sink = pd.read_parquet(analysis / "sink.parquet")
@@ -65,3 +71,31 @@ def test_compression_changes_weights_only_inside_its_block():
     with pytest.raises(ValueError, match="compression method 'w4'"):
         with variants.compressed(model, "w4"):
             pass
+
+
+@pytest.mark.parametrize("notebook, parameters, says", [
+    ("gpt2_activations", {"panel": "3d"}, "|h| at the output of block 1 (the middle one)"),
+    ("gpt2_activations", {"panel": "layerwise"}, "layer 0 is the embedding output"),
+    ("gpt2_activations", {"panel": "sigmoid"}, "sigmoid attention (f) beside softmax (a)"),
+    ("gpt2_attention_sink", {}, "(e) context_scale: first key non-trigger"),
+    ("gpt2_convergence", {}, "Tokens to reach"),
+])
+def test_gpt2_notebooks_draw_from_the_analysis_alone(analysis, tmp_path, notebook, parameters, says):
+    os.environ["PYTHONPATH"] = str(REPO / "workflow" / "scripts")
+    stem = tmp_path / "figure"
+    papermill.execute_notebook(REPO / "notebooks" / f"{notebook}.ipynb", tmp_path / "run.ipynb", progress_bar=False,
+                               parameters={"analysis_dir": str(analysis), "runs_dir": str(analysis.parent), "task": "tiny",
+                                           "output_stem": str(stem), **parameters})
+    assert says in (tmp_path / "figure.caption.txt").read_text()
+    assert stem.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_tables_and_claims_state_the_numbers(analysis):
+    runs = pd.read_parquet(analysis / "runs.parquet")
+    table = variants.table2(runs)
+    assert list(table.id) == ["(a)", "(d)", "(e)", "(f)"] and table.set_index("variant").extra_parameters["context_scale"] == 68
+    compression = variants.compression_table(pd.read_parquet(analysis / "compression.parquet"))
+    assert list(compression.method[:4]) == ["full", "w8", "w8a8", "prune50"] and "backcopy_accuracy" in compression
+    text = variants.claims({"tiny": analysis})
+    assert "## Task tiny" in text and "| (e) context_scale |" in text
+    assert "**(e) converges faster than (a).**" in text and "**Sigmoid attention (f) needs no sink.**" in text

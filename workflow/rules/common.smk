@@ -97,6 +97,16 @@ FIGURES = {
 }
 
 
+# GPT-2 attention-variant figures per training task: notebook and fixed parameters.
+GPT2_FIGURES = {
+    "fig10_variants_3d": ("gpt2_activations", {"panel": "3d"}),
+    "fig11_variants_layerwise": ("gpt2_activations", {"panel": "layerwise"}),
+    "variants_sigmoid": ("gpt2_activations", {"panel": "sigmoid"}),
+    "variants_attention_sink": ("gpt2_attention_sink", {}),
+    "convergence": ("gpt2_convergence", {}),
+}
+
+
 def figures_for(model):
     """The figures `model`'s architecture can give. Known once its config.json is on disk (after
     fetch_model); before that every figure is planned, as in a dry run of the paper config.
@@ -122,6 +132,7 @@ wildcard_constraints:
     task="|".join(map(re.escape, TASKS)) or "no-task",
     variant="|".join(TRAINING["variants"]) or "no-variant",
     seed=r"\d+",
+    gpt2_figure="|".join(GPT2_FIGURES),
     corpus="|".join(map(re.escape, CONFIG["corpora"])),
     prompt="|".join(map(re.escape, CONFIG["prompts"])),
     figure="|".join(FIGURES),
@@ -179,5 +190,15 @@ def default_targets():
         ),
         *(f"results/claims/{model}.md" for model in TARGET_MODELS),
         "results/tables/table1_alignment.csv",
-        *(f"results/training/{task}/analysis" for task in TRAINING["run"]),
+        *(
+            f"results/figures/gpt2/{task}/{figure}.png"
+            for task in TRAINING["run"]
+            for figure in GPT2_FIGURES
+        ),
+        *(
+            f"results/tables/gpt2/{task}/{table}.csv"
+            for task in TRAINING["run"]
+            for table in ("table2_variants", "compression")
+        ),
+        *(["results/claims/gpt2.md"] if TRAINING["run"] else []),
     ]

@@ -62,3 +62,73 @@ rule analyse_variants:
         seeds=lambda wildcards: [s for _, s in training_runs(wildcards.task)],
     script:
         "../scripts/analyse_variants.py"
+
+
+rule gpt2_figure:
+    input:
+        analysis="results/training/{task}/analysis",
+        logs=lambda wildcards: [
+            path.replace("model.safetensors", "log.csv")
+            for path in trained_models(wildcards.task)
+        ],
+        notebook=lambda wildcards: NOTEBOOKS
+        / f"{GPT2_FIGURES[wildcards.gpt2_figure][0]}.ipynb",
+    output:
+        png=report(
+            "results/figures/gpt2/{task}/{gpt2_figure}.png",
+            caption="../report/gpt2_figure.rst",
+            category="GPT-2 attention variants",
+            subcategory="{task}",
+        ),
+        pdf="results/figures/gpt2/{task}/{gpt2_figure}.pdf",
+        caption="results/figures/gpt2/{task}/{gpt2_figure}.caption.txt",
+        notebook="results/notebooks/gpt2/{task}/{gpt2_figure}.ipynb",
+    log:
+        "results/logs/gpt2_figure/{task}/{gpt2_figure}.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        notebook=lambda wildcards, input, output: {
+            "analysis_dir": input.analysis,
+            "runs_dir": f"results/training/{wildcards.task}",
+            "task": wildcards.task,
+            "output_stem": output.png.removesuffix(".png"),
+            **GPT2_FIGURES[wildcards.gpt2_figure][1],
+        },
+    script:
+        "../scripts/run_notebook.py"
+
+
+rule variant_tables:
+    input:
+        analysis="results/training/{task}/analysis",
+    output:
+        table2_csv=report(
+            "results/tables/gpt2/{task}/table2_variants.csv", category="Tables"
+        ),
+        table2_md="results/tables/gpt2/{task}/table2_variants.md",
+        compression_csv=report(
+            "results/tables/gpt2/{task}/compression.csv", category="Tables"
+        ),
+        compression_md="results/tables/gpt2/{task}/compression.md",
+    log:
+        "results/logs/variant_tables/{task}.log",
+    conda:
+        "../../envs/figures.yaml"
+    script:
+        "../scripts/variant_tables.py"
+
+
+rule gpt2_claims:
+    input:
+        analyses=expand("results/training/{task}/analysis", task=TRAINING["run"]),
+    output:
+        report("results/claims/gpt2.md", category="Claims"),
+    log:
+        "results/logs/claims/gpt2.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        tasks=TRAINING["run"],
+    script:
+        "../scripts/write_gpt2_claims.py"

@@ -241,12 +241,18 @@ def carrying_dims(query, key, outlier_tokens: list[int], count: int = 2) -> list
     return sorted(int(d) for d in np.argsort(contribution)[::-1][:count])
 
 
-def plot_layerwise(ax, curves: pd.DataFrame, title: str) -> None:
-    layers = curves.index + 1  # 1-based, as the paper prints them
+def plot_layerwise(ax, curves: pd.DataFrame, title: str, first_layer: int = 1) -> None:
+    """Top-1/2/3 and median per layer; `curves` is indexed 0-based, printed from `first_layer`
+    (1, as the paper prints decoder layers; 0 where row 0 is the embedding output)."""
+    layers = curves.index + first_layer
     for column, style in (("top1", "o-"), ("top2", "o-"), ("top3", "o-"), ("median", "v-")):
         ax.plot(layers, curves[column], style, markersize=4, label=column.replace("top", "Top "))
-    ax.set(xlabel="Layer", ylabel="Magnitude", title=title)
+    ax.set(xlabel="Layer" if first_layer else "Layer (0: embedding)", ylabel="Magnitude", title=title)
     ax.legend(frameon=False)
+
+
+VARIANT_COLORS = {"default": "tab:blue", "fixed_bias": "tab:orange", "context_bias": "tab:green",
+                  "attention_bias": "tab:red", "context_scale": "tab:purple", "sigmoid": "tab:brown"}
 
 
 def plot_token_classes(ax, classes: pd.Series, title: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +207,8 @@ def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_
     model.train()
     micro_steps = schedule.gradient_accumulation // world
     tokens_per_step = schedule.batch_size * schedule.gradient_accumulation * data.length
-    progress = tqdm(range(step, schedule.steps), initial=step, total=schedule.steps, desc=model_config.attention, unit="step", disable=rank > 0)
+    progress = tqdm(range(step, schedule.steps), initial=step, total=schedule.steps, desc=model_config.attention, unit="step",
+                    disable=rank > 0, mininterval=0.1 if sys.stderr.isatty() else 10)  # a log file gets a line per 10 s
     started = time.perf_counter() - seconds
     for step in progress:
         if stop_after is not None and step >= stop_after:

@@ -180,3 +180,122 @@ def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: lis
         write_json(staging / "manifest.json", {"prompt_ids": prompt_ids, "prompt_tokens": prompt_labels, "tables": COLUMNS,
                                                 "layers": task["model"]["n_layer"], "kind": task["data"]["kind"],
                                                 "seeds": sorted({seed for _, seed in runs}), "validation_batches": len(batches)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and claims, from the analysis folders.
+
+def _markdown(table: pd.DataFrame, title: str, note: str) -> str:
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([f"# {title}", "", note, "", *lines, ""])
+
+
+def table2(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table 2: each variant's formulation and the parameters it adds, counted from the trained models."""
+    first = runs.sort_values("seed").groupby("variant", sort=False).first().reset_index()
+    first["order"] = first.variant.map(list(VARIANTS).index)
+    first = first.sort_values("order")
+    return pd.DataFrame({"id": first.id, "variant": first.variant, "attention": first.name, "formulation": first.formulation,
+                         "parameters": first.parameters, "extra_parameters": first.extra_parameters,
+                         "extra_share": (first.extra_parameters / (first.parameters - first.extra_parameters)).map(lambda v: f"{v:.3%}")})
+
+
+def compression_table(compression: pd.DataFrame) -> pd.DataFrame:
+    """Validation loss (and perplexity, and testbed accuracy) per variant and method: mean and range over seeds."""
+    rows = []
+    for (variant, method), group in compression.groupby(["variant", "method"], sort=False):
+        row = {"variant": variant, "method": method, "val_loss": group.val_loss.mean(),
+               "val_loss_min": group.val_loss.min(), "val_loss_max": group.val_loss.max(), "perplexity": group.perplexity.mean()}
+        if group.backcopy_accuracy.notna().any():
+            row["backcopy_accuracy"] = group.backcopy_accuracy.mean()
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["order"] = table.variant.map(list(VARIANTS).index) * 10 + table.method.map(list(METHODS).index)
+    return table.sort_values("order").drop(columns="order").reset_index(drop=True)
+
+
+def compression_markdown(table: pd.DataFrame, task: str) -> str:
+    shown = table.copy()
+    for column in shown.columns:
+        if shown[column].dtype.kind == "f":
+            shown[column] = shown[column].map(lambda v: f"{v:.4f}")
+    return _markdown(shown, f"Compression of the attention variants, task {task}",
+                     "Validation loss in full precision, with absmax per-tensor 8-bit weights (w8), with those and per-token "
+                     "8-bit activations at every linear input (w8a8), and with the 50 % smallest-magnitude weights of every linear "
+                     "set to zero (prune50); mean and range over seeds, on the same validation batches for every variant.")
+
+
+def _measures(analysis_dir: Path) -> dict:
+    """Per variant: outlier ratio, sink weight, final loss and its range, compression damage."""
+    analysis_dir = Path(analysis_dir)
+    layerwise = pd.read_parquet(analysis_dir / "layerwise.parquet")
+    sink = pd.read_parquet(analysis_dir / "sink.parquet")
+    runs = pd.read_parquet(analysis_dir / "runs.parquet")
+    compression = pd.read_parquet(analysis_dir / "compression.parquet")
+    measures = {}
+    for variant in [v for v in VARIANTS if v in set(runs.variant)]:
+        per_seed = layerwise[layerwise.variant == variant].assign(ratio=lambda t: t.top1 / t["median"])
+        ratio = per_seed.groupby("seed").ratio.max()
+        dormant = sink[(sink.variant == variant) & sink.positions.isin(["non_trigger", "all"])]
+        first_key = dormant.groupby("seed").first_key.max()
+        losses = runs[runs.variant == variant].val_loss
+        damage = {}
+        for method in METHODS[1:]:
+            full = compression[(compression.variant == variant) & (compression.method == "full")].set_index("seed").val_loss
+            other = compression[(compression.variant == variant) & (compression.method == method)].set_index("seed").val_loss
+            damage[method] = float((other - full).mean())
+        measures[variant] = {"ratio": float(ratio.mean()), "ratio_range": (float(ratio.min()), float(ratio.max())),
+                             "sink": float(first_key.mean()), "loss": float(losses.mean()),
+                             "loss_range": (float(losses.min()), float(losses.max())), "damage": damage,
+                             "seeds": len(losses)}
+    return measures
+
+
+def claims(tasks: dict[str, Path]) -> str:
+    """results/claims/gpt2.md: the paper's Section 5 claims, per task, with the numbers."""
+    sections = ["# The paper's attention-variant claims, checked", "",
+                "Outlier ratio: the largest mean top-1 |h| over the median |h| of the same layer (layer 0 = embedding output), "
+                "mean over seeds with the range. Sink: the largest mean attention weight on the first key over blocks, at "
+                "positions that should do nothing (the testbed's non-trigger positions; all positions after the first in text). "
+                "Compression damage: validation loss with the compressed model minus in full precision.", ""]
+    for task, analysis_dir in tasks.items():
+        m = _measures(analysis_dir)
+        lines = [f"## Task {task}", "", "| variant | outlier ratio (range) | sink on first key | final val loss (range) | w8 / w8a8 / prune50 damage |",
+                 "|---|---|---|---|---|"]
+        for variant, v in m.items():
+            lines.append(f"| {VARIANTS[variant][0]} {variant} | {v['ratio']:.1f} ({v['ratio_range'][0]:.1f}–{v['ratio_range'][1]:.1f}) | "
+                         f"{v['sink']:.2f} | {v['loss']:.4f} ({v['loss_range'][0]:.4f}–{v['loss_range'][1]:.4f}) | "
+                         f"{v['damage']['w8']:+.4f} / {v['damage']['w8a8']:+.4f} / {v['damage']['prune50']:+.4f} |")
+        lines += ["", *_verdicts(m), ""]
+        sections += lines
+    return "\n".join(sections)
+
+
+def _verdicts(m: dict) -> list[str]:
+    keep = [v for v in ("default", "fixed_bias", "context_bias") if v in m]
+    lose = [v for v in ("attention_bias", "context_scale") if v in m]
+    out = []
+    if keep and lose:
+        low_keep, high_lose = min(m[v]["ratio"] for v in keep), max(m[v]["ratio"] for v in lose)
+        sink_keep, sink_lose = min(m[v]["sink"] for v in keep), max(m[v]["sink"] for v in lose)
+        activations = "holds" if low_keep > 2 * high_lose else "not shown at this scale"
+        sinks = "holds" if sink_keep > 2 * sink_lose else "not shown at this scale"
+        out.append(f"- **(a)–(c) keep outliers, (d)/(e) lose them.** Activations: the smallest outlier ratio among "
+                   f"{', '.join(keep)} is {low_keep:.1f}, the largest among {', '.join(lose)} {high_lose:.1f}: {activations} "
+                   f"(needs a factor 2). Attention sink: {sink_keep:.2f} at least vs {sink_lose:.2f} at most: {sinks}.")
+    if "default" in m and "context_scale" in m:
+        a, e = m["default"], m["context_scale"]
+        apart = e["loss_range"][1] < a["loss_range"][0]
+        verdict = "holds" if apart else "holds on the mean only, within the seed spread" if e["loss"] < a["loss"] else "not shown at this scale"
+        out.append(f"- **(e) converges faster than (a).** Final validation loss {e['loss']:.4f} ({e['loss_range'][0]:.4f}–{e['loss_range'][1]:.4f}) "
+                   f"vs {a['loss']:.4f} ({a['loss_range'][0]:.4f}–{a['loss_range'][1]:.4f}) over {e['seeds']} seed(s): {verdict}.")
+        better = [method for method in METHODS[1:] if e["damage"][method] < a["damage"][method]]
+        verdict = "holds" if len(better) == len(METHODS) - 1 else "partly" if better else "not shown at this scale"
+        out.append(f"- **(e) compresses better than (a).** Damage of (e) vs (a): " + "; ".join(
+            f"{method} {e['damage'][method]:+.4f} vs {a['damage'][method]:+.4f}" for method in METHODS[1:]) + f": {verdict}.")
+    if "sigmoid" in m and "default" in m:
+        f, a = m["sigmoid"], m["default"]
+        out.append(f"- **Sigmoid attention (f) needs no sink.** Sink {f['sink']:.2f} vs {a['sink']:.2f} for (a); outlier ratio "
+                   f"{f['ratio']:.1f} vs {a['ratio']:.1f}: {'holds' if f['sink'] < 0.5 * a['sink'] else 'not shown at this scale'}.")
+    return out
