@@ -36,7 +36,10 @@ def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
     assert done.returncode == 0, done.stderr
     assert planned_jobs(done.stdout) == {
         "fetch_corpus": 1, "fetch_model": 1, "cut_windows": 1,
-        "dump_prompt": 1, "corpus_statistics": 1, "weight_statistics": 1, "figure": 8, "claims": 1, "table1_alignment": 1, "all": 1,
+        "dump_prompt": 1, "corpus_statistics": 1, "weight_statistics": 1, "figure": 8, "claims": 1, "table1_alignment": 1,
+        # the attention variants: 6 × 3 seeds on the testbed, 6 × 1 on characters, each task analysed and drawn
+        "prepare_training_text": 1, "train_variant": 24, "analyse_variants": 2, "gpt2_figure": 10, "variant_tables": 2,
+        "gpt2_claims": 1, "all": 1,
     }
     assert "results/capture/smollm2-135m/stats/shakespeare" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == [".snakemake"]
@@ -46,9 +49,13 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
     done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "paper.yaml"))
     assert done.returncode == 0, done.stderr
     assert planned_jobs(done.stdout) == {
-        "fetch_corpus": 1, "fetch_model": 12, "cut_windows": 12,
-        "dump_prompt": 12, "corpus_statistics": 12, "weight_statistics": 12, "figure": 96, "claims": 12, "table1_alignment": 1, "all": 1,
+        "fetch_corpus": 2, "fetch_model": 12, "cut_windows": 12,
+        "dump_prompt": 12, "corpus_statistics": 12, "weight_statistics": 12, "figure": 96, "claims": 12, "table1_alignment": 1,
+        # GPT-2 124M on OpenWebText, one seed per variant, 8 GPUs each
+        "prepare_training_text": 1, "train_variant": 6, "analyse_variants": 1, "gpt2_figure": 5, "variant_tables": 1, "gpt2_claims": 1,
+        "all": 1,
     }
+    assert "results/training/paper/context_scale/seed1337/model.safetensors" in done.stdout
     assert "results/capture/mixtral-8x7b/stats/redpajama" in done.stdout
 
 
@@ -76,6 +83,13 @@ def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tm
         ({"corpora": {"shakespeare": {"windows": "many"}}}, "corpora.shakespeare.windows: must be of type integer, got 'many'"),
         ({"models": {"smollm2-135m": {"source": "ftp:x"}}}, "models.smollm2-135m.source: 'ftp:x' is not valid"),
         ({"targets": {"models": ["llama2-7b"]}}, "targets.models[0]: unknown model 'llama2-7b'; defined under models: smollm2-135m"),
+        ({"training": {"run": ["big"]}}, "training.run[0]: unknown task 'big'; defined under training.tasks: backcopy, mini"),
+        ({"training": {"variants": ["flash"]}}, "training.variants[0]: 'flash' is not allowed; use one of default, fixed_bias"),
+        ({"training": {"tasks": {"mini": {"data": {"corpus": "wiki"}}}}},
+         "training.tasks.mini.data.corpus: unknown corpus 'wiki'; defined under corpora: shakespeare"),
+        ({"training": {"tasks": {"backcopy": {"data": {"prompt": "hi"}}}}},
+         "training.tasks.backcopy.data: prompt not used by kind 'bigram_backcopy'; remove it"),
+        ({"training": {"tasks": {"mini": {"model": {"n_head": 3}}}}}, "training.tasks.mini.model: n_embd 128 is not a multiple of n_head 3"),
     ],
 )
 def test_bad_config_gives_one_line_and_writes_nothing(tmp_path, config, message):

@@ -97,7 +97,8 @@ class BigramBackcopy:
 
 
 class TextWindows:
-    """Random windows of a token stream (the training split) and fixed ones of the validation split."""
+    """Random windows of a token stream (the training split) and fixed ones of the validation split;
+    the streams may be memory-mapped arrays of any size."""
 
     def __init__(self, train: torch.Tensor, validation: torch.Tensor, length: int):
         if len(train) <= length or len(validation) <= length:
@@ -105,8 +106,10 @@ class TextWindows:
         self.train, self.validation, self.length = train, validation, length
 
     def _windows(self, stream, size, generator):
+        import numpy as np
+
         starts = torch.randint(0, len(stream) - self.length - 1, (size,), generator=generator)
-        tokens = torch.stack([stream[s : s + self.length + 1] for s in starts.tolist()])
+        tokens = torch.from_numpy(np.stack([np.asarray(stream[s : s + self.length + 1], dtype=np.int64) for s in starts.tolist()]))
         return tokens[:, :-1], tokens[:, 1:], None
 
     def batch(self, size: int, generator: torch.Generator):
@@ -287,35 +290,51 @@ def load_trained(folder: Path) -> GPT:
 # Tasks from the config: data, model shape and schedule of one training.tasks entry.
 
 def prepare_text(data_config: dict, documents: list[str], separator: str, target: Path) -> dict:
-    """Encode a corpus for a text task into folder `target`: tokens.safetensors (train and
-    validation streams, the last validation_share of the text) and vocabulary.json (with the
-    encoded analysis prompt)."""
-    from safetensors.torch import save_file
+    """Encode a corpus for a text task into folder `target`, document by document (nanoGPT's
+    layout): train.bin and validation.bin hold the token ids (uint16 when they fit), the last
+    validation_share of the documents being the validation split; vocabulary.json says how to
+    read them and holds the encoded analysis prompt."""
+    import numpy as np
 
     from .io import atomic_directory
 
-    text = separator.join(documents)
     prompt = data_config["prompt"]
     if data_config["kind"] == "characters":
-        characters = sorted(set(text) | set(prompt))
+        characters = sorted(set().union(*map(set, documents), separator, prompt))
         index = {c: i for i, c in enumerate(characters)}
-        ids = torch.tensor([index[c] for c in text], dtype=torch.int32)
-        prompt_ids = [index[c] for c in prompt]
-        vocabulary = {"kind": "characters", "characters": characters, "vocab_size": len(characters),
-                      "prompt_tokens": [c.replace("\n", "\\n") for c in prompt]}
+
+        def encode(text):
+            return [index[c] for c in text]
+
+        vocab_size, labels = len(characters), [c.replace("\n", "\\n") for c in prompt]
+        vocabulary = {"kind": "characters", "characters": characters}
     else:
         from transformers import AutoTokenizer
 
         repository = data_config["tokenizer"].removeprefix("hf:")
         tokenizer = AutoTokenizer.from_pretrained(repository)
-        ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.int32)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        vocabulary = {"kind": "tokens", "tokenizer": repository, "vocab_size": (len(tokenizer) + 63) // 64 * 64,  # nanoGPT's padding
-                      "prompt_tokens": [tokenizer.decode([i]).replace("\n", "\\n") for i in prompt_ids]}
-    split = int(len(ids) * (1 - data_config["validation_share"]))
-    vocabulary.update(prompt=prompt, prompt_ids=prompt_ids, train_tokens=split, validation_tokens=len(ids) - split)
+
+        def encode(text):
+            return tokenizer(text, add_special_tokens=False).input_ids
+
+        vocab_size = (len(tokenizer) + 63) // 64 * 64  # nanoGPT's padding, a multiple of 64
+        labels = [tokenizer.decode([i]).replace("\n", "\\n") for i in encode(prompt)]
+        vocabulary = {"kind": "tokens", "tokenizer": repository}
+    dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
+    first_validation = int(len(documents) * (1 - data_config["validation_share"]))
+    if not 0 < first_validation < len(documents):
+        raise ValueError(f"{len(documents)} documents cannot be split with validation_share {data_config['validation_share']}")
+    separator_ids = encode(separator)
+    counts = {"train": 0, "validation": 0}
     with atomic_directory(target) as staging:
-        save_file({"train": ids[:split].contiguous(), "validation": ids[split:].contiguous()}, staging / "tokens.safetensors")
+        with open(staging / "train.bin", "wb") as train, open(staging / "validation.bin", "wb") as validation:
+            for number, document in enumerate(tqdm(documents, desc="documents", unit="doc", mininterval=10)):
+                split = "train" if number < first_validation else "validation"
+                ids = np.asarray(encode(document) + separator_ids, dtype=dtype)
+                ids.tofile(train if split == "train" else validation)
+                counts[split] += len(ids)
+        vocabulary.update(vocab_size=vocab_size, dtype=np.dtype(dtype).name, prompt=prompt, prompt_ids=encode(prompt),
+                          prompt_tokens=labels, train_tokens=counts["train"], validation_tokens=counts["validation"])
         write_json(staging / "vocabulary.json", vocabulary)
     return vocabulary
 
@@ -330,11 +349,11 @@ def load_task(task: dict, data_dir: Path | None = None):
         return data, data.vocab_size, prompt.tolist(), labels
     import json
 
-    from safetensors.torch import load_file
+    import numpy as np
 
-    streams = load_file(Path(data_dir) / "tokens.safetensors")
     vocabulary = json.loads((Path(data_dir) / "vocabulary.json").read_text())
-    data = TextWindows(streams["train"].long(), streams["validation"].long(), data_config["length"])
+    train, validation = (np.memmap(Path(data_dir) / f"{split}.bin", dtype=vocabulary["dtype"], mode="r") for split in ("train", "validation"))
+    data = TextWindows(train, validation, data_config["length"])
     return data, vocabulary["vocab_size"], vocabulary["prompt_ids"], vocabulary["prompt_tokens"]
 
 
