@@ -1,6 +1,16 @@
 # Figures and tables: papermill notebooks and small scripts that read the capture stage's files.
 
 
+# light jobs: on a cluster they run where Snakemake runs, not as cluster jobs
+localrules:
+    figure,
+    claims,
+    table1_alignment,
+    gpt2_figure,
+    variant_tables,
+    gpt2_claims,
+
+
 rule figure:
     input:
         stats=f"results/capture/{{model}}/stats/{TARGET_CORPUS}",

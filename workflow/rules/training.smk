@@ -36,7 +36,8 @@ rule train_variant:
         "../../envs/training.yaml"
     threads: 1
     resources:
-        gpu=lambda wildcards: max(1, TASKS[wildcards.task].get("gpus", 0)),
+        # a CPU task (no gpus:) asks for none, so runs on a laptop are not serialized
+        gpu=lambda wildcards: TASKS[wildcards.task].get("gpus", 0),
     params:
         task=lambda wildcards: TASKS[wildcards.task],
     script:
