@@ -59,6 +59,17 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
     assert "results/capture/mixtral-8x7b/stats/redpajama" in done.stdout
 
 
+def test_the_slurm_profile_plans_the_paper_with_each_rules_gpus_memory_and_runtime(tmp_path):
+    done = snakemake(tmp_path, "-n", "--workflow-profile", "none", "--profile", str(REPO / "profiles" / "slurm"),
+                     "--configfile", str(REPO / "config" / "paper.yaml"))
+    assert done.returncode == 0, done.stderr
+    jobs = re.split(r"\n(?=\[\w{3} \w{3} )", done.stdout)  # each job starts with its timestamp
+    training = [job for job in jobs if "rule train_variant:" in job]
+    assert len(training) == 6 and all("gpu=8" in job and "runtime=2880" in job and "slurm_partition=gpu" in job for job in training)
+    capture = [job for job in jobs if "rule corpus_statistics:" in job]
+    assert len(capture) == 12 and all("gpu=1" in job and "mem_mb=64000" in job for job in capture)
+
+
 def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tmp_path):
     """Falcon has no attention capture and an ungated MLP; MPT has no attention logits."""
     for model, model_type in (("falcon-7b", "falcon"), ("mpt-7b", "mpt"), ("llama2-7b", "llama")):
