@@ -297,3 +297,17 @@ def test_real_default_model_shows_the_papers_outliers(smollm2_dir, tmp_path):
     assert divmod(int(h3.argmax()), h3.shape[1]) == (0, 507) and 600 < h3.max() < 800
     on_first = [tensors[f"attn_probs.{layer}"].mean(0)[1:, 0].mean().item() for layer in range(3, 30)]
     assert sum(share > 0.5 for share in on_first) > len(on_first) / 2
+
+
+def test_a_model_spread_with_device_map_auto_gives_the_same_statistics(tmp_path, tiny_model_dir, monkeypatch):
+    """On this CPU-only machine transformers places every layer on the CPU, so this checks the
+    loading path a multi-GPU run takes (device_map, no .to()), not the spreading itself."""
+    _, folder = tiny_model_dir("llama")
+    planted_windows(tmp_path, count=2, length=32)
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *args, **kwargs: LABELS)  # the folder has none
+    entry = {"dtype": "float32", "trust_remote_code": False}
+    for name, settings in (("plain", entry), ("spread", {**entry, "device_map": "auto"})):
+        model, _ = passes.load("tiny", settings, folder, attention=True)
+        passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / name)
+    for table in sorted((tmp_path / "plain").glob("*.parquet")):
+        assert table.read_bytes() == (tmp_path / "spread" / table.name).read_bytes(), table.name

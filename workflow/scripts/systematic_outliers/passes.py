@@ -37,10 +37,13 @@ def free_memory(target: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def check_fits(name: str, model_dir: Path, target: torch.device) -> None:
-    """Fail before loading when the weights alone exceed the free memory of the device."""
+def check_fits(name: str, model_dir: Path, target: torch.device, spread: bool = False) -> None:
+    """Fail before loading when the weights alone exceed the free memory of the device (with
+    `spread`, of every GPU and the host together)."""
     weights = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
     free = free_memory(target)
+    if spread and target.type == "cuda":
+        free = sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())) + free_memory(torch.device("cpu"))
     if weights > free:
         raise SourceError(
             f"models.{name}: its weights need {weights / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free on {target}; "
@@ -53,7 +56,8 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = device()
-    check_fits(name, model_dir, target)
+    spread = entry.get("device_map") == "auto"
+    check_fits(name, model_dir, target, spread)
     model_type = json.loads((Path(model_dir) / "config.json").read_text())["model_type"]
     architecture = capture.ARCHITECTURES.get(model_type)
     if architecture is None:  # fail before loading, with the list of what is supported
@@ -67,9 +71,10 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool):
         dtype=DTYPES[entry["dtype"]],
         attn_implementation=eager if attention else "sdpa",
         trust_remote_code=entry["trust_remote_code"],
+        **({"device_map": "auto"} if spread else {}),
     )
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=entry["trust_remote_code"])
-    return model.to(target).eval(), tokenizer
+    return (model if spread else model.to(target)).eval(), tokenizer
 
 
 def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: Path, sites=None, weights: str = "") -> dict:
