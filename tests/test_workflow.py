@@ -137,3 +137,64 @@ def test_lint_is_clean_and_rules_are_formatted():
     rule_files = ["Snakefile", *map(str, sorted((REPO / "workflow" / "rules").glob("*.smk")))]
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *rule_files], capture_output=True, text=True, cwd=REPO)
     assert fmt.returncode == 0, fmt.stderr
+
+
+def _job_process(session: int, script: str) -> int | None:
+    """The pid of the Python process running rule script `script` in process session `session`."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getsid(int(proc.name)) == session and script in (proc / "cmdline").read_bytes().decode():
+                return int(proc.name)
+        except (OSError, ProcessLookupError):
+            continue
+    return None
+
+
+def test_a_run_whose_capture_job_is_killed_finishes_with_the_same_command_and_results(smollm2_dir, tmp_path):
+    """Kill the corpus_statistics job mid-capture (as the OOM killer or a node failure would);
+    the same command then finishes the run (the workflow profile sets rerun-incomplete) with
+    statistics identical to a run never interrupted, and the killed job left nothing that
+    looks complete."""
+    import signal
+    import time
+
+    folder, _ = smollm2_dir
+    text = tmp_path / "text"
+    text.mkdir()
+    words = "summer winter warm cold . the and of is , \n".split(" ")
+    for number in range(4):
+        rng = __import__("random").Random(number)
+        (text / f"doc{number}.txt").write_text(" ".join(rng.choice(words) for _ in range(600)))
+    config = tmp_path / "small.yaml"
+    config.write_text(json.dumps({
+        "models": {"small": {"source": f"path:{folder}", "dtype": "float32"}},
+        "corpora": {"text": {"source": f"path:{text}", "include": "*.txt", "window_length": 128, "windows": 6}},
+        "targets": {"models": ["small"], "corpus": "text"},
+        "training": {"run": []},
+    }))
+    target = "results/capture/small/stats/text"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    runs = {}
+    for name in ("killed", "straight"):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        command = [*SNAKEMAKE, target, "--directory", str(workdir), "--configfile", str(config)]  # --configfile takes many
+        if name == "killed":
+            child = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            log = workdir / "results" / "logs" / "corpus_statistics" / "small" / "text.log"
+            deadline = time.time() + 300
+            while not (log.exists() and "windows:" in log.read_text(errors="ignore")):
+                assert child.poll() is None and time.time() < deadline, "the run ended before capture started"
+                time.sleep(0.05)
+            job = _job_process(child.pid, "corpus_statistics")
+            assert job is not None
+            os.kill(job, signal.SIGKILL)
+            assert child.wait() != 0  # Snakemake reports the failed job and stops
+            assert not (workdir / target).exists()
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = workdir / target
+    for table in sorted(runs["straight"].glob("*.parquet")):
+        assert table.read_bytes() == (runs["killed"] / table.name).read_bytes(), table.name
+    assert sorted(p.name for p in runs["killed"].iterdir()) == sorted(p.name for p in runs["straight"].iterdir())

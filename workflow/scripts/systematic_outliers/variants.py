@@ -141,13 +141,14 @@ METHODS = ("full", "w8", "w8a8", "prune50")
 
 def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: list[int], prompt_labels: list[str], target: Path) -> None:
     """All analysis tables of one task into folder `target`; `runs` maps (variant, seed) to a run folder."""
-    batches = _validation_batches(data, schedule(task, 0))
-    prompt = torch.tensor([prompt_ids])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batches = [tuple(t if t is None else t.to(device) for t in batch) for batch in _validation_batches(data, schedule(task, 0))]
+    prompt = torch.tensor([prompt_ids], device=device)
     tables = {name: [] for name in COLUMNS}
     prompt_h = {}
     first_seed = min(seed for _, seed in runs)
     for (variant, seed), folder in sorted(runs.items()):
-        model = load_trained(folder)
+        model = load_trained(folder).to(device)
         config = json.loads((Path(folder) / "config.json").read_text())
         log = pd.read_csv(Path(folder) / "log.csv")
         last = log.iloc[-1]
@@ -170,7 +171,7 @@ def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: lis
             keep: dict[int, torch.Tensor] = {}
             with _block_outputs(model, keep), torch.no_grad():
                 model(prompt)
-            prompt_h.update({f"{variant}.{layer}": h[0].float().contiguous() for layer, h in keep.items()})
+            prompt_h.update({f"{variant}.{layer}": h[0].float().cpu().contiguous() for layer, h in keep.items()})
     from safetensors.torch import save_file
 
     with atomic_directory(target) as staging:
