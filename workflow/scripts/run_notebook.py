@@ -1,4 +1,4 @@
-"""Rules fig*: run a figure notebook with papermill, keeping the executed copy."""
+"""Rules figure and gpt2_figure: run a figure notebook with papermill, keeping the executed copy."""
 
 import os
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import papermill
 
 from systematic_outliers.figures import FigureDataError
+from systematic_outliers.io import atomic_file
 from systematic_outliers.rules import run_rule
 
 
@@ -17,7 +18,8 @@ def main(snakemake):
     declared = papermill.inspect_notebook(snakemake.input.notebook)
     parameters = {name: value for name, value in snakemake.params.notebook.items() if name in declared}
     try:
-        papermill.execute_notebook(snakemake.input.notebook, snakemake.output.notebook, parameters=parameters, progress_bar=False)
+        with atomic_file(snakemake.output.notebook) as scratch:  # papermill saves as it goes: only a finished run lands
+            papermill.execute_notebook(snakemake.input.notebook, scratch, parameters=parameters, progress_bar=False)
     except papermill.PapermillExecutionError as error:
         if error.ename == FigureDataError.__name__:  # broken or empty statistics: the user's to fix
             raise FigureDataError(error.evalue) from None

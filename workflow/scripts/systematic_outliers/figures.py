@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .config import UserError  # noqa: E402
+from .io import atomic_file  # noqa: E402
 from .statistics import SUN_FLOOR, SUN_RATIO  # noqa: E402
 
 OUTLIER = "magenta"  # outlier tokens, as in the paper
@@ -264,11 +265,17 @@ def plot_token_classes(ax, classes: pd.Series, title: str) -> None:
 
 
 def save(figure, stem: str | Path) -> None:
-    """Write `stem`.png and `stem`.pdf."""
+    """Write `stem`.png and `stem`.pdf, each whole or not at all."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     for suffix in (".png", ".pdf"):
-        figure.savefig(stem.with_suffix(suffix), bbox_inches="tight", dpi=150)
+        with atomic_file(stem.with_suffix(suffix)) as scratch:
+            figure.savefig(scratch, bbox_inches="tight", dpi=150, format=suffix[1:])
+
+
+def write_caption(stem: str | Path, caption: str) -> None:
+    """`stem`.caption.txt, whole or not at all."""
+    with atomic_file(Path(f"{stem}.caption.txt")) as scratch:
+        scratch.write_text(caption + "\n")
 
 
 def flow_figure(rows: int, columns: int, panels: dict[str, tuple[int, int, str]], cell=(3.3, 2.8)):
