@@ -84,7 +84,7 @@ def test_gpt2_notebooks_draw_from_the_analysis_alone(analysis, tmp_path, noteboo
     os.environ["PYTHONPATH"] = str(REPO / "workflow" / "scripts")
     stem = tmp_path / "figure"
     papermill.execute_notebook(REPO / "notebooks" / f"{notebook}.ipynb", tmp_path / "run.ipynb", progress_bar=False,
-                               parameters={"analysis_dir": str(analysis), "runs_dir": str(analysis.parent), "task": "tiny",
+                               parameters={"analysis_dir": str(analysis), "task": "tiny",
                                            "output_stem": str(stem), **parameters})
     assert says in (tmp_path / "figure.caption.txt").read_text()
     assert stem.with_suffix(".png").stat().st_size > 10_000

@@ -68,10 +68,6 @@ rule analyse_variants:
 rule gpt2_figure:
     input:
         analysis="results/training/{task}/analysis",
-        logs=lambda wildcards: [
-            path.replace("model.safetensors", "log.csv")
-            for path in trained_models(wildcards.task)
-        ],
         notebook=lambda wildcards: NOTEBOOKS
         / f"{GPT2_FIGURES[wildcards.gpt2_figure][0]}.ipynb",
     output:
@@ -91,7 +87,6 @@ rule gpt2_figure:
     params:
         notebook=lambda wildcards, input, output: {
             "analysis_dir": input.analysis,
-            "runs_dir": f"results/training/{wildcards.task}",
             "task": wildcards.task,
             "output_stem": output.png.removesuffix(".png"),
             **GPT2_FIGURES[wildcards.gpt2_figure][1],
