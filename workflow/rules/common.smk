@@ -115,9 +115,8 @@ def figures_for(model):
     if not model_config.exists():
         return list(FIGURES)
     architecture = ARCHITECTURES.get(json.loads(model_config.read_text())["model_type"])
-    if (
-        architecture is None
-    ):  # the capture rules fail with the list of supported architectures
+    # an unknown architecture: the capture rules fail with the list of supported ones
+    if architecture is None:
         return list(FIGURES)
     have = set(available_sites(architecture))
     return [figure for figure, (_, _, sites) in FIGURES.items() if set(sites) <= have]
