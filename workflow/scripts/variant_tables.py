@@ -16,7 +16,7 @@ def main(snakemake):
     task = snakemake.wildcards.task
     for table, csv_path, markdown_path, text in (
         (table2, snakemake.output.table2_csv, snakemake.output.table2_md,
-         variants._markdown(table2, f"Table 2: variants of the attention mechanism, task {task}",
+         variants.markdown_table(table2, f"Table 2: variants of the attention mechanism, task {task}",
                             "Extra parameters are counted from the trained models (the paper's GPT-2 small: (e) adds 9,228 per layer).")),
         (compression, snakemake.output.compression_csv, snakemake.output.compression_md, variants.compression_markdown(compression, task)),
     ):

@@ -8,8 +8,9 @@ Two tasks feed the same loop:
 - `TextWindows`: random windows of a token stream, with a fixed validation set.
 
 Resuming: the checkpoint holds the model, the optimizer and the log rows so far, and each
-step's data depends only on (seed, step, rank), so a killed run continued from its last checkpoint ends with the same weights
-and the same log as one that never stopped (apart from the wall-clock column).
+step's data depends only on (seed, step, rank), so a killed run continued from its last
+checkpoint ends with the same weights and the same log as one that never stopped (apart from
+the wall-clock column).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class BigramBackcopy:
         loss_mask[:, 0] = False  # the first token after BOS is drawn uniformly: nothing to learn
         return inputs, targets, loss_mask
 
+    validation_batch = batch  # fresh sequences from the validation generator
+
     def copy_positions(self, inputs: torch.Tensor) -> torch.Tensor:
         """Positions whose next token is a copy: a trigger with a real token before it."""
         positions = self.is_trigger.to(inputs.device)[inputs]
@@ -119,11 +122,12 @@ class TextWindows:
         return self._windows(self.validation, size, generator)
 
 
-def _validation_batches(data, schedule: Schedule):
-    """Fixed validation batches (their own generator), the same for every variant and every resume."""
+def validation_batches(data, schedule: Schedule, device: torch.device | None = None) -> list:
+    """Fixed validation batches (their own generator), the same for every variant and every
+    resume, on `device`."""
     generator = torch.Generator().manual_seed(10_000 + schedule.seed)
-    draw = data.validation_batch if hasattr(data, "validation_batch") else data.batch
-    return [draw(schedule.batch_size, generator) for _ in range(schedule.eval_batches)]
+    batches = [data.validation_batch(schedule.batch_size, generator) for _ in range(schedule.eval_batches)]
+    return [tuple(t if t is None else t.to(device) for t in batch) for batch in batches]
 
 
 @torch.no_grad()
@@ -205,7 +209,7 @@ def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_
         from torch.nn.parallel import DistributedDataParallel
 
         trained = DistributedDataParallel(model, device_ids=[device.index])
-    validation = [tuple(t if t is None else t.to(device) for t in batch) for batch in _validation_batches(data, schedule)]
+    validation = validation_batches(data, schedule, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=schedule.precision == "bfloat16")
     model.train()
     micro_steps = schedule.gradient_accumulation // world

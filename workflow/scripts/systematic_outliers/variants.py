@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .gpt2 import VARIANTS, GPT
 from .io import atomic_directory, write_json
-from .training import BigramBackcopy, _validation_batches, evaluate, load_trained, schedule
+from .training import BigramBackcopy, evaluate, load_trained, schedule, validation_batches
 
 COLUMNS = {
     "runs": "variant, seed, id (the paper's letter), name, formulation, parameters, extra_parameters, final val_loss (and "
@@ -150,7 +150,7 @@ SINK = 0.5  # weight on the first key, where a head should do nothing, from whic
 def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: list[int], prompt_labels: list[str], target: Path) -> None:
     """All analysis tables of one task into folder `target`; `runs` maps (variant, seed) to a run folder."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    batches = [tuple(t if t is None else t.to(device) for t in batch) for batch in _validation_batches(data, schedule(task, 0))]
+    batches = validation_batches(data, schedule(task, 0), device)
     prompt = torch.tensor([prompt_ids], device=device)
     tables = {name: [] for name in COLUMNS}
     prompt_h = {}
@@ -195,7 +195,7 @@ def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: lis
 # ---------------------------------------------------------------------------------------------
 # Tables and claims, from the analysis folders.
 
-def _markdown(table: pd.DataFrame, title: str, note: str) -> str:
+def markdown_table(table: pd.DataFrame, title: str, note: str) -> str:
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([f"# {title}", "", note, "", *lines, ""])
@@ -230,7 +230,7 @@ def compression_markdown(table: pd.DataFrame, task: str) -> str:
     for column in shown.columns:
         if shown[column].dtype.kind == "f":
             shown[column] = shown[column].map(lambda v: f"{v:.4f}")
-    return _markdown(shown, f"Compression of the attention variants, task {task}",
+    return markdown_table(shown, f"Compression of the attention variants, task {task}",
                      "Validation loss in full precision, with absmax per-tensor 8-bit weights (w8), with those and per-token "
                      "8-bit activations at every linear input (w8a8), and with the 50 % smallest-magnitude weights of every linear "
                      "set to zero (prune50); mean and range over seeds, on the same validation batches for every variant.")
