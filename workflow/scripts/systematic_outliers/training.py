@@ -348,7 +348,7 @@ def load_task(task: dict, data_dir: Path | None = None):
     data_config = task["data"]
     if data_config["kind"] == "bigram_backcopy":
         data = BigramBackcopy(data_config["vocab_size"], data_config["length"], data_config["triggers"], data_config["task_seed"])
-        prompt = data.sequences(1, torch.Generator().manual_seed(20_000))[0, : min(24, data.length)]  # a fixed sequence
+        prompt = data.sequences(1, torch.Generator().manual_seed(20_000))[0, : min(16, data.length)]  # a fixed sequence, short enough to label
         labels = ["BOS" if t == BOS else f"T{t}" if data.is_trigger[t] else str(int(t)) for t in prompt]
         return data, data.vocab_size, prompt.tolist(), labels
     import json
