@@ -52,7 +52,7 @@ def read_table(stats_dir: str | Path, name: str, needed: tuple[str, ...] = ()) -
 def read_manifest(stats_dir: str | Path) -> dict:
     path = Path(stats_dir) / "manifest.json"
     if not path.is_file():
-        raise FigureDataError(f"{path}: missing; rerun the capture rule that writes it")
+        raise FigureDataError(f"{path}: missing; rerun the rule that writes it")
     return json.loads(path.read_text())
 
 

@@ -224,7 +224,7 @@ def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_
         for group in optimizer.param_groups:
             group["lr"] = learning_rate
         generator = _batch_generator(schedule.seed, step, rank)
-        train_loss = 0.0
+        train_loss = torch.zeros((), device=device)  # a tensor: no device sync per micro-batch
         for micro in range(micro_steps):
             inputs, targets, mask = (t if t is None else t.to(device) for t in data.batch(schedule.batch_size, generator))
             if world > 1:  # all-reduce the gradients once per step, on the last micro-batch
@@ -232,7 +232,7 @@ def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_
             with autocast:
                 _, loss = trained(inputs, targets, mask)
             (loss / micro_steps).backward()
-            train_loss += loss.item() / micro_steps
+            train_loss += loss.detach() / micro_steps
         torch.nn.utils.clip_grad_norm_(model.parameters(), schedule.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -240,7 +240,7 @@ def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_
         if rank > 0:
             continue
         if done % schedule.eval_interval == 0 or done == schedule.steps:
-            row = {"step": done, "tokens": done * tokens_per_step, "train_loss": train_loss, **evaluate(model, validation, data),
+            row = {"step": done, "tokens": done * tokens_per_step, "train_loss": train_loss.item(), **evaluate(model, validation, data),
                    "learning_rate": learning_rate, "seconds": time.perf_counter() - started}
             rows.append(row)
             _write_log(folder / "log.csv", rows)  # rewritten whole at each evaluation: follow it while it trains
