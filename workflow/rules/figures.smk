@@ -5,6 +5,7 @@
 localrules:
     figure,
     claims,
+    claims_summary,
     table1_alignment,
     gpt2_figure,
     variant_tables,
@@ -81,3 +82,31 @@ rule table1_alignment:
         models=TARGET_MODELS,
     script:
         "../scripts/alignment_table.py"
+
+
+rule claims_summary:
+    input:
+        stats=expand(
+            "results/capture/{model}/stats/{corpus}",
+            model=TARGET_MODELS,
+            corpus=TARGET_CORPUS,
+        ),
+        weights=expand("results/capture/{model}/weights.parquet", model=TARGET_MODELS),
+        prompts=expand(
+            "results/capture/{model}/prompts/{prompt}.safetensors",
+            model=TARGET_MODELS,
+            prompt=FIGURE_PROMPT,
+        ),
+    output:
+        markdown=report("results/claims/summary.md", category="Claims"),
+        csv="results/claims/summary.csv",
+        atlas="results/claims/atlas.csv",
+    log:
+        "results/logs/claims/summary.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        models=TARGET_MODELS,
+        overrides={model: figure_overrides(model) for model in TARGET_MODELS},
+    script:
+        "../scripts/write_summary.py"

@@ -2,20 +2,22 @@
 
 import pandas as pd
 
-from systematic_outliers import findings
+from systematic_outliers import choices, verdicts
 from systematic_outliers.io import atomic_file
+from systematic_outliers.readers import Evidence
 from systematic_outliers.rules import run_rule
 
 
 def main(snakemake):
-    table = pd.DataFrame(
-        findings.alignment(findings.Evidence.load(model, stats, weights))
-        for model, stats, weights in zip(snakemake.params.models, snakemake.input.stats, snakemake.input.weights)
-    )
+    rows = []
+    for model, stats, weights in zip(snakemake.params.models, snakemake.input.stats, snakemake.input.weights):
+        evidence = Evidence.load(model, stats, weights)
+        rows.append(verdicts.alignment(evidence, choices.for_model(evidence)))
+    table = pd.DataFrame(rows)
     with atomic_file(snakemake.output.csv) as scratch:
         table.to_csv(scratch, index=False)
     with atomic_file(snakemake.output.markdown) as scratch:
-        scratch.write_text(findings.alignment_markdown(table))
+        scratch.write_text(verdicts.alignment_markdown(table))
     print(table.to_string())
 
 

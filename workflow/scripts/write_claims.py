@@ -1,14 +1,14 @@
-"""Rule claims: each of the paper's claims with the numbers measured for one model."""
+"""Rule claims: each of the paper's claims with the numbers measured for one model, its criterion and verdict."""
 
-from systematic_outliers import figures, findings
+from systematic_outliers import verdicts
 from systematic_outliers.io import atomic_file
 from systematic_outliers.rules import run_rule
 
 
 def main(snakemake):
-    evidence = findings.Evidence.load(snakemake.wildcards.model, snakemake.input.stats, snakemake.input.weights)
-    prompt, tokens = figures.read_prompt(snakemake.input.prompt, ("layer_output",))
-    text = findings.claims(evidence, prompt, tokens, figures.read_prompt_record(snakemake.input.prompt), snakemake.params.overrides)
+    measured = verdicts.measure(snakemake.wildcards.model, snakemake.input.stats, snakemake.input.weights, snakemake.input.prompt,
+                                snakemake.params.overrides)
+    text = verdicts.claims_file(measured)
     with atomic_file(snakemake.output[0]) as scratch:
         scratch.write_text(text)
     print(text)

@@ -14,12 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from . import capture
+from . import capture, choices
 from .config import CONTEXT_KEYS, ConfigError
 from .io import atomic_directory, atomic_file, write_json
 from .models import DTYPES, SourceError
 from .statistics import COLUMNS, CorpusStatistics, token_label
-from .weights import slice_channels
 
 
 def device() -> torch.device:
@@ -81,7 +80,7 @@ def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: P
     """Every site at every layer for one short prompt, as full float32 tensors in safetensors.
 
     Keys are "{site}.{layer}". For the weight panels it also keeps, per layer, slices of the MLP
-    matrices at the intermediate channels `weights.slice_channels` picks ("weight_channels.{layer}"):
+    matrices at the intermediate channels `choices.dump_channels` picks ("weight_channels.{layer}"):
     "down_proj_weight.{layer}" [d_model, channels], "gate_proj_weight.{layer}" and
     "up_proj_weight.{layer}" [channels, d_model]. The JSON beside it holds the text, token ids and
     labels, and `weights`, where the weight numbers come from.
@@ -96,11 +95,12 @@ def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: P
     with capture.hooks(model, sites, keep), torch.no_grad():
         logits = model(input_ids.to(model.device)).logits
     tensors["logits"] = logits[0].float().cpu()
+    outlier_tokens = choices.prompt_outlier_tokens(tensors)
     for layer in range(len(capture.decoder_layers(model, capture.architecture_of(model)))):
         matrices = capture.mlp_weights(model, layer)
         if "down_proj" not in matrices or f"down_proj_input.{layer}" not in tensors:
             continue
-        channels = torch.tensor(slice_channels(matrices["down_proj"], tensors[f"down_proj_input.{layer}"]))
+        channels = torch.tensor(choices.dump_channels(matrices["down_proj"], tensors[f"down_proj_input.{layer}"], outlier_tokens))
         tensors[f"weight_channels.{layer}"] = channels
         index = channels.to(matrices["down_proj"].device)
         tensors[f"down_proj_weight.{layer}"] = matrices["down_proj"][:, index].float().cpu().contiguous()

@@ -21,7 +21,6 @@ from .capture import ARCHITECTURES, UnsupportedModel
 EPSILON = 1e-8  # as the official code, so an all-zero column has ratio 0, not NaN
 TOP = 3
 WRITE_SHARE = 0.5
-SLICE_EDGES = (0, 1, 2)  # and the last column: the paper's W_down panels show [0, 1, 2, …, c-1, c, c+1, …, N-1]
 
 COLUMNS = {
     "layer": "decoder layer, 0-based",
@@ -47,9 +46,15 @@ def _layer_pattern(layers_path: str) -> re.Pattern:
     return re.compile(rf"^(?:.*\.)?{last}\.(\d+)\.(.+)\.weight$|^(?:.*\.)?{last}\.(\d+)\.(.+experts\.\w+)$")
 
 
+def column_ratios(weight: torch.Tensor) -> torch.Tensor:
+    """max_i |W_ij| / mean_i |W_ij| for every column j of W laid out as [rows, columns]."""
+    magnitude = weight.abs().float()
+    return magnitude.amax(dim=0) / (magnitude.mean(dim=0) + EPSILON)
+
+
 def matrix_row(layer: int, module: str, weight: torch.Tensor) -> dict:
     magnitude = weight.abs().float()
-    column_ratio = magnitude.amax(dim=0) / (magnitude.mean(dim=0) + EPSILON)
+    column_ratio = column_ratios(weight)
     row_ratio = magnitude.amax(dim=1) / (magnitude.mean(dim=1) + EPSILON)
     top_columns = column_ratio.topk(min(TOP, column_ratio.numel())).indices
     top_rows = row_ratio.topk(min(TOP, row_ratio.numel())).indices
@@ -96,23 +101,3 @@ def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
     if not rows:
         raise UnsupportedModel(f"{model_dir}: no decoder-layer weights found under {architecture.layers!r}")
     return pd.DataFrame(rows, columns=list(COLUMNS)).sort_values(["layer", "module"], kind="stable").reset_index(drop=True)
-
-
-def slice_channels(down_weight: torch.Tensor, down_input: torch.Tensor, strongest: int = 4, share: float = 0.3) -> list[int]:
-    """Intermediate channels of one layer worth keeping for the weight panels, sorted.
-
-    `down_weight` is W_down as [d_model, d_ff], `down_input` the prompt's [tokens, d_ff]. Kept:
-    the TOP columns by max/mean ratio, the (at most `strongest`) channels whose |x| on the prompt
-    reaches `share` of the layer's largest, each with its two neighbours, and the edges.
-    """
-    magnitude = down_weight.abs().float()
-    ratio = magnitude.amax(dim=0) / (magnitude.mean(dim=0) + EPSILON)
-    by_ratio = ratio.topk(min(TOP, ratio.numel())).indices.tolist()
-    prompt_max = down_input.abs().float().amax(dim=0)
-    strong = prompt_max.topk(min(strongest, prompt_max.numel()))
-    by_prompt = [c for v, c in zip(strong.values.tolist(), strong.indices.tolist()) if v >= share * prompt_max.max()]
-    width = magnitude.shape[1]
-    kept = {*SLICE_EDGES, width - 1}
-    for channel in by_ratio + by_prompt:
-        kept |= {c for c in (channel - 1, channel, channel + 1) if 0 <= c < width}
-    return sorted(kept)

@@ -1,0 +1,192 @@
+"""Claims that can fail: every verdict on a planted model (positive control), a random one (negative
+control) and synthetic GPT-2 analyses, each asserted exactly so that a flipped verdict fails."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import capture_everything
+from systematic_outliers import choices, readers, variant_report, verdicts
+from systematic_outliers.verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, NOT_SHOWN, PARTLY
+from test_capture import DOWN_COLUMN, MASSIVE_TOKEN, MLP_LAYER, OUTPUT_CHANNEL, planted_model, planted_windows
+from test_figures import caption_of, run_notebook
+
+
+def measured(capture, name, overrides=None):
+    return verdicts.measure(name, capture["stats_dir"], capture["weights_path"], capture["prompt_path"], overrides)
+
+
+def verdicts_of(m):
+    return {claim.key: finding.verdict for claim, finding in verdicts.judge(m)}
+
+
+def test_the_planted_model_holds_where_it_was_planted(planted_capture):
+    m = measured(planted_capture, "planted")
+    assert verdicts_of(m) == {
+        "activation": HOLDS, "weight": HOLDS, "attention": HOLDS,
+        "positions": PARTLY,  # initial 67 %, and window 1's trigger at position 9 is neither first nor a delimiter
+        "channels": HOLDS, "weight_writes": HOLDS, "keys_are_tokens": HOLDS,
+        "lifetime": PARTLY,  # emerges at layer 3 of 4, not in the first quarter; lasts to the end
+        "cancellation": DOES_NOT_HOLD,  # the planted outlier is never cancelled
+    }
+    findings = {claim.key: finding for claim, finding in verdicts.judge(m)}
+    assert f"column {DOWN_COLUMN} of layer {MLP_LAYER + 1}" in findings["weight"].measured
+    assert findings["channels"].value == str(OUTPUT_CHANNEL)
+    assert "never falls" in findings["cancellation"].measured
+    assert m.table1["rows_on_residual_outlier_channels"] == m.table1["rows_written"] == 1
+    assert m.table1["residual_outlier_channels"] == str(OUTPUT_CHANNEL) and m.table1["tokens_that_are_outlier_keys"] == 1.0
+
+
+def test_the_random_model_has_no_outlier_and_every_existence_claim_fails(random_capture):
+    m = measured(random_capture, "random")
+    assert verdicts_of(m) == {
+        "activation": DOES_NOT_HOLD, "weight": DOES_NOT_HOLD, "attention": DOES_NOT_HOLD,
+        # nothing to locate, align or cancel
+        "positions": NOT_MEASURED, "channels": NOT_MEASURED, "lifetime": NOT_MEASURED, "weight_writes": NOT_MEASURED,
+        "keys_are_tokens": NOT_MEASURED, "cancellation": NOT_MEASURED,
+    }
+    assert not m.chosen.emergence.found and "no layer has an outlier token in 50% of the 3 windows; shown: layer" in m.chosen.emergence.why
+    assert m.evidence.outliers.empty and choices.prompt_outlier_tokens(m.prompt) == []
+    text = verdicts.claims_file(m)
+    assert text.count("**does not hold**") == 3 and text.count("**not measured**") == 6
+
+
+def test_a_claim_on_an_overridden_layer_says_it_was_set(planted_capture):
+    m = measured(planted_capture, "planted", {"disappearance_layer": 3})
+    finding = dict((claim.key, finding) for claim, finding in verdicts.judge(m))["cancellation"]
+    assert "layer 4 was set in the config" in finding.measured and finding.verdict == DOES_NOT_HOLD  # nothing falls there
+
+
+def test_table1_and_the_summary_keep_a_model_without_outliers_beside_a_planted_one(planted_capture, random_capture):
+    both = [measured(planted_capture, "planted"), measured(random_capture, "random")]
+    table = pd.DataFrame([m.table1 for m in both]).set_index("model")
+    assert table.row_share["planted"] == 1.0 and np.isnan(table.row_share["random"])
+    assert table.activation_outlier_tokens["random"] == 0 and table.weight_outlier_columns["random"] == 0
+    assert "| random | 0 | 0 | – |" in verdicts.alignment_markdown(table.reset_index())
+    scorecard, atlas, text = verdicts.summary(both)
+    assert len(scorecard) == 2 * len(verdicts.LLM_CLAIMS) and set(scorecard.model) == {"planted", "random"}
+    rows = atlas.set_index("model")
+    assert rows.emergence_layer["planted"] == str(MLP_LAYER + 1) and rows.emergence_layer["random"] == "none"
+    assert rows.outlier_channels["planted"] == str(OUTPUT_CHANNEL) and rows.weight_outliers["random"] == "none"
+    assert rows.disappearance_layer["planted"] == "never" and rows.first_sink_layer["paper: LLaMA-2-7B"] == "3"
+    paper = scorecard[scorecard.claim == "… in a few fixed channels"].paper_llama2_7b.iloc[0]
+    assert paper == "1415, 2533 (Figs 1c, 3c)" and "## Atlas" in text
+
+
+LLM_NOTEBOOKS = [("fig01_existence", {}), ("fig03_activation_positions", {}), ("fig04_down_proj_positions", {}),
+                 ("fig05_weight_positions", {}), ("fig06_attention_positions", {}), ("fig08_spread", {}),
+                 ("lifecycle_mlp", {"stage": "emergence"}), ("lifecycle_mlp", {"stage": "disappearance"})]
+
+
+@pytest.mark.parametrize("notebook, parameters", LLM_NOTEBOOKS)
+def test_every_figure_of_a_model_without_outliers_is_drawn_and_says_so(random_capture, tmp_path, notebook, parameters):
+    stem = tmp_path / "figure"
+    run_notebook(notebook, tmp_path, **random_capture, model="random", output_stem=str(stem), **parameters)
+    assert stem.with_suffix(".png").stat().st_size > 10_000
+    caption = caption_of(tmp_path, "figure")
+    said = {"fig01_existence": "No activation outlier was found in the corpus",
+            "fig03_activation_positions": "no layer has an outlier token",
+            "fig04_down_proj_positions": "the prompt's outlier tokens (none)",
+            "fig05_weight_positions": "stand out in layers none",
+            "fig06_attention_positions": "no layer has outlier keys",
+            "fig08_spread": "No token of the prompt is an outlier",
+            "lifecycle_mlp": "No token of the prompt is an outlier"}[notebook]
+    assert said in caption
+
+
+def test_the_dump_keeps_every_channel_a_figure_ticks_beyond_any_fixed_budget(tmp_path):
+    """Six intermediate channels of similar strength at the outlier token (the Fig 9 failure: the
+    notebook ticked more channels than the dump kept)."""
+    model = planted_model()
+    mlp = model.model.layers[MLP_LAYER].mlp
+    strong = [5, 11, 23, DOWN_COLUMN, 44, 58]
+    with torch.no_grad():
+        for index, channel in enumerate(strong):
+            mlp.gate_proj.weight[channel, 3] = mlp.up_proj.weight[channel, 3] = 3.0 - 0.1 * index
+            mlp.down_proj.weight[OUTPUT_CHANNEL, channel] = 40.0
+    capture = capture_everything(model, planted_windows(tmp_path), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], tmp_path / "capture")
+    prompt, _ = readers.read_prompt(capture["prompt_path"], ("down_proj_input",))
+    tokens = choices.prompt_outlier_tokens(prompt)
+    ticked = choices.ticked_channels(prompt[f"down_proj_input.{MLP_LAYER}"], tokens)
+    assert tokens == [0] and ticked == strong
+    for layer in range(4):
+        kept = set(prompt[f"weight_channels.{layer}"].tolist())
+        assert set(choices.ticked_channels(prompt[f"down_proj_input.{layer}"], tokens)) <= kept
+    for stage in ("emergence", "disappearance"):
+        run_notebook("lifecycle_mlp", tmp_path, **capture, model="many", output_stem=str(tmp_path / stage), stage=stage,
+                     emergence_layer=MLP_LAYER, disappearance_layer=MLP_LAYER)
+        assert f"Intermediate channels {', '.join(map(str, strong))} (" in caption_of(tmp_path, stage)
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine and the GPT-2 claims on synthetic measures.
+
+def test_a_difference_counts_only_beyond_the_seed_spread():
+    compare = verdicts.compare_over_seeds
+    assert compare([1.0, 1.1, 1.2], [2.0, 2.1, 2.2], lower_is_better=True, margin=0.1).verdict == HOLDS
+    assert compare([2.0, 2.1, 2.2], [1.0, 1.1, 1.2], lower_is_better=True, margin=0.1).verdict == DOES_NOT_HOLD
+    assert compare([1.0, 1.5, 2.0], [1.2, 1.7, 2.2], lower_is_better=True, margin=0.1).verdict == NOT_SHOWN  # within the spread
+    assert compare([1.0], [2.0], lower_is_better=True, margin=0.1).verdict == PARTLY  # one seed: at most partly
+    assert compare([1.0], [1.05], lower_is_better=True, margin=0.1).verdict == NOT_SHOWN
+    assert compare([1.0, 1.0], [1.0005, 1.0005], lower_is_better=True, margin=0.0, floor=1e-3).verdict == NOT_SHOWN
+    with pytest.raises(ValueError, match="verdict 'maybe'"):
+        verdicts.Finding("x", "maybe")
+
+
+def synthetic(ratio=None, sink=None, tokens=None, damage=None, seeds=(0, 1, 2)):
+    """Per-variant measures as variant_report.measures returns them, with chosen values."""
+    ratio, sink, tokens, damage = ratio or {}, sink or {}, tokens or {}, damage or {}
+    series = lambda values: pd.Series(values if np.ndim(values) else [values] * len(seeds), index=list(seeds), dtype=float)  # noqa: E731
+    out = {"_convergence": {"target": 2.0, "resolution": 1000.0, "quiet": "non_trigger"}}
+    for variant in ("default", "fixed_bias", "context_bias", "attention_bias", "context_scale", "sigmoid"):
+        r = ratio.get(variant, 30.0)
+        top1 = series(r * 0.2 if r < 1000 else 5000.0)
+        out[variant] = {"ratio": series(r), "top1": top1,
+                        "massive": pd.Series([choices.is_massive(t, t / r) for t in top1], index=list(seeds)), "layer": 1,
+                        "sink": series(sink.get(variant, 0.8)), "extra": series(0.0), "scale": series(1.0),
+                        "effective": series(sink.get(variant, 0.8)), "value": series(0.1), "loss": series(1.0),
+                        "damage": {method: series(damage.get(variant, 0.001)) for method in ("w8", "w8a8", "prune50")},
+                        "tokens": series(tokens.get(variant, 10_000.0))}
+    return out
+
+
+def gpt2_verdicts(m):
+    return {claim.key: finding.verdict for claim, finding in variant_report.judge(m)}
+
+
+def test_gpt2_ratios_of_thirty_are_not_massive_whatever_the_ordering():
+    m = synthetic(ratio={"default": 34.0, "fixed_bias": 30.0, "context_bias": 27.0, "attention_bias": 8.0, "context_scale": 6.0})
+    assert gpt2_verdicts(m)["massive"] == NOT_SHOWN
+    m = synthetic(ratio={"default": 3000.0, "fixed_bias": 2500.0, "context_bias": 4000.0, "attention_bias": 8.0, "context_scale": 6.0})
+    assert gpt2_verdicts(m)["massive"] == HOLDS
+    m = synthetic(ratio={"default": 3000.0, "fixed_bias": 2500.0, "context_bias": 4000.0, "attention_bias": 8.0, "context_scale": 2000.0})
+    assert gpt2_verdicts(m)["massive"] == DOES_NOT_HOLD
+
+
+def test_gpt2_convergence_and_compression_need_a_difference_beyond_the_seeds():
+    equal = synthetic(tokens={"default": [10_000, 14_000, 12_000], "context_scale": [11_000, 13_000, 12_000]})
+    assert gpt2_verdicts(equal)["convergence"] == NOT_SHOWN
+    faster = synthetic(tokens={"default": [20_000, 22_000, 21_000], "context_scale": [10_000, 11_000, 12_000]})
+    assert gpt2_verdicts(faster)["convergence"] == HOLDS
+    slower = synthetic(tokens={"default": [10_000, 11_000, 12_000], "context_scale": [20_000, 22_000, 21_000]})
+    assert gpt2_verdicts(slower)["convergence"] == DOES_NOT_HOLD
+    tiny = synthetic(damage={"default": [1e-4, 2e-4, 1.5e-4], "context_scale": [0.5e-4, 0.6e-4, 0.4e-4]})
+    assert gpt2_verdicts(tiny)["compression"] == NOT_SHOWN  # below the 1e-3 nats floor
+    better = synthetic(damage={"default": [0.30, 0.32, 0.31], "context_scale": [0.01, 0.02, 0.015]})
+    assert gpt2_verdicts(better)["compression"] == HOLDS
+    worse = synthetic(damage={"default": [0.01, 0.02, 0.015], "context_scale": [0.30, 0.32, 0.31]})
+    assert gpt2_verdicts(worse)["compression"] == DOES_NOT_HOLD
+    one_seed = synthetic(damage={"default": 0.3, "context_scale": 0.01}, seeds=(0,))
+    assert gpt2_verdicts(one_seed)["compression"] == PARTLY
+
+
+def test_gpt2_sink_claims_need_a_sink_to_replace():
+    no_sink = synthetic(sink={"default": 0.2})
+    assert {k: v for k, v in gpt2_verdicts(no_sink).items() if k in ("attention_bias", "context_scale", "sigmoid")} == {
+        "attention_bias": NOT_SHOWN, "context_scale": NOT_SHOWN, "sigmoid": NOT_SHOWN}
+    m = synthetic(sink={"default": 0.9, "context_scale": 0.05, "sigmoid": 0.95})
+    m["attention_bias"]["extra"] = pd.Series([0.8, 0.85, 0.9], index=[0, 1, 2])
+    m["attention_bias"]["sink"] = pd.Series([0.05, 0.1, 0.08], index=[0, 1, 2])
+    assert gpt2_verdicts(m)["attention_bias"] == HOLDS
+    assert gpt2_verdicts(m)["context_scale"] == HOLDS and gpt2_verdicts(m)["sigmoid"] == DOES_NOT_HOLD

@@ -1,0 +1,306 @@
+"""What the data says: every data-derived choice of the workflow, computed once, here.
+
+The prompt dump, every figure notebook, the claims, Table 1 and the summary call these
+functions; nothing else decides which layer, token, channel, column or head to show. Each
+choice comes with the reason, so a caption or a claim can say why, and says explicitly when
+the data has no outlier (`Choice.found` is False): the caller must handle it, and a figure
+then shows the measured largest ratio instead of an outlier that is not there.
+
+Every threshold is a named constant below, stated in the captions and the claims files. The
+paper states none of them except its outlier definitions (statistics.PAPER_RATIO and
+ATTENTION_SHARE); the others are ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .statistics import ATTENTION_SHARE, SUN_FLOOR, SUN_RATIO  # noqa: F401 (ATTENTION_SHARE: for the captions)
+from .weights import TOP, WRITE_SHARE, column_ratios
+
+MOST_WINDOWS = 0.5  # a layer "has" something when at least this share of the windows has it
+TICK_SHARE = 0.3  # channels whose |x| at the outlier tokens reaches this share of the largest are ticked
+WEIGHT_OUTLIER_FACTOR = 5.0  # × the median max/mean ratio over all matrices: a down-projection column that stands out
+SLICE_EDGES = (0, 1, 2)  # and the last column: the paper's W_down panels show [0, 1, 2, …, c-1, c, c+1, …, N-1]
+CARRYING_DIMS = 2  # head dims starred in Fig 8
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A data-derived choice: the value a figure shows, why, and whether the data has what is sought.
+
+    With `found` False the value is still something to show (the layer with the largest ratio,
+    say) and `why` says that nothing was found; claims read `found`, never the value alone.
+    """
+
+    value: Any
+    why: str
+    found: bool = True
+
+
+def _override(value: int | None, what: str) -> Choice | None:
+    if value is None or value < 0:
+        return None
+    return Choice(value, f"{what} {value + 1} was set in the config (figures.overrides)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer-wise curves and the layers they point to.
+
+def layerwise(sites: pd.DataFrame, topk: pd.DataFrame, site: str) -> pd.DataFrame:
+    """Per layer: top-1/2/3, median and mean of |x| at `site`, each averaged over windows, and
+    `ratio`, the mean top-1 over the mean median (Sun et al.'s measure; Figs 3a, 4a)."""
+    top = topk[(topk.site == site) & (topk["rank"] <= 3)].pivot_table(index=["window", "layer"], columns="rank", values="value")
+    top = top.groupby("layer").mean().rename(columns=lambda rank: f"top{rank}")
+    at_site = sites[sites.site == site].groupby("layer")
+    curves = top.join(at_site.median_abs.mean().rename("median")).join(at_site.mean_abs.mean().rename("mean"))
+    curves["ratio"] = curves.top1 / curves["median"]
+    return curves
+
+
+def is_massive(top1: float, median: float) -> bool:
+    """Sun et al.'s criterion for a massive activation: > 100 and > 1000 × the median of its layer."""
+    return bool(top1 > SUN_FLOOR and top1 > SUN_RATIO * median)
+
+
+def peak_layer(curves: pd.DataFrame) -> Choice:
+    """The layer with the largest top-1/median ratio, and whether it is massive there."""
+    layer = int(curves.ratio.idxmax())
+    row = curves.loc[layer]
+    massive = is_massive(row.top1, row["median"])
+    return Choice(layer, f"the largest mean top-1 |x| over the median, {row.ratio:,.0f}× ({row.top1:,.1f} against "
+                         f"{row['median']:.3g}), is at layer {layer + 1}; "
+                         + ("massive" if massive else f"not massive (Sun et al.: > {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median)"),
+                  massive)
+
+
+def _first_layer_in_most_windows(rows: pd.DataFrame, windows: int, what: str) -> Choice:
+    hits = rows.groupby("layer").window.nunique()
+    layers = hits[hits >= MOST_WINDOWS * windows].index
+    if len(layers) == 0:
+        return Choice(None, f"no layer has {what} in {MOST_WINDOWS:.0%} of the {windows} windows", False)
+    layer = int(layers.min())
+    return Choice(layer, f"layer {layer + 1} is the first where {hits[layer]} of {windows} windows have {what}")
+
+
+def outlier_token_rows(outliers: pd.DataFrame, site: str = "layer_output") -> pd.DataFrame:
+    """The activation-outlier tokens at `site` by the paper's rule (max |x| > 1000 × the window's mean |x|)."""
+    return outliers[(outliers.site == site) & outliers.paper_rule]
+
+
+def emergence_layer(outliers: pd.DataFrame, windows: int, curves: pd.DataFrame, override: int | None = None) -> Choice:
+    """The first layer where most windows have an activation-outlier token (paper's rule) in the
+    layer outputs. Without one: not found, and the layer to show is the peak-ratio layer."""
+    chosen = _override(override, "layer") or _first_layer_in_most_windows(outlier_token_rows(outliers), windows, "an outlier token")
+    if chosen.found:
+        return chosen
+    peak = peak_layer(curves)
+    return Choice(peak.value, f"{chosen.why}; shown: layer {peak.value + 1}, where {peak.why}", False)
+
+
+def last_outlier_layer(outliers: pd.DataFrame, windows: int) -> int | None:
+    """The last layer where most windows have an activation-outlier token in the layer outputs."""
+    hits = outlier_token_rows(outliers).groupby("layer").window.nunique()
+    layers = hits[hits >= MOST_WINDOWS * windows].index
+    return int(layers.max()) if len(layers) else None
+
+
+def disappearance_layer(curves: pd.DataFrame, after: int, override: int | None = None) -> Choice:
+    """The layer after `after` whose mean top-1 |h| falls the most from the layer before.
+    If it never falls: not found, and the last layer is the one to show."""
+    chosen = _override(override, "layer")
+    if chosen:
+        return chosen
+    drops = (curves.top1.shift(1) - curves.top1).loc[after + 1 :]
+    last = int(curves.index.max())
+    if drops.empty or drops.max() <= 0:
+        return Choice(last, f"the mean top-1 |h| never falls after layer {after + 1}; shown: the last layer, {last + 1}", False)
+    layer = int(drops.idxmax())
+    return Choice(layer, f"layer {layer + 1} lowers the mean top-1 the most, from {curves.top1[layer - 1]:,.0f} to {curves.top1[layer]:,.0f}")
+
+
+def cancellation_fall(curves: pd.DataFrame, layer: int) -> float:
+    """The share by which the mean top-1 |h| falls at `layer`."""
+    return float(1 - curves.top1[layer] / curves.top1[layer - 1]) if layer > 0 else 0.0
+
+
+def attention_curves(attention_layers: pd.DataFrame) -> pd.DataFrame:
+    return attention_layers.groupby("layer")[["top1", "top2", "median", "threshold"]].mean()
+
+
+def attention_layer(attention_layers: pd.DataFrame, windows: int, override: int | None = None) -> Choice:
+    """The first layer where most windows have keys receiving ≥ 0.1 × the window length.
+    Without one: not found, and the layer whose top key receives the most is shown."""
+    chosen = _override(override, "layer") or _first_layer_in_most_windows(
+        attention_layers[attention_layers.outlier_keys > 0], windows, "outlier keys")
+    if chosen.found:
+        return chosen
+    curves = attention_curves(attention_layers)
+    layer = int(curves.top1.idxmax())
+    return Choice(layer, f"{chosen.why}; shown: layer {layer + 1}, whose top key receives the most, {curves.top1[layer]:.1f} "
+                         f"(the threshold is {curves.threshold[layer]:.1f})", False)
+
+
+def attention_outlier_layers(attention_layers: pd.DataFrame, windows: int) -> list[int]:
+    """Every layer where most windows have outlier keys."""
+    hits = attention_layers[attention_layers.outlier_keys > 0].groupby("layer").window.nunique()
+    return sorted(int(layer) for layer in hits[hits >= MOST_WINDOWS * windows].index)
+
+
+def spread_head(heads: pd.DataFrame, after: int, override: tuple[int, int] | None = None) -> Choice:
+    """(layer, head) from `after` on putting the largest mean share of attention on the windows'
+    outlier keys. Without outlier keys: not found, head 1 of layer `after` is shown."""
+    if override is not None and min(override) >= 0:
+        return Choice(tuple(override), f"layer {override[0] + 1}, head {override[1] + 1} were set in the config (figures.overrides)")
+    share = heads[heads.layer >= after].groupby(["layer", "head"]).outlier_share.mean()
+    if share.empty or share.max() <= 0:
+        return Choice((after, 0), f"no head from layer {after + 1} on attends to outlier keys; shown: layer {after + 1}, head 1", False)
+    layer, head = (int(v) for v in share.idxmax())
+    return Choice((layer, head), f"layer {layer + 1}, head {head + 1} puts the largest mean share of its attention on the "
+                                 f"windows' outlier keys, {share.max():.2f}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens, channels and rows.
+
+def prompt_outlier_tokens(prompt: dict) -> list[int]:
+    """Positions of the prompt whose max |h| passes Sun et al.'s rule (> 100 and > 1000 × the
+    prompt's median |h| of that layer) in the output of any layer.
+
+    Read from the prompt alone, so the prompt dump (which keeps the weights these tokens need)
+    and every figure agree. The paper's 1000 × mean rule cannot fire on a short prompt of a
+    narrow model: one outlier lifts the mean so much that max/mean stays below tokens × channels.
+    """
+    found = set()
+    layer = 0
+    while f"layer_output.{layer}" in prompt:
+        magnitude = np.abs(np.asarray(prompt[f"layer_output.{layer}"]))
+        token_max = magnitude.max(axis=1)
+        found |= set(((token_max > SUN_FLOOR) & (token_max > SUN_RATIO * np.median(magnitude))).nonzero()[0].tolist())
+        layer += 1
+    return sorted(int(t) for t in found)
+
+
+def ticked_channels(values, tokens: list[int], share: float = TICK_SHARE) -> list[int]:
+    """Channels whose |x| at the outlier `tokens` reaches `share` of the largest there; none without tokens."""
+    if not tokens:
+        return []
+    magnitude = np.abs(np.asarray(values)[tokens]).max(axis=0)
+    return sorted(int(c) for c in (magnitude >= share * magnitude.max()).nonzero()[0])
+
+
+def written_rows(column, share: float = WRITE_SHARE) -> list[int]:
+    """Rows of one weight column whose |W| reaches `share` of its largest: the channels it writes."""
+    magnitude = np.abs(np.asarray(column))
+    return sorted(int(r) for r in (magnitude >= share * magnitude.max()).nonzero()[0])
+
+
+def dump_channels(down_weight, down_input, tokens: list[int]) -> list[int]:
+    """The intermediate channels whose W_down columns and W_gate/W_up rows the prompt dump keeps
+    at one layer: the edges, the TOP columns by max/mean ratio and every channel the figures tick
+    (`ticked_channels` at the prompt's outlier `tokens`), each with its two neighbours.
+
+    `down_weight` is W_down as [d_model, d_ff] and `down_input` the prompt's [tokens, d_ff], both torch.
+    """
+    ratio = column_ratios(down_weight)
+    width = len(ratio)
+    kept = {*SLICE_EDGES, width - 1}
+    by_ratio = ratio.topk(min(TOP, width)).indices.tolist()
+    for channel in by_ratio + ticked_channels(down_input.float().cpu().numpy(), tokens):
+        kept |= {c for c in (channel - 1, channel, channel + 1) if 0 <= c < width}
+    return sorted(kept)
+
+
+def residual_outlier_channels(channel_max: pd.DataFrame, sites: pd.DataFrame, site: str) -> dict[int, list[int]]:
+    """Per layer, the channels whose corpus max |x| at `site` is massive against the layer's mean
+    median (Sun et al.: > 100 and > 1000 × median); layers without any are left out."""
+    medians = sites[sites.site == site].groupby("layer").median_abs.mean()
+    found = {}
+    for row in channel_max[channel_max.site == site].itertuples():
+        values = np.asarray(row.max_abs)
+        channels = ((values > SUN_FLOOR) & (values > SUN_RATIO * medians[row.layer])).nonzero()[0]
+        if len(channels):
+            found[int(row.layer)] = [int(c) for c in channels]
+    return found
+
+
+def carrying_dims(query, key, tokens: list[int], count: int = CARRYING_DIMS) -> list[int]:
+    """Head dims that contribute most to the logits of later queries on the outlier `tokens`:
+    the largest mean_i q[i, d] · k[o, d] over queries i ≥ o (pre-rotary, so approximate under
+    RoPE); none without outlier tokens."""
+    if not tokens:
+        return []
+    contribution = np.zeros(query.shape[1])
+    for o in tokens:
+        contribution += query[o:].mean(axis=0) * key[o]
+    return sorted(int(d) for d in np.argsort(contribution)[::-1][:count])
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights.
+
+def reference_median(weights: pd.DataFrame) -> float:
+    """The median max/mean ratio over every matrix of the model (the paper's reference line is a mean)."""
+    return float(weights.max_ratio.median())
+
+
+def weight_outlier_columns(weights: pd.DataFrame, factor: float = WEIGHT_OUTLIER_FACTOR) -> pd.DataFrame:
+    """Down-projection rows of the weight table whose top column ratio is `factor` × the reference
+    median or more (possibly none)."""
+    down = weights[weights.mlp_down]
+    return down[down.column_ratio >= factor * reference_median(weights)]
+
+
+def weight_panel_layers(weights: pd.DataFrame, count: int = 2) -> list[int]:
+    """The layers whose down projection has the largest top column ratio (Fig 5b/c), standing out or not."""
+    down = weights[weights.mlp_down].set_index("layer")
+    return sorted(int(layer) for layer in down.column_ratio.nlargest(count).index)
+
+
+# ---------------------------------------------------------------------------------------------
+# All of a model's choices at once: what every notebook, claim and table of the model uses.
+
+@dataclass(frozen=True)
+class ModelChoices:
+    curves: pd.DataFrame  # layerwise(…, "layer_output")
+    peak: Choice  # the layer with the largest top-1/median ratio; found: massive there
+    emergence: Choice
+    disappearance: Choice
+    attention: Choice | None  # None: no attention capture for this architecture
+    spread: Choice | None
+    outlier_tokens: pd.DataFrame  # corpus (window, layer, token) rows by the paper's rule, layer outputs
+    weight_columns: pd.DataFrame  # down-projection layers whose top column stands out
+
+
+def for_model(evidence, overrides: dict | None = None) -> ModelChoices:
+    """Every choice for one model from its `readers.Evidence`; `overrides` holds the config's
+    figures.overrides as 0-based layers and heads (-1 or absent: choose from the data)."""
+    overrides = overrides or {}
+    curves = layerwise(evidence.sites, evidence.topk, "layer_output")
+    emergence = emergence_layer(evidence.outliers, evidence.windows, curves, overrides.get("emergence_layer"))
+    disappearance = disappearance_layer(curves, emergence.value, overrides.get("disappearance_layer"))
+    attention = spread = None
+    if evidence.has_attention:
+        attention = attention_layer(evidence.attention_layers, evidence.windows, overrides.get("attention_layer"))
+        spread_override = (overrides.get("spread_layer", -1), overrides.get("spread_head", -1))
+        spread = spread_head(evidence.attention_heads, emergence.value, spread_override)
+    return ModelChoices(curves=curves, peak=peak_layer(curves), emergence=emergence, disappearance=disappearance,
+                        attention=attention, spread=spread, outlier_tokens=outlier_token_rows(evidence.outliers),
+                        weight_columns=weight_outlier_columns(evidence.weights))
+
+
+def top_channels(channel_max: pd.DataFrame, site: str, count: int = 2) -> list[tuple[int, list[int]]]:
+    """Per layer, the `count` channels with the largest corpus max |x| at `site`, largest first (Fig 3c)."""
+    rows = channel_max[channel_max.site == site].sort_values("layer")
+    return [(int(row.layer), [int(c) for c in np.argsort(-np.asarray(row.max_abs), kind="stable")[:count]]) for row in rows.itertuples()]
+
+
+def prompt_ratio(values) -> str:
+    """The largest |x| of a prompt tensor against its median, in words: what a panel without an outlier shows."""
+    magnitude = np.abs(np.asarray(values))
+    median = float(np.median(magnitude))
+    return f"largest |x| {magnitude.max():,.1f}, {magnitude.max() / median if median else float('inf'):,.0f}× the median"

@@ -1,0 +1,304 @@
+"""Judgement on the trained attention variants: Table 2, the compression table and the claims.
+
+Reads only the analysis folders that `variant_analysis.analyse` writes. Every comparison
+between variants goes through `verdicts.compare_over_seeds`: a difference counts only when it
+exceeds the spread over seeds (a stated margin with one seed, and then at most "partly"), and a
+magnitude counts as an outlier only when it is massive by Sun et al.'s criterion.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import verdicts
+from .choices import is_massive
+from .gpt2 import VARIANTS
+from .readers import read_manifest, read_table
+from .variant_analysis import METHODS
+from .verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, NOT_SHOWN, PARTLY, Claim, Finding
+
+SINK = 0.5  # mean weight on the first key, where a head should do nothing, from which it is an attention sink
+CONVERGED = 0.9  # a run has converged once it has made this share of (a)'s improvement in validation loss
+SINK_MARGIN = 0.1  # one seed: attention weights must differ by more than this
+TOKENS_MARGIN = 0.1  # one seed: tokens to converge must differ by more than this share of (a)'s
+LOSS_FLOOR = 1e-3  # nats: validation-loss differences below this are not findings, whatever the seeds say
+KEEP, LOSE = ("default", "fixed_bias", "context_bias"), ("attention_bias", "context_scale")
+
+
+def _letter(variant: str) -> str:
+    return VARIANTS[variant][0]
+
+
+def table2(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table 2: each variant's formulation and the parameters it adds, counted from the trained models."""
+    first = runs.sort_values("seed").groupby("variant", sort=False).first().reset_index()
+    first["order"] = first.variant.map(list(VARIANTS).index)
+    first = first.sort_values("order")
+    return pd.DataFrame({"id": first.id, "variant": first.variant, "attention": first.name, "formulation": first.formulation,
+                         "parameters": first.parameters, "extra_parameters": first.extra_parameters,
+                         "extra_share": (first.extra_parameters / (first.parameters - first.extra_parameters)).map(lambda v: f"{v:.3%}")})
+
+
+def compression_table(compression: pd.DataFrame) -> pd.DataFrame:
+    """Validation loss (and perplexity, and testbed accuracy) per variant and method: mean and range over seeds."""
+    rows = []
+    for (variant, method), group in compression.groupby(["variant", "method"], sort=False):
+        row = {"variant": variant, "method": method, "val_loss": group.val_loss.mean(),
+               "val_loss_min": group.val_loss.min(), "val_loss_max": group.val_loss.max(), "perplexity": group.perplexity.mean()}
+        if group.backcopy_accuracy.notna().any():
+            row["backcopy_accuracy"] = group.backcopy_accuracy.mean()
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["order"] = table.variant.map(list(VARIANTS).index) * 10 + table.method.map(list(METHODS).index)
+    return table.sort_values("order").drop(columns="order").reset_index(drop=True)
+
+
+def markdown(table: pd.DataFrame, title: str, note: str) -> str:
+    shown = table.copy()
+    for column in shown.columns:
+        if shown[column].dtype.kind == "f":
+            shown[column] = shown[column].map(lambda v: f"{v:.4f}")
+    return "\n".join([f"# {title}", "", note, "", *verdicts.markdown_table(list(shown.columns), shown.values.tolist()), ""])
+
+
+COMPRESSION_NOTE = ("Validation loss in full precision, with absmax per-tensor 8-bit weights (w8), with those and per-token 8-bit "
+                    "activations at every linear input (w8a8), and with the 50 % smallest-magnitude weights of every linear set to "
+                    "zero (prune50); mean and range over seeds, on the same validation batches for every variant.")
+TABLE2_NOTE = "Extra parameters are counted from the trained models (the paper's GPT-2 small: (e) adds 9,228 per layer)."
+
+
+# ---------------------------------------------------------------------------------------------
+# Convergence: one definition, for the claims and the convergence figure.
+
+def convergence(curves: pd.DataFrame) -> tuple[float, dict[str, dict[int, float]], float]:
+    """(target loss, tokens each (variant, seed) run needs to reach it, resolution in tokens).
+
+    The target is (a)'s mean validation loss after CONVERGED of its improvement from the first
+    logged evaluation to the last (the first trained variant stands in without (a)). A run that
+    never reaches it counts as needing one evaluation interval more than it trained: censored,
+    so it can only lose the comparison.
+    """
+    reference = "default" if "default" in set(curves.variant) else curves.variant.iloc[0]
+    mean = curves[curves.variant == reference].groupby("tokens").val_loss.mean()
+    target = float(mean.iloc[-1] + (1 - CONVERGED) * (mean.iloc[0] - mean.iloc[-1]))
+    logged = np.sort(curves.tokens.unique())
+    resolution = float(np.diff(logged).min()) if len(logged) > 1 else float(logged[0])
+    reached: dict[str, dict[int, float]] = {}
+    for (variant, seed), run in curves.groupby(["variant", "seed"]):
+        run = run.sort_values("tokens")
+        below = run[run.val_loss <= target]
+        reached.setdefault(variant, {})[int(seed)] = float(below.tokens.iloc[0]) if len(below) else float(run.tokens.max() + resolution)
+    return target, reached, resolution
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-variant measures, per seed.
+
+def measures(analysis_dir: Path) -> dict:
+    """Per variant: per-seed outlier ratio and massiveness, the sink measures at its sink layer,
+    final loss, compression damage; and the convergence of every run.
+
+    The sink layer is the block whose first-key weight differs most between the positions that
+    should do nothing and those that copy (testbed), or that puts most weight on the first key
+    (text), over the mean of the seeds. There, per seed: `sink` is the weight on the first key at
+    the positions that should do nothing, `extra` on k′, `scale` S_c, `effective` the first-key
+    weight times S_c (what the sink still contributes) and `value` the first token's value norm
+    over the median token's.
+    """
+    analysis_dir = Path(analysis_dir)
+    layerwise = read_table(analysis_dir, "layerwise", ("variant", "seed", "layer", "top1", "median"))
+    sink = read_table(analysis_dir, "sink", ("variant", "seed", "layer", "positions", "first_key", "extra_key", "scale", "first_value"))
+    runs = read_table(analysis_dir, "runs", ("variant", "seed", "val_loss"))
+    compression = read_table(analysis_dir, "compression", ("variant", "seed", "method", "val_loss"))
+    curves = read_table(analysis_dir, "curves", ("variant", "seed", "tokens", "val_loss"))
+    quiet = "non_trigger" if "non_trigger" in set(sink.positions) else "all"
+    target, reached, resolution = convergence(curves)
+    out = {"_convergence": {"target": target, "resolution": resolution, "quiet": quiet}}
+    for variant in [v for v in VARIANTS if v in set(runs.variant)]:
+        rows = layerwise[layerwise.variant == variant].assign(ratio=lambda t: t.top1 / t["median"])
+        peaks = rows.loc[rows.groupby("seed").ratio.idxmax()].set_index("seed")
+        mean_sink = sink[sink.variant == variant].groupby(["layer", "positions"])[["first_key", "extra_key", "scale"]].mean()
+        at_quiet = mean_sink.xs(quiet, level="positions")
+        contrast = at_quiet.first_key - mean_sink.xs("trigger", level="positions").first_key if quiet == "non_trigger" else at_quiet.first_key
+        layer = int(contrast.idxmax())
+        there = sink[(sink.variant == variant) & (sink.layer == layer) & (sink.positions == quiet)].set_index("seed").sort_index()
+        scale = there.scale if variant == "context_scale" else pd.Series(1.0, index=there.index)
+        full = compression[(compression.variant == variant) & (compression.method == "full")].set_index("seed").val_loss
+        damage = {method: (compression[(compression.variant == variant) & (compression.method == method)].set_index("seed").val_loss - full)
+                  for method in METHODS[1:]}
+        out[variant] = {
+            "ratio": peaks.ratio, "top1": peaks.top1,
+            "massive": pd.Series([is_massive(r.top1, r["median"]) for _, r in peaks.iterrows()], index=peaks.index),
+            "layer": layer, "sink": there.first_key, "extra": there.extra_key, "scale": there.scale,
+            "effective": there.first_key * scale, "value": there.first_value,
+            "loss": runs[runs.variant == variant].set_index("seed").val_loss, "damage": damage,
+            "tokens": pd.Series(reached[variant]),
+        }
+    return out
+
+
+def _span(values: pd.Series, digits: int = 2) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    mean = f"{values.mean():,.{digits}f}"
+    return mean if len(values) == 1 else f"{mean} ({values.min():,.{digits}f}–{values.max():,.{digits}f})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The claims, each judged on one task's measures.
+
+def judge_massive(m: dict) -> Finding:
+    keep, lose = [v for v in KEEP if v in m], [v for v in LOSE if v in m]
+    if not keep or not lose:
+        return Finding(f"needs one of {', '.join(KEEP)} and one of {', '.join(LOSE)}", NOT_MEASURED)
+    massive = {v: bool(m[v]["massive"].all()) for v in keep + lose}
+    text = "; ".join(f"{_letter(v)} top-1 {_span(m[v]['top1'], 1)}, {_span(m[v]['ratio'], 0)}× the median"
+                     + (" (massive)" if massive[v] else "") for v in keep + lose)
+    if not any(massive[v] for v in keep):
+        verdict = NOT_SHOWN
+    elif any(massive[v] for v in lose):
+        verdict = DOES_NOT_HOLD
+    else:
+        verdict = HOLDS if all(massive[v] for v in keep) else PARTLY
+    return Finding(text, verdict)
+
+
+def _sink_missing(m: dict) -> Finding | None:
+    if "default" not in m:
+        return Finding("needs (a) default", NOT_MEASURED)
+    sink = m["default"]["sink"].mean()
+    if sink < SINK:
+        return Finding(f"(a) puts only {sink:.2f} on the first key at its sink layer {m['default']['layer']}: no sink to replace", NOT_SHOWN)
+    return None
+
+
+def judge_attention_bias(m: dict) -> Finding:
+    if "attention_bias" not in m:
+        return Finding("needs (d) attention_bias", NOT_MEASURED)
+    missing = _sink_missing(m)
+    if missing:
+        return missing
+    d = m["attention_bias"]
+    comparison = verdicts.compare_over_seeds(d["extra"], d["sink"], lower_is_better=False, margin=SINK_MARGIN, digits=2)
+    return Finding(f"at its sink layer {d['layer']}, (d) puts {_span(d['extra'])} on k′ and {_span(d['sink'])} on the first key where "
+                   f"the head should do nothing ((a): {_span(m['default']['sink'])} on the first key); {comparison.text}", comparison.verdict)
+
+
+def judge_context_scale(m: dict) -> Finding:
+    if "context_scale" not in m:
+        return Finding("needs (e) context_scale", NOT_MEASURED)
+    missing = _sink_missing(m)
+    if missing:
+        return missing
+    e, a = m["context_scale"], m["default"]
+    comparison = verdicts.compare_over_seeds(e["effective"], a["sink"], lower_is_better=True, margin=SINK_MARGIN, digits=2)
+    return Finding(f"at its sink layer {e['layer']}, S_c is {_span(e['scale'], 3)} where the head should do nothing; its softmax puts "
+                   f"{_span(e['sink'])} on the first key, which after S_c contributes {_span(e['effective'], 3)} against "
+                   f"{_span(a['sink'])} for (a); {comparison.text}", comparison.verdict)
+
+
+def judge_convergence(m: dict) -> Finding:
+    if "default" not in m or "context_scale" not in m:
+        return Finding("needs (a) default and (e) context_scale", NOT_MEASURED)
+    a, e, c = m["default"], m["context_scale"], m["_convergence"]
+    comparison = verdicts.compare_over_seeds(e["tokens"], a["tokens"], lower_is_better=True, margin=TOKENS_MARGIN * a["tokens"].mean(),
+                                             floor=c["resolution"], unit=" tokens", digits=3)
+    return Finding(f"tokens until the validation loss is {c['target']:.4f} ({CONVERGED:.0%} of (a)'s improvement): (e) "
+                   f"{_span(e['tokens'], 0)}, (a) {_span(a['tokens'], 0)} (logged every {c['resolution']:,.0f}); final loss (e) "
+                   f"{_span(e['loss'], 4)}, (a) {_span(a['loss'], 4)}; {comparison.text}", comparison.verdict)
+
+
+def judge_compression(m: dict) -> Finding:
+    if "default" not in m or "context_scale" not in m:
+        return Finding("needs (a) default and (e) context_scale", NOT_MEASURED)
+    a, e = m["default"], m["context_scale"]
+    parts, outcomes = [], []
+    for method in METHODS[1:]:
+        comparison = verdicts.compare_over_seeds(e["damage"][method], a["damage"][method], lower_is_better=True,
+                                                 margin=LOSS_FLOOR, floor=LOSS_FLOOR, unit=" nats", digits=2)
+        outcomes.append(comparison.verdict)
+        parts.append(f"{method}: (e) {_span(e['damage'][method], 4)}, (a) {_span(a['damage'][method], 4)}, {comparison.verdict}")
+    favourable = [o for o in outcomes if o in (HOLDS, PARTLY)]
+    if set(outcomes) == {NOT_SHOWN}:
+        verdict = NOT_SHOWN
+    elif not favourable:
+        verdict = DOES_NOT_HOLD
+    elif outcomes.count(HOLDS) == len(outcomes):
+        verdict = HOLDS
+    else:
+        verdict = PARTLY
+    return Finding("damage (validation loss compressed minus full): " + "; ".join(parts), verdict)
+
+
+def judge_sigmoid(m: dict) -> Finding:
+    if "sigmoid" not in m:
+        return Finding("needs (f) sigmoid", NOT_MEASURED)
+    missing = _sink_missing(m)
+    if missing:
+        return missing
+    f, a = m["sigmoid"], m["default"]
+    comparison = verdicts.compare_over_seeds(f["sink"], a["sink"], lower_is_better=True, margin=SINK_MARGIN, digits=2)
+    return Finding(f"weight on the first key where the head should do nothing: (f) {_span(f['sink'])} at block {f['layer']}, "
+                   f"(a) {_span(a['sink'])}; {comparison.text}", comparison.verdict)
+
+
+_SEEDS = "a difference counts only beyond the larger range over seeds of the two (one seed: the stated margin, and at most partly)"
+GPT2_CLAIMS = [
+    Claim("massive", "(a)–(c) keep massive activations, (d) and (e) lose them",
+          "massive: in every seed the mean top-1 |h| of some layer is > 100 and > 1000× its median (Sun et al.); holds: (a)–(c) massive "
+          "and (d), (e) not; partly: some of (a)–(c); does not hold: (d) or (e) massive; not shown at this scale: none of (a)–(c) massive",
+          "(a)–(c) ≈ 1–1.5k peaks, (d)/(e) none (Fig 10)", judge_massive),
+    Claim("attention_bias", "(d) moves the attention sink onto k′",
+          f"at (d)'s sink layer, where the head should do nothing, more weight on k′ than on the first key; {_SEEDS} "
+          f"(margin {SINK_MARGIN:g}); not shown at this scale when (a) has no sink (< {SINK:g} on the first key)", "", judge_attention_bias),
+    Claim("context_scale", "(e) makes the attention sink unnecessary",
+          f"(e)'s first-key weight × S_c below (a)'s first-key weight; {_SEEDS} (margin {SINK_MARGIN:g}); not shown at this scale "
+          f"when (a) has no sink", "", judge_context_scale),
+    Claim("convergence", "(e) converges faster than (a)",
+          f"fewer tokens to reach {CONVERGED:.0%} of (a)'s improvement in validation loss; {_SEEDS} (margin {TOKENS_MARGIN:.0%} of "
+          "(a)'s tokens; never at least one evaluation interval)", "unconfirmed (the paper's figure could not be read)", judge_convergence),
+    Claim("compression", "(e) compresses better than (a)",
+          f"smaller damage for w8, w8a8 and prune50 each; {_SEEDS}, and never below {LOSS_FLOOR:g} nats; holds: all three; partly: "
+          "some; does not hold: none and some worse", "w8 PPL 93.44 → 29.22, 50 % sparse 7235 → 39 (third party; unconfirmed)",
+          judge_compression),
+    Claim("sigmoid", "Sigmoid attention (f) needs no sink",
+          f"(f)'s first-key weight below (a)'s where the head should do nothing; {_SEEDS} (margin {SINK_MARGIN:g}); not shown at this "
+          "scale when (a) has no sink", "", judge_sigmoid),
+]
+
+
+def judge(m: dict) -> list[tuple[Claim, Finding]]:
+    return [(claim, claim.judge(m)) for claim in GPT2_CLAIMS]
+
+
+def claims(tasks: dict[str, Path]) -> str:
+    """results/claims/gpt2.md: the paper's Section 5 claims, per task, with the numbers and the verdicts."""
+    sections = ["# The paper's attention-variant claims, checked", "",
+                "Outlier ratio: the largest mean top-1 |h| over the median |h| of the same layer (layer 0 = embedding output). The sink "
+                "columns are read at each variant's sink layer (the block whose attention on the first key differs most between the "
+                "positions that should do nothing, the testbed's non-trigger positions, and those that copy; in text, the block with "
+                "the most), at the positions that should do nothing: the weight on the first key, on k′, S_c, what the first key still "
+                "contributes (weight × S_c), and the first token's value norm over the median token's. Compression damage: validation "
+                "loss of the compressed model minus in full precision. Values are means over seeds with their range.", ""]
+    for task, analysis_dir in tasks.items():
+        m = measures(analysis_dir)
+        seeds = read_manifest(analysis_dir)["seeds"]
+        rows = []
+        for variant, v in m.items():
+            if variant.startswith("_"):
+                continue
+            rows.append([f"{_letter(variant)} {variant}", _span(v["ratio"], 1), v["layer"], _span(v["sink"]), _span(v["extra"]),
+                         _span(v["scale"], 3), _span(v["effective"], 3), _span(v["value"]), _span(v["loss"], 4),
+                         " / ".join(_span(v["damage"][method], 4) for method in METHODS[1:])])
+        judged = judge(m)
+        sections += [f"## Task {task} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {', '.join(map(str, seeds))})", "",
+                     *verdicts.markdown_table(["variant", "outlier ratio", "sink layer", "on first key", "on k′", "S_c",
+                                               "first key × S_c", "first value / median", "final val loss",
+                                               "w8 / w8a8 / prune50 damage"], rows), "",
+                     *verdicts.markdown_table(["claim", "measured", "criterion", "verdict"],
+                                              [[c.text, f.measured, c.criterion, f"**{f.verdict}**"] for c, f in judged]), ""]
+    return "\n".join(sections)

@@ -1,0 +1,429 @@
+"""The verdict engine and the paper's LLM claims, Table 1 and the scorecard across models.
+
+A claim is a row of a table in code: what the paper says, the criterion with its numbers, the
+paper's own value for LLaMA-2-7B where it states one, and a judge that turns the measured
+numbers into a `Finding` (a sentence with the numbers and one of VERDICTS). Every verdict is
+reachable for every claim: "not measured" when the architecture lacks the sites or there is
+nothing to compare (no outlier to locate), "does not hold" when the measurement says so.
+The GPT-2 claims (variant_report.py) use the same engine, with comparisons over seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import choices
+from .choices import MOST_WINDOWS, WEIGHT_OUTLIER_FACTOR
+from .readers import Evidence
+from .statistics import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO
+
+HOLDS, PARTLY, DOES_NOT_HOLD, NOT_SHOWN, NOT_MEASURED = "holds", "partly", "does not hold", "not shown at this scale", "not measured"
+VERDICTS = (HOLDS, PARTLY, DOES_NOT_HOLD, NOT_SHOWN, NOT_MEASURED)
+
+# Our thresholds (the paper states none for these judgements), each printed beside its verdict.
+SHARE_HOLDS, SHARE_PARTLY = 0.8, 0.5  # an alignment or a split of tokens
+MASSIVE_PARTLY = 100.0  # × the median: an order of magnitude short of Sun et al.'s 1000
+WEIGHT_PARTLY = 2.0  # × the median ratio over all matrices
+ATTENTION_LAYERS_HOLDS = 0.25  # share of the layers with outlier keys in most windows
+FEW_CHANNELS = 4  # "a few fixed channels"
+EARLY, LATE = 0.25, 0.75  # emergence within the first quarter of the layers; still present at three quarters
+CANCEL_FALL = 0.5  # the mean top-1 |h| falls by at least half at the cancelling layer
+
+
+@dataclass(frozen=True)
+class Finding:
+    measured: str  # the numbers, as a sentence
+    verdict: str
+    value: str = ""  # the short measured value of the scorecard
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict {self.verdict!r}: use one of {', '.join(VERDICTS)}")
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    text: str  # what the paper says
+    criterion: str  # how we judge it, with the numbers
+    paper: str  # the paper's value for LLaMA-2-7B ("" where it states none; "≈" read off a plot)
+    judge: Callable[..., Finding]
+
+
+def graded(value: float | None, holds_at: float, partly_at: float) -> str:
+    """holds at or above `holds_at`, partly at or above `partly_at`, else does not hold; not measured without a value."""
+    if value is None or pd.isna(value):
+        return NOT_MEASURED
+    return HOLDS if value >= holds_at else PARTLY if value >= partly_at else DOES_NOT_HOLD
+
+
+@dataclass(frozen=True)
+class Comparison:
+    verdict: str
+    text: str
+
+
+def compare_over_seeds(claimed: list[float], other: list[float], lower_is_better: bool, margin: float, floor: float = 0.0,
+                       unit: str = "", digits: int = 4) -> Comparison:
+    """Is `claimed` better than `other` (per-seed values)? Only a difference of the means larger
+    than the noise counts: the larger range over seeds of the two (at least `floor`, the
+    measurement's resolution). With one seed in either, the noise is the stated `margin` and the
+    strongest verdict is partly. Within the noise: not shown at this scale."""
+    claimed, other = np.asarray(claimed, dtype=float), np.asarray(other, dtype=float)
+    gain = (other.mean() - claimed.mean()) * (1 if lower_is_better else -1)
+    single = min(len(claimed), len(other)) < 2
+    spread = margin if single else max(np.ptp(claimed), np.ptp(other))
+    noise = max(spread, floor)
+    if gain > noise:
+        verdict = PARTLY if single else HOLDS
+    elif gain < -noise:
+        verdict = DOES_NOT_HOLD
+    else:
+        verdict = NOT_SHOWN
+    noise_text = (f"one seed, so the stated margin {noise:,.{digits}g}{unit} and at most partly" if single
+                  else f"seed spread {noise:,.{digits}g}{unit} over {len(claimed)} and {len(other)} seeds")
+    return Comparison(verdict, f"difference {gain:+,.{digits}g}{unit} in the claimed direction; {noise_text}")
+
+
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in row) + " |" for row in rows]
+
+
+def claims_markdown(title: str, intro: list[str], judged: list[tuple[Claim, Finding]]) -> str:
+    """A claims file: each claim with the numbers measured, the criterion and the verdict."""
+    rows = [[claim.text, finding.measured, claim.criterion, f"**{finding.verdict}**"] for claim, finding in judged]
+    return "\n".join([f"# {title}", "", *intro, "", *markdown_table(["claim", "measured", "criterion", "verdict"], rows), ""])
+
+
+# ---------------------------------------------------------------------------------------------
+# The LLM claims.
+
+@dataclass
+class Measured:
+    """What the LLM judges read: a model's evidence, its choices, the prompt dump and Table 1."""
+
+    evidence: Evidence
+    chosen: choices.ModelChoices
+    prompt: dict
+    tokens: list[str]
+    record: dict
+    table1: dict
+
+    @property
+    def layers(self) -> int:
+        return self.record["layers"]
+
+
+def alignment(evidence: Evidence, chosen: choices.ModelChoices) -> dict:
+    """Table 1 for one model: how far weight, activation and attention outliers coincide.
+
+    The outstanding W_down columns (choices.weight_outlier_columns) are matched against the
+    down-projection input's massive channels of the same layer, the rows those columns write
+    against the residual stream's massive channels, and the activation-outlier tokens (paper's
+    rule, any layer) against the attention-outlier keys of the same window (any layer).
+    """
+    standing_out = chosen.weight_columns
+    down_channels = choices.residual_outlier_channels(evidence.channel_max, evidence.sites, "down_proj_input")
+    residual = sorted({c for cs in choices.residual_outlier_channels(evidence.channel_max, evidence.sites, "layer_output").values() for c in cs})
+    columns_matched = sum(int(row.top_columns[0]) in down_channels.get(int(row.layer), ()) for row in standing_out.itertuples())
+    written = [int(r) for row in standing_out.itertuples() for r in row.top_column_rows]
+    rows_matched = sum(r in residual for r in written)
+    activation = set(zip(chosen.outlier_tokens.window, chosen.outlier_tokens.position))
+    attention = set()
+    if evidence.has_attention:
+        keys = evidence.attention_keys[evidence.attention_keys.is_outlier]
+        attention = set(zip(keys.window, keys.position))
+    both = activation & attention
+    return {
+        "model": evidence.model,
+        "weight_outlier_columns": len(standing_out),
+        "columns_on_down_input_outlier_channels": columns_matched,
+        "column_share": columns_matched / len(standing_out) if len(standing_out) else np.nan,
+        "rows_written": len(written),
+        "rows_on_residual_outlier_channels": rows_matched,
+        "row_share": rows_matched / len(written) if written and residual else np.nan,
+        "activation_outlier_tokens": len(activation),
+        "attention_outlier_keys": len(attention) if evidence.has_attention else np.nan,
+        "tokens_that_are_outlier_keys": len(both) / len(activation) if activation and evidence.has_attention else np.nan,
+        "keys_that_are_outlier_tokens": len(both) / len(attention) if attention and activation else np.nan,
+        "residual_outlier_channels": " ".join(map(str, residual)),
+    }
+
+
+def _magnitude(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _no_attention(m: Measured) -> Finding:
+    return Finding(f"{m.evidence.manifest['model_type']} has no attention capture (architectures.ARCHITECTURES)", NOT_MEASURED, "–")
+
+
+def _no_tokens(m: Measured) -> Finding:
+    return Finding(f"no activation-outlier token (max |h| > {PAPER_RATIO:g} × the window's mean |h|) in any layer output of "
+                   f"{m.evidence.windows} windows: nothing to locate", NOT_MEASURED, "no outlier")
+
+
+def judge_activation(m: Measured) -> Finding:
+    peak = m.chosen.curves.loc[m.chosen.peak.value]
+    layer = m.chosen.peak.value + 1
+    ratio_ok = peak.top1 > SUN_FLOOR and peak.ratio >= MASSIVE_PARTLY
+    verdict = HOLDS if m.chosen.peak.found else PARTLY if ratio_ok else DOES_NOT_HOLD
+    return Finding(f"largest mean top-1 |h| over the median: {_magnitude(peak.top1)} against {peak['median']:.3g}, {peak.ratio:,.0f}× at "
+                   f"layer {layer} of {m.layers}", verdict, f"{peak.top1:,.0f} ({peak.ratio:,.0f}× median) at layer {layer}")
+
+
+def judge_weight(m: Measured) -> Finding:
+    down = m.evidence.weights[m.evidence.weights.mlp_down]
+    if down.empty:
+        return Finding("no MLP down projection in the capture table for this architecture", NOT_MEASURED, "–")
+    top = down.loc[down.column_ratio.idxmax()]
+    reference = choices.reference_median(m.evidence.weights)
+    factor = top.column_ratio / reference
+    return Finding(f"column {int(top.top_columns[0])} of layer {int(top.layer) + 1}: max/mean {top.column_ratio:,.0f}, {factor:.1f}× the "
+                   f"median over all matrices ({reference:.0f})", graded(factor, WEIGHT_OUTLIER_FACTOR, WEIGHT_PARTLY),
+                   f"column {int(top.top_columns[0])}, layer {int(top.layer) + 1}: {top.column_ratio:,.0f} ({factor:.1f}× median)")
+
+
+def judge_attention(m: Measured) -> Finding:
+    if not m.evidence.has_attention:
+        return _no_attention(m)
+    layers = choices.attention_outlier_layers(m.evidence.attention_layers, m.evidence.windows)
+    curves = choices.attention_curves(m.evidence.attention_layers)
+    top = int(curves.top1.idxmax())
+    share = len(layers) / m.layers
+    verdict = HOLDS if share >= ATTENTION_LAYERS_HOLDS else PARTLY if layers else DOES_NOT_HOLD
+    return Finding(f"keys receiving ≥ {ATTENTION_SHARE:g} × the window length in most of {m.evidence.windows} windows at "
+                   f"{len(layers)} of {m.layers} layers" + (f" (from layer {layers[0] + 1})" if layers else "")
+                   + f"; the largest mean top-1 is {curves.top1[top]:.1f} at layer {top + 1} (threshold {curves.threshold[top]:.1f})",
+                   verdict, f"{len(layers)} of {m.layers} layers, top-1 {curves.top1[top]:.0f} of {m.evidence.manifest['window_length']}")
+
+
+def judge_positions(m: Measured) -> Finding:
+    tokens = m.chosen.outlier_tokens
+    if tokens.empty:
+        return _no_tokens(m)
+    classes = tokens.token_class.value_counts(normalize=True)
+    share = classes.reindex(["initial", "strong_delimiter", "weak_semantic"]).fillna(0)
+    expected = share.sum()
+    both = share["initial"] > 0 and share["strong_delimiter"] + share["weak_semantic"] > 0
+    verdict = graded(expected, SHARE_HOLDS, SHARE_PARTLY)
+    if verdict == HOLDS and not both:
+        verdict = PARTLY
+    split = ", ".join(f"{k.replace('_', ' ')} {v:.1%}" for k, v in classes.items())
+    return Finding(f"{len(tokens)} outlier (window, layer, token) rows: {split}" + ("" if both else "; not both kinds"), verdict, split)
+
+
+def judge_channels(m: Measured) -> Finding:
+    tokens = m.chosen.outlier_tokens
+    if tokens.empty:
+        return _no_tokens(m)
+    channels = tokens.channel.value_counts(normalize=True)
+    share = channels.head(FEW_CHANNELS).sum()
+    return Finding(f"{len(channels)} channel(s) carry the outlier tokens' maxima; the top {FEW_CHANNELS} carry {share:.0%}: "
+                   + ", ".join(f"{c}: {v:.0%}" for c, v in channels.head(FEW_CHANNELS).items()),
+                   graded(share, SHARE_HOLDS, SHARE_PARTLY), " ".join(map(str, channels.head(FEW_CHANNELS).index)))
+
+
+def judge_lifetime(m: Measured) -> Finding:
+    if not m.chosen.emergence.found:
+        return _no_tokens(m)
+    first = m.chosen.emergence.value
+    last = choices.last_outlier_layer(m.evidence.outliers, m.evidence.windows)
+    last = first if last is None else last  # an override may name a layer without outlier tokens
+    early, late = first + 1 <= EARLY * m.layers, last + 1 >= LATE * m.layers
+    verdict = HOLDS if early and late else PARTLY if early or late else DOES_NOT_HOLD
+    return Finding(f"they emerge at layer {first + 1} of {m.layers} ({m.chosen.emergence.why}) and are in most windows until "
+                   f"layer {last + 1}", verdict, f"layers {first + 1}–{last + 1} of {m.layers}")
+
+
+def judge_weight_writes(m: Measured) -> Finding:
+    t = m.table1
+    if not t["rows_written"] or not t["residual_outlier_channels"]:
+        what = "no W_down column stands out" if not t["rows_written"] else "no residual channel is massive"
+        return Finding(f"{what}: nothing to compare", NOT_MEASURED, "–")
+    return Finding(f"{t['rows_on_residual_outlier_channels']} of {t['rows_written']} rows written by the {t['weight_outlier_columns']} "
+                   f"outstanding W_down columns are massive residual channels ({t['residual_outlier_channels']}); "
+                   f"{t['columns_on_down_input_outlier_channels']} of the columns are massive down-input channels of their layer",
+                   graded(t["row_share"], SHARE_HOLDS, SHARE_PARTLY), f"{t['row_share']:.0%} of rows")
+
+
+def judge_keys_are_tokens(m: Measured) -> Finding:
+    if not m.evidence.has_attention:
+        return _no_attention(m)
+    t = m.table1
+    if not t["activation_outlier_tokens"]:
+        return _no_tokens(m)
+    keys = "–" if pd.isna(t["keys_that_are_outlier_tokens"]) else f"{t['keys_that_are_outlier_tokens']:.0%}"
+    return Finding(f"{t['tokens_that_are_outlier_keys']:.0%} of {t['activation_outlier_tokens']} activation-outlier tokens are outlier "
+                   f"keys of their window; {keys} of {t['attention_outlier_keys']} outlier keys are activation-outlier tokens",
+                   graded(t["tokens_that_are_outlier_keys"], SHARE_HOLDS, SHARE_PARTLY), f"{t['tokens_that_are_outlier_keys']:.0%} of tokens")
+
+
+def judge_cancellation(m: Measured) -> Finding:
+    if not m.chosen.emergence.found:
+        return _no_tokens(m)
+    chosen = m.chosen.disappearance
+    if not chosen.found:
+        return Finding(chosen.why, DOES_NOT_HOLD, "never")
+    layer = chosen.value
+    fall = choices.cancellation_fall(m.chosen.curves, layer)
+    measured = f"at layer {layer + 1} ({chosen.why}) the mean top-1 |h| falls by {fall:.0%}"
+    tokens = choices.prompt_outlier_tokens(m.prompt)
+    if f"down_proj_output.{layer}" in m.prompt and f"attn_residual.{layer}" in m.prompt and tokens:
+        arriving = m.prompt[f"attn_residual.{layer}"]
+        token = tokens[0]
+        channel = int(np.abs(arriving[token]).argmax())
+        written = m.prompt[f"down_proj_output.{layer}"][token, channel]
+        opposite = bool(np.sign(written) == -np.sign(arriving[token, channel]))
+        measured += (f"; on the prompt its MLP writes {written:+,.0f} onto channel {channel} of {m.tokens[token]!r}, "
+                     f"which arrives at {arriving[token, channel]:+,.0f}")
+    else:
+        opposite = None
+        measured += "; the MLP's own contribution is not captured (no MLP sites, or no outlier token on the prompt)"
+    verdict = DOES_NOT_HOLD if fall < CANCEL_FALL else HOLDS if opposite else PARTLY
+    return Finding(measured, verdict, f"layer {layer + 1}, −{fall:.0%}")
+
+
+LLM_CLAIMS = [
+    Claim("activation", "Activation outliers exist: a few values thousands of times the median",
+          f"holds: the mean top-1 |h| of some layer is massive (> {SUN_FLOOR:g} and > {SUN_RATIO:g}× the layer's median, Sun et al.); "
+          f"partly: > {SUN_FLOOR:g} and ≥ {MASSIVE_PARTLY:g}×; else does not hold",
+          "≈ 2,380 at layers 2–30 (Fig 3a)", judge_activation),
+    Claim("weight", "Weight outliers exist: single down-projection columns with a large max/mean ratio",
+          f"the largest W_down column max/mean over the median over all matrices: holds ≥ {WEIGHT_OUTLIER_FACTOR:g}×, partly ≥ "
+          f"{WEIGHT_PARTLY:g}×; not measured without an MLP down projection",
+          "column 7890 of layer 2, ≈ 1,170; others ≲ 200 (Fig 5)", judge_weight),
+    Claim("attention", "Attention outliers exist: keys that take much of the attention",
+          f"keys receiving ≥ {ATTENTION_SHARE:g} × the window length (head mean) in ≥ {MOST_WINDOWS:.0%} of the windows: holds in ≥ "
+          f"{ATTENTION_LAYERS_HOLDS:.0%} of the layers, partly in at least one",
+          "top-1 ≈ 520 of 1,024 at layer 3, ≈ 300–520 up to layer 32 (Fig 6a)", judge_attention),
+    Claim("positions", "They sit at the first token and at delimiters",
+          f"share of the outlier tokens that are initial, strong-delimiter or weak-semantic: holds ≥ {SHARE_HOLDS:.0%} with both the "
+          f"initial token and delimiters among them, partly ≥ {SHARE_PARTLY:.0%}; not measured without outlier tokens",
+          "initial 50.0 %, '.' 40.5 %, '_' 9.5 % at layer 2 (Fig 3b)", judge_positions),
+    Claim("channels", "… in a few fixed channels",
+          f"share of the outlier tokens whose largest channel is one of the {FEW_CHANNELS} most frequent: holds ≥ {SHARE_HOLDS:.0%}, "
+          f"partly ≥ {SHARE_PARTLY:.0%}", "1415, 2533 (Figs 1c, 3c)", judge_channels),
+    Claim("lifetime", "… from an early layer to a late one",
+          f"holds: they emerge (in ≥ {MOST_WINDOWS:.0%} of the windows) within the first {EARLY:.0%} of the layers and are still "
+          f"present at {LATE:.0%} of the depth; partly: one of the two", "layers 2–30 of 32 (Fig 3a)", judge_lifetime),
+    Claim("weight_writes", "The weight-outlier columns write the activation-outlier channels",
+          f"share of the rows written by outstanding W_down columns (≥ {WEIGHT_OUTLIER_FACTOR:g}× the median ratio; rows with ≥ 0.5 × "
+          f"the column's largest) that are massive residual channels: holds ≥ {SHARE_HOLDS:.0%}, partly ≥ {SHARE_PARTLY:.0%}",
+          "100 % (Table 1 as quoted by a third party; unconfirmed)", judge_weight_writes),
+    Claim("keys_are_tokens", "The attention-outlier keys are the activation-outlier tokens",
+          f"share of the activation-outlier tokens that are outlier keys of their window: holds ≥ {SHARE_HOLDS:.0%}, partly ≥ "
+          f"{SHARE_PARTLY:.0%}", "95 % (Table 1 as quoted by a third party; unconfirmed)", judge_keys_are_tokens),
+    Claim("cancellation", "Late layers cancel them",
+          f"holds: the mean top-1 |h| falls by ≥ {CANCEL_FALL:.0%} at one layer after the emergence and, on the prompt, that layer's "
+          f"MLP writes against the arriving outlier; partly: the fall without the MLP's sign; not measured without outliers",
+          "layer 31: x_down channels 3721, 7006 cancel 1415, 2533 (Figs 4c, 9)", judge_cancellation),
+]
+
+
+def measure(model: str, stats_dir, weights_path, prompt_path, overrides: dict | None = None) -> Measured:
+    """Load one model's files and make its choices: the input of its claims, Table 1 row and atlas row."""
+    from .readers import read_prompt, read_prompt_record
+
+    evidence = Evidence.load(model, stats_dir, weights_path)
+    chosen = choices.for_model(evidence, overrides)
+    prompt, tokens = read_prompt(prompt_path, ("layer_output",))
+    return Measured(evidence, chosen, prompt, tokens, read_prompt_record(prompt_path), alignment(evidence, chosen))
+
+
+def judge(m: Measured) -> list[tuple[Claim, Finding]]:
+    return [(claim, claim.judge(m)) for claim in LLM_CLAIMS]
+
+
+def claims_file(m: Measured) -> str:
+    """results/claims/{model}.md."""
+    e = m.evidence
+    return claims_markdown(f"The paper's claims, checked on {e.model}", [
+        f"Measured on {e.windows} windows of {e.manifest['window_length']} tokens ({e.stats_dir}) and the prompt {m.record['text']!r}, "
+        f"in {e.manifest['dtype']} on {e.manifest['device']}. Weight numbers: {m.record['weights']}.",
+        "The paper states its claims qualitatively; each criterion is ours and is printed beside its verdict. \"Massive\" is Sun et "
+        f"al.'s criterion (> {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median of the same layer); an activation-outlier token is the "
+        f"paper's (max |h| > {PAPER_RATIO:g} × the window's mean |h|); \"not measured\": the architecture lacks the sites, or there "
+        "is nothing to compare.",
+    ], judge(m))
+
+
+def atlas_row(m: Measured) -> dict:
+    """Where a model's outliers are: one row of the atlas."""
+    c, e = m.chosen, m.evidence
+    peak = c.curves.loc[c.peak.value]
+    residual = sorted({ch for chs in choices.residual_outlier_channels(e.channel_max, e.sites, "layer_output").values() for ch in chs})
+    classes = c.outlier_tokens.token_class.value_counts(normalize=True)
+    sinks = choices.attention_outlier_layers(e.attention_layers, e.windows) if e.has_attention else []
+    weights = c.weight_columns
+    return {
+        "model": e.model,
+        "layers": m.layers,
+        "emergence_layer": c.emergence.value + 1 if c.emergence.found else "none",
+        "disappearance_layer": (c.disappearance.value + 1 if c.disappearance.found else "never") if c.emergence.found else "none",
+        "outlier_channels": " ".join(map(str, residual)) or "none",
+        "peak_magnitude": round(float(peak.top1), 1),
+        "peak_ratio_to_median": round(float(peak.ratio), 1),
+        "peak_layer": c.peak.value + 1,
+        "token_classes": ", ".join(f"{k} {v:.0%}" for k, v in classes.items()) or "none",
+        "first_sink_layer": (sinks[0] + 1 if sinks else "none") if e.has_attention else "not captured",
+        "weight_outliers": "; ".join(f"layer {int(r.layer) + 1} column {int(r.top_columns[0])} → rows "
+                                     f"{' '.join(map(str, r.top_column_rows))}" for r in weights.itertuples()) or "none",
+    }
+
+
+PAPER_ATLAS = {  # LLaMA-2-7B as the paper shows it (paper/FIGURES.md §2.2; "≈": read off a plot)
+    "model": "paper: LLaMA-2-7B", "layers": 32, "emergence_layer": 2, "disappearance_layer": 31, "outlier_channels": "1415 2533",
+    "peak_magnitude": "≈ 2,380", "peak_ratio_to_median": "–", "peak_layer": "2–30",
+    "token_classes": "initial 50.0%, strong delimiter 40.5%, weak semantic 9.5%", "first_sink_layer": 3,
+    "weight_outliers": "layer 2 column 7890 → rows 1415 2533; layer 31 column 7006; layer 32 column 3228 → row 1512",
+}
+
+
+def summary(measured: list[Measured]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The scorecard (one row per claim and model, with the paper's value), the atlas, and both as Markdown."""
+    rows = []
+    for m in measured:
+        for claim, finding in judge(m):
+            rows.append({"claim": claim.text, "paper_llama2_7b": claim.paper or "–", "model": m.evidence.model,
+                         "measured": finding.value, "verdict": finding.verdict, "criterion": claim.criterion})
+    scorecard = pd.DataFrame(rows)
+    atlas = pd.DataFrame([PAPER_ATLAS] + [atlas_row(m) for m in measured]).astype(str)
+    order = {claim.text: i for i, claim in enumerate(LLM_CLAIMS)}
+    shown = scorecard.sort_values("claim", key=lambda s: s.map(order), kind="stable")
+    text = "\n".join([
+        "# Scorecard: the paper's claims across models", "",
+        "Each claim with the paper's own value for LLaMA-2-7B (paper/FIGURES.md; \"≈\" read off a plot, \"unconfirmed\" where the "
+        "paper's text could not be read), the value measured for each configured model and the verdict; the criteria are in each "
+        "model's claims file and in summary.csv.", "",
+        *markdown_table(["claim", "paper (LLaMA-2-7B)", "model", "measured", "verdict"],
+                        shown[["claim", "paper_llama2_7b", "model", "measured", "verdict"]].values.tolist()),
+        "", "## Atlas: where each model's outliers are", "",
+        "Layers are 1-based. Outlier channels: residual channels whose corpus maximum is massive (Sun et al.). Peak: the layer "
+        "with the largest mean top-1 |h| over the median. Token classes: the activation-outlier tokens (paper's rule) over all "
+        "layers. First sink layer: the first with outlier keys in most windows. Weight outliers: outstanding W_down columns and "
+        "the rows they write.", "",
+        *markdown_table(list(atlas.columns), atlas.values.tolist()), "",
+    ])
+    return scorecard, atlas, text
+
+
+def alignment_markdown(table: pd.DataFrame) -> str:
+    shown = table.copy()
+    for column in ("column_share", "row_share", "tokens_that_are_outlier_keys", "keys_that_are_outlier_tokens"):
+        shown[column] = shown[column].map(lambda v: "–" if pd.isna(v) else f"{v:.0%}")
+    shown = shown.fillna("–")
+    return "\n".join([
+        "# Table 1: alignment of weight, activation and attention outliers", "",
+        f"Weight-outlier columns: W_down columns whose max/mean ratio is at least {WEIGHT_OUTLIER_FACTOR:g} × the median over all "
+        "matrices; rows written: those with |W| ≥ 0.5 × the column's largest. Outlier channels: corpus channel maxima > 100 and "
+        f"> 1000 × the median (Sun et al.). Activation-outlier tokens: max |h| > {PAPER_RATIO:g} × the window's mean |h| in any "
+        f"layer output; outlier keys: ≥ {ATTENTION_SHARE:g} × the window length in any layer; matched per window. "
+        "–: nothing to compare (no outlier of that kind, or no attention capture).", "",
+        *markdown_table(list(shown.columns), shown.values.tolist()), "",
+    ])
