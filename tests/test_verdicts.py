@@ -104,7 +104,7 @@ def test_the_dump_keeps_every_channel_a_figure_ticks_beyond_any_fixed_budget(tmp
     with torch.no_grad():
         for index, channel in enumerate(strong):
             mlp.gate_proj.weight[channel, 3] = mlp.up_proj.weight[channel, 3] = 3.0 - 0.1 * index
-            mlp.down_proj.weight[OUTPUT_CHANNEL, channel] = 40.0
+            mlp.down_proj.weight[OUTPUT_CHANNEL, channel] = 40.0 / len(strong)  # the same total write as the planted model
     capture = capture_everything(model, planted_windows(tmp_path), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], tmp_path / "capture")
     prompt, _ = readers.read_prompt(capture["prompt_path"], ("down_proj_input",))
     tokens = choices.prompt_outlier_tokens(prompt)

@@ -36,7 +36,7 @@ def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
     assert done.returncode == 0, done.stderr
     assert planned_jobs(done.stdout) == {
         "fetch_corpus": 1, "fetch_model": 1, "cut_windows": 1,
-        "dump_prompt": 1, "corpus_statistics": 1, "weight_statistics": 1, "figure": 8, "claims": 1, "table1_alignment": 1,
+        "dump_prompt": 1, "corpus_statistics": 1, "weight_statistics": 1, "figure": 8, "claims": 1, "claims_summary": 1, "table1_alignment": 1,
         # the attention variants: 6 × 3 seeds on the testbed, 6 × 1 on characters, each task analysed and drawn
         "prepare_training_text": 1, "train_variant": 24, "analyse_variants": 2, "gpt2_figure": 10, "variant_tables": 2,
         "gpt2_claims": 1, "all": 1,
@@ -50,7 +50,7 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
     assert done.returncode == 0, done.stderr
     assert planned_jobs(done.stdout) == {
         "fetch_corpus": 2, "fetch_model": 12, "cut_windows": 12,
-        "dump_prompt": 12, "corpus_statistics": 12, "weight_statistics": 12, "figure": 96, "claims": 12, "table1_alignment": 1,
+        "dump_prompt": 12, "corpus_statistics": 12, "weight_statistics": 12, "figure": 96, "claims": 12, "claims_summary": 1, "table1_alignment": 1,
         # GPT-2 124M on OpenWebText, one seed per variant, 8 GPUs each
         "prepare_training_text": 1, "train_variant": 6, "analyse_variants": 1, "gpt2_figure": 5, "variant_tables": 1, "gpt2_claims": 1,
         "all": 1,

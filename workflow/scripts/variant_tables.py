@@ -2,23 +2,22 @@
 
 from pathlib import Path
 
-import pandas as pd
-
-from systematic_outliers import variants
+from systematic_outliers import variant_report
 from systematic_outliers.io import atomic_file
+from systematic_outliers.readers import read_table
 from systematic_outliers.rules import run_rule
 
 
 def main(snakemake):
     analysis = Path(snakemake.input.analysis)
-    table2 = variants.table2(pd.read_parquet(analysis / "runs.parquet"))
-    compression = variants.compression_table(pd.read_parquet(analysis / "compression.parquet"))
+    table2 = variant_report.table2(read_table(analysis, "runs"))
+    compression = variant_report.compression_table(read_table(analysis, "compression"))
     task = snakemake.wildcards.task
     for table, csv_path, markdown_path, text in (
         (table2, snakemake.output.table2_csv, snakemake.output.table2_md,
-         variants.markdown_table(table2, f"Table 2: variants of the attention mechanism, task {task}",
-                            "Extra parameters are counted from the trained models (the paper's GPT-2 small: (e) adds 9,228 per layer).")),
-        (compression, snakemake.output.compression_csv, snakemake.output.compression_md, variants.compression_markdown(compression, task)),
+         variant_report.markdown(table2, f"Table 2: variants of the attention mechanism, task {task}", variant_report.TABLE2_NOTE)),
+        (compression, snakemake.output.compression_csv, snakemake.output.compression_md,
+         variant_report.markdown(compression, f"Compression of the attention variants, task {task}", variant_report.COMPRESSION_NOTE)),
     ):
         with atomic_file(csv_path) as scratch:
             table.to_csv(scratch, index=False)
