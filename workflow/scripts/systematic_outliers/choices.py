@@ -282,7 +282,11 @@ def for_model(evidence, overrides: dict | None = None) -> ModelChoices:
     overrides = overrides or {}
     curves = layerwise(evidence.sites, evidence.topk, "layer_output")
     emergence = emergence_layer(evidence.outliers, evidence.windows, curves, overrides.get("emergence_layer"))
-    disappearance = disappearance_layer(curves, emergence.value, overrides.get("disappearance_layer"))
+    if emergence.found or overrides.get("disappearance_layer", -1) >= 0:
+        disappearance = disappearance_layer(curves, emergence.value, overrides.get("disappearance_layer"))
+    else:
+        last = int(curves.index.max())
+        disappearance = Choice(last, f"no activation outlier to cancel; shown: the last layer, {last + 1}", False)
     attention = spread = None
     if evidence.has_attention:
         attention = attention_layer(evidence.attention_layers, evidence.windows, overrides.get("attention_layer"))
@@ -303,4 +307,6 @@ def prompt_ratio(values) -> str:
     """The largest |x| of a prompt tensor against its median, in words: what a panel without an outlier shows."""
     magnitude = np.abs(np.asarray(values))
     median = float(np.median(magnitude))
-    return f"largest |x| {magnitude.max():,.1f}, {magnitude.max() / median if median else float('inf'):,.0f}× the median"
+    largest = float(magnitude.max())
+    shown = f"{largest:,.0f}" if largest >= 100 else f"{largest:.3g}"
+    return f"largest |x| {shown}, {largest / median if median else float('inf'):,.0f}× the median"

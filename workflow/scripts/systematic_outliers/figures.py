@@ -61,9 +61,12 @@ def plot_attention(ax, values, tokens: list[str], title: str, colorbar: bool = T
 
 def note(ax, text: str) -> None:
     """A boxed remark inside a panel, e.g. that no outlier was found there."""
+    import textwrap
+
     box = dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor=OUTLIER, alpha=0.9)
+    text = "\n".join(textwrap.fill(line, 44) for line in text.split("\n"))
     place = ax.text2D if hasattr(ax, "text2D") else ax.text  # 3-D axes place text in axes coordinates with text2D
-    place(0.5, 0.92, text, transform=ax.transAxes, ha="center", va="top", fontsize=7, wrap=True, bbox=box)
+    place(0.5, 0.92, text, transform=ax.transAxes, ha="center", va="top", fontsize=7, bbox=box)
 
 
 def plot_layerwise(ax, curves: pd.DataFrame, title: str, first_layer: int = 1) -> None:

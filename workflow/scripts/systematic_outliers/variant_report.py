@@ -283,7 +283,8 @@ def claims(tasks: dict[str, Path]) -> str:
                 "positions that should do nothing, the testbed's non-trigger positions, and those that copy; in text, the block with "
                 "the most), at the positions that should do nothing: the weight on the first key, on k′, S_c, what the first key still "
                 "contributes (weight × S_c), and the first token's value norm over the median token's. Compression damage: validation "
-                "loss of the compressed model minus in full precision. Values are means over seeds with their range.", ""]
+                "loss of the compressed model minus in full precision. Values are means over seeds with their range. The paper column: "
+                "its GPT-2 124M after 50k iterations of OpenWebText (paper/FIGURES.md), where it states a value.", ""]
     for task, analysis_dir in tasks.items():
         m = measures(analysis_dir)
         seeds = read_manifest(analysis_dir)["seeds"]
@@ -299,6 +300,5 @@ def claims(tasks: dict[str, Path]) -> str:
                      *verdicts.markdown_table(["variant", "outlier ratio", "sink layer", "on first key", "on k′", "S_c",
                                                "first key × S_c", "first value / median", "final val loss",
                                                "w8 / w8a8 / prune50 damage"], rows), "",
-                     *verdicts.markdown_table(["claim", "measured", "criterion", "verdict"],
-                                              [[c.text, f.measured, c.criterion, f"**{f.verdict}**"] for c, f in judged]), ""]
+                     *verdicts.claims_rows(judged), ""]
     return "\n".join(sections)

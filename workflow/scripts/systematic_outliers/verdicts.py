@@ -94,10 +94,15 @@ def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     return lines + ["| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in row) + " |" for row in rows]
 
 
+def claims_rows(judged: list[tuple[Claim, Finding]]) -> list[str]:
+    """The Markdown table of judged claims: the paper's value beside ours, the criterion beside the verdict."""
+    rows = [[claim.text, claim.paper or "–", finding.measured, claim.criterion, f"**{finding.verdict}**"] for claim, finding in judged]
+    return markdown_table(["claim", "paper", "measured here", "criterion", "verdict"], rows)
+
+
 def claims_markdown(title: str, intro: list[str], judged: list[tuple[Claim, Finding]]) -> str:
     """A claims file: each claim with the numbers measured, the criterion and the verdict."""
-    rows = [[claim.text, finding.measured, claim.criterion, f"**{finding.verdict}**"] for claim, finding in judged]
-    return "\n".join([f"# {title}", "", *intro, "", *markdown_table(["claim", "measured", "criterion", "verdict"], rows), ""])
+    return "\n".join([f"# {title}", "", *intro, "", *claims_rows(judged), ""])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +354,7 @@ def claims_file(m: Measured) -> str:
         "The paper states its claims qualitatively; each criterion is ours and is printed beside its verdict. \"Massive\" is Sun et "
         f"al.'s criterion (> {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median of the same layer); an activation-outlier token is the "
         f"paper's (max |h| > {PAPER_RATIO:g} × the window's mean |h|); \"not measured\": the architecture lacks the sites, or there "
-        "is nothing to compare.",
+        "is nothing to compare. The paper column is the paper's value for LLaMA-2-7B (paper/FIGURES.md; \"≈\": read off a plot).",
     ], judge(m))
 
 
