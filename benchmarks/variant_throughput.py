@@ -25,13 +25,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
-from systematic_outliers import training  # noqa: E402
+from systematic_outliers import tasks, training  # noqa: E402
 from systematic_outliers.gpt2 import VARIANTS  # noqa: E402
 
 
 def seconds_per_step(task: dict, variant: str, data, vocab_size: int, steps: int) -> float:
     torch.manual_seed(0)
-    model = training.GPT(training.model_config(task, variant, vocab_size))
+    model = training.GPT(tasks.model_config(task, variant, vocab_size))
     schedule = training.schedule(task, 0)
     optimizer = training.optimizer_for(model, schedule)
     generator = torch.Generator().manual_seed(0)
@@ -65,7 +65,7 @@ def main():
                "rounds": args.rounds, "tasks": {}}
     for name in config["run"]:
         task = config["tasks"][name]
-        data, vocab_size, _, _ = training.load_task(task, REPO / "resources" / "training" / name)
+        data, vocab_size, _, _ = tasks.load_task(task, REPO / "resources" / "training" / name)
         timings = {variant: [] for variant in config["variants"]}
         for _ in range(args.rounds):
             for variant in config["variants"]:

@@ -11,7 +11,8 @@ import torch
 
 from conftest import REPO
 from systematic_outliers.gpt2 import GPTConfig
-from systematic_outliers.training import BOS, BigramBackcopy, Schedule, TextWindows, load_trained, train
+from systematic_outliers.tasks import BOS, BigramBackcopy, TextWindows
+from systematic_outliers.training import Schedule, load_trained, train
 
 TINY = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=1, n_embd=16, tie_weights=False, attention="context_scale")
 
@@ -44,7 +45,7 @@ def test_text_windows_refuse_a_text_too_short_for_them():
 def _train_in_a_child(folder):
     code = (
         "import sys; sys.path.insert(0, 'workflow/scripts'); sys.path.insert(0, 'tests');"
-        "from test_training import TINY, schedule; from systematic_outliers.training import BigramBackcopy, train;"
+        "from test_training import TINY, schedule; from systematic_outliers.tasks import BigramBackcopy; from systematic_outliers.training import train;"
         f"train(TINY, schedule(steps=800, decay_steps=800), BigramBackcopy(length=32), {str(folder)!r})"
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,7 +9,7 @@ import torch
 
 from conftest import REPO
 
-from systematic_outliers import training, variants
+from systematic_outliers import tasks, training, variant_analysis, variant_report
 from systematic_outliers.gpt2 import GPT, GPTConfig
 
 TASK = {
@@ -24,12 +24,12 @@ TASK = {
 @pytest.fixture(scope="module")
 def analysis(tmp_path_factory):
     folder = tmp_path_factory.mktemp("variants")
-    data, vocab_size, prompt_ids, labels = training.load_task(TASK)
+    data, vocab_size, prompt_ids, labels = tasks.load_task(TASK)
     runs = {}
     for variant in ("default", "attention_bias", "context_scale", "sigmoid"):
         runs[(variant, 0)] = folder / variant / "seed0"
-        training.train(training.model_config(TASK, variant, vocab_size), training.schedule(TASK, 0), data, runs[(variant, 0)])
-    variants.analyse(TASK, runs, data, prompt_ids, labels, folder / "analysis")
+        training.train(tasks.model_config(TASK, variant, vocab_size), training.schedule(TASK, 0), data, runs[(variant, 0)])
+    variant_analysis.analyse(TASK, runs, data, prompt_ids, labels, folder / "analysis")
     return folder / "analysis"
 
 
@@ -59,17 +59,17 @@ def test_full_precision_loss_is_the_one_training_logged(analysis):
 def test_compression_changes_weights_only_inside_its_block():
     model = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=1, n_embd=8))
     before = {name: p.clone() for name, p in model.state_dict().items()}
-    with variants.compressed(model, "prune50"):
+    with variant_analysis.compressed(model, "prune50"):
         weight = model.blocks[0].mlp.c_fc.weight
         assert (weight == 0).float().mean() == 0.5
-    with variants.compressed(model, "w8"):
+    with variant_analysis.compressed(model, "w8"):
         values = model.blocks[0].attn.c_attn.weight
         step = values.abs().max() / 127
         assert torch.allclose(values / step, (values / step).round(), atol=1e-4)
     for name, parameter in model.state_dict().items():
         assert torch.equal(parameter, before[name]), name
     with pytest.raises(ValueError, match="compression method 'w4'"):
-        with variants.compressed(model, "w4"):
+        with variant_analysis.compressed(model, "w4"):
             pass
 
 
@@ -92,10 +92,23 @@ def test_gpt2_notebooks_draw_from_the_analysis_alone(analysis, tmp_path, noteboo
 
 def test_tables_and_claims_state_the_numbers(analysis):
     runs = pd.read_parquet(analysis / "runs.parquet")
-    table = variants.table2(runs)
+    table = variant_report.table2(runs)
     assert list(table.id) == ["(a)", "(d)", "(e)", "(f)"] and table.set_index("variant").extra_parameters["context_scale"] == 68
-    compression = variants.compression_table(pd.read_parquet(analysis / "compression.parquet"))
+    compression = variant_report.compression_table(pd.read_parquet(analysis / "compression.parquet"))
     assert list(compression.method[:4]) == ["full", "w8", "w8a8", "prune50"] and "backcopy_accuracy" in compression
-    text = variants.claims({"tiny": analysis})
-    assert "## Task tiny" in text and "| (e) context_scale |" in text
-    assert "**(e) converges faster than (a).**" in text and "**Sigmoid attention (f) needs no sink.**" in text
+    text = variant_report.claims({"tiny": analysis})
+    assert "## Task tiny (1 seed: 0)" in text and "| (e) context_scale |" in text
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    # one seed of 40 steps: nothing massive, no sink, and no comparison stronger than partly
+    assert "**not shown at this scale**" in lines["(a)–(c) keep massive activations, (d) and (e) lose them"]
+    assert "**holds**" not in text
+    for claim in ("(e) converges faster than (a)", "(e) compresses better than (a)", "Sigmoid attention (f) needs no sink"):
+        assert "one seed" in lines[claim] or "no sink to replace" in lines[claim] or "**not measured**" in lines[claim], lines[claim]
+
+
+def test_convergence_is_defined_once_for_the_claims_and_the_figure(analysis):
+    curves = pd.read_parquet(analysis / "curves.parquet")
+    target, reached, resolution = variant_report.convergence(curves)
+    default = curves[curves.variant == "default"].groupby("tokens").val_loss.mean()
+    assert target == pytest.approx(default.iloc[-1] + 0.1 * (default.iloc[0] - default.iloc[-1]))
+    assert reached["default"][0] <= default.index.max() and resolution == 20 * 8 * 16

@@ -57,8 +57,6 @@ rule claims:
         "results/logs/claims/{model}.log",
     conda:
         "../../envs/figures.yaml"
-    params:
-        overrides=lambda wildcards: figure_overrides(wildcards.model),
     script:
         "../scripts/write_claims.py"
 
@@ -107,6 +105,5 @@ rule claims_summary:
         "../../envs/figures.yaml"
     params:
         models=TARGET_MODELS,
-        overrides={model: figure_overrides(model) for model in TARGET_MODELS},
     script:
         "../scripts/write_summary.py"

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from systematic_outliers.rules import run_rule
-from systematic_outliers.training import prepare_text
+from systematic_outliers.tasks import prepare_text
 
 
 def main(snakemake):

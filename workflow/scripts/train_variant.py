@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from systematic_outliers import training
+from systematic_outliers import tasks, training
 from systematic_outliers.rules import run_rule
 
 
 def run(task: dict, variant: str, seed: int, data_dir, folder) -> None:
-    data, vocab_size, _, _ = training.load_task(task, data_dir)
-    rows = training.train(training.model_config(task, variant, vocab_size), training.schedule(task, seed), data, Path(folder))
+    data, vocab_size, _, _ = tasks.load_task(task, data_dir)
+    rows = training.train(tasks.model_config(task, variant, vocab_size), training.schedule(task, seed), data, Path(folder))
     if rows:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()})
 

@@ -7,7 +7,7 @@ from systematic_outliers.rules import run_rule
 
 def main(snakemake):
     measured = [
-        verdicts.measure(model, stats, weights, prompt, snakemake.params.overrides[model])
+        verdicts.measure(model, stats, weights, prompt)
         for model, stats, weights, prompt in zip(snakemake.params.models, snakemake.input.stats, snakemake.input.weights,
                                                  snakemake.input.prompts)
     ]

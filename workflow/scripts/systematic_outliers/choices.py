@@ -67,15 +67,23 @@ def is_massive(top1: float, median: float) -> bool:
     return bool(top1 > SUN_FLOOR and top1 > SUN_RATIO * median)
 
 
+def massive_layers(curves: pd.DataFrame) -> list[int]:
+    """Every layer whose mean top-1 |x| is massive against its mean median."""
+    return [int(layer) for layer, row in curves.iterrows() if is_massive(row.top1, row["median"])]
+
+
 def peak_layer(curves: pd.DataFrame) -> Choice:
-    """The layer with the largest top-1/median ratio, and whether it is massive there."""
-    layer = int(curves.ratio.idxmax())
+    """The layer with the largest top-1/median ratio among the massive layers (found), or among all
+    layers when none is massive (not found)."""
+    massive = massive_layers(curves)
+    layer = int(curves.ratio.loc[massive].idxmax()) if massive else int(curves.ratio.idxmax())
     row = curves.loc[layer]
-    massive = is_massive(row.top1, row["median"])
-    return Choice(layer, f"the largest mean top-1 |x| over the median, {row.ratio:,.0f}× ({row.top1:,.1f} against "
-                         f"{row['median']:.3g}), is at layer {layer + 1}; "
-                         + ("massive" if massive else f"not massive (Sun et al.: > {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median)"),
-                  massive)
+    top1 = f"{row.top1:,.0f}" if row.top1 >= 100 else f"{row.top1:.3g}"
+    return Choice(layer, f"the largest mean top-1 |x| over the median{' of a massive layer' if massive else ''}, {row.ratio:,.0f}× "
+                         f"({top1} against {row['median']:.3g}), is at layer {layer + 1}; "
+                         + (f"{len(massive)} layer(s) massive" if massive
+                            else f"no layer is massive (Sun et al.: > {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median)"),
+                  bool(massive))
 
 
 def _first_layer_in_most_windows(rows: pd.DataFrame, windows: int, what: str) -> Choice:
@@ -143,6 +151,14 @@ def attention_layer(attention_layers: pd.DataFrame, windows: int, override: int 
     layer = int(curves.top1.idxmax())
     return Choice(layer, f"{chosen.why}; shown: layer {layer + 1}, whose top key receives the most, {curves.top1[layer]:.1f} "
                          f"(the threshold is {curves.threshold[layer]:.1f})", False)
+
+
+def next_layer(layer: int, layers: int) -> Choice:
+    """The layer whose attention Fig 1(d) shows: the one after `layer`, where the outlier token is first a key
+    with its outlier already in the residual (the last layer itself at the end)."""
+    if layer + 1 < layers:
+        return Choice(layer + 1, f"the next layer, {layer + 2}")
+    return Choice(layer, f"layer {layer + 1} itself, the last")
 
 
 def attention_outlier_layers(attention_layers: pd.DataFrame, windows: int) -> list[int]:

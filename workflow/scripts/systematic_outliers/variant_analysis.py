@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from .gpt2 import VARIANTS, GPT
 from .io import atomic_directory, write_json
-from .training import BigramBackcopy, evaluate, load_trained, schedule, validation_batches
+from .tasks import BigramBackcopy
+from .training import evaluate, load_trained, schedule, validation_batches
 
 COLUMNS = {
     "runs": "variant, seed, id (the paper's letter), name, formulation, parameters, extra_parameters, final val_loss (and "

@@ -74,6 +74,8 @@ def compare_over_seeds(claimed: list[float], other: list[float], lower_is_better
     measurement's resolution). With one seed in either, the noise is the stated `margin` and the
     strongest verdict is partly. Within the noise: not shown at this scale."""
     claimed, other = np.asarray(claimed, dtype=float), np.asarray(other, dtype=float)
+    if not len(claimed) or not len(other) or np.isnan(claimed).any() or np.isnan(other).any():
+        return Comparison(NOT_MEASURED, "a value is missing for some seed")
     gain = (other.mean() - claimed.mean()) * (1 if lower_is_better else -1)
     single = min(len(claimed), len(other)) < 2
     spread = margin if single else max(np.ptp(claimed), np.ptp(other))
@@ -174,12 +176,12 @@ def _no_tokens(m: Measured) -> Finding:
 
 
 def judge_activation(m: Measured) -> Finding:
-    peak = m.chosen.curves.loc[m.chosen.peak.value]
+    curves = m.chosen.curves
+    peak = curves.loc[m.chosen.peak.value]
     layer = m.chosen.peak.value + 1
-    ratio_ok = peak.top1 > SUN_FLOOR and peak.ratio >= MASSIVE_PARTLY
-    verdict = HOLDS if m.chosen.peak.found else PARTLY if ratio_ok else DOES_NOT_HOLD
-    return Finding(f"largest mean top-1 |h| over the median: {_magnitude(peak.top1)} against {peak['median']:.3g}, {peak.ratio:,.0f}× at "
-                   f"layer {layer} of {m.layers}", verdict, f"{peak.top1:,.0f} ({peak.ratio:,.0f}× median) at layer {layer}")
+    near = bool(((curves.top1 > SUN_FLOOR) & (curves.ratio >= MASSIVE_PARTLY)).any())
+    verdict = HOLDS if m.chosen.peak.found else PARTLY if near else DOES_NOT_HOLD
+    return Finding(f"{m.chosen.peak.why} of {m.layers}", verdict, f"{peak.top1:,.0f} ({peak.ratio:,.0f}× median) at layer {layer}")
 
 
 def judge_weight(m: Measured) -> Finding:
@@ -209,9 +211,10 @@ def judge_attention(m: Measured) -> Finding:
 
 
 def judge_positions(m: Measured) -> Finding:
-    tokens = m.chosen.outlier_tokens
-    if tokens.empty:
+    if not m.chosen.emergence.found:
         return _no_tokens(m)
+    layer = m.chosen.emergence.value
+    tokens = m.chosen.outlier_tokens[m.chosen.outlier_tokens.layer == layer]
     classes = tokens.token_class.value_counts(normalize=True)
     share = classes.reindex(["initial", "strong_delimiter", "weak_semantic"]).fillna(0)
     expected = share.sum()
@@ -220,7 +223,8 @@ def judge_positions(m: Measured) -> Finding:
     if verdict == HOLDS and not both:
         verdict = PARTLY
     split = ", ".join(f"{k.replace('_', ' ')} {v:.1%}" for k, v in classes.items())
-    return Finding(f"{len(tokens)} outlier (window, layer, token) rows: {split}" + ("" if both else "; not both kinds"), verdict, split)
+    return Finding(f"{len(tokens)} outlier tokens at the emergence layer {layer + 1}: {split}" + ("" if both else "; not both kinds"),
+                   verdict, split)
 
 
 def judge_channels(m: Measured) -> Finding:
@@ -248,11 +252,10 @@ def judge_lifetime(m: Measured) -> Finding:
 
 def judge_weight_writes(m: Measured) -> Finding:
     t = m.table1
-    if not t["rows_written"] or not t["residual_outlier_channels"]:
-        what = "no W_down column stands out" if not t["rows_written"] else "no residual channel is massive"
-        return Finding(f"{what}: nothing to compare", NOT_MEASURED, "–")
+    if not t["rows_written"]:
+        return Finding("no W_down column stands out: nothing to compare", NOT_MEASURED, "–")
     return Finding(f"{t['rows_on_residual_outlier_channels']} of {t['rows_written']} rows written by the {t['weight_outlier_columns']} "
-                   f"outstanding W_down columns are massive residual channels ({t['residual_outlier_channels']}); "
+                   f"outstanding W_down columns are massive residual channels ({t['residual_outlier_channels'] or 'there are none'}); "
                    f"{t['columns_on_down_input_outlier_channels']} of the columns are massive down-input channels of their layer",
                    graded(t["row_share"], SHARE_HOLDS, SHARE_PARTLY), f"{t['row_share']:.0%} of rows")
 
@@ -263,10 +266,13 @@ def judge_keys_are_tokens(m: Measured) -> Finding:
     t = m.table1
     if not t["activation_outlier_tokens"]:
         return _no_tokens(m)
-    keys = "–" if pd.isna(t["keys_that_are_outlier_tokens"]) else f"{t['keys_that_are_outlier_tokens']:.0%}"
-    return Finding(f"{t['tokens_that_are_outlier_keys']:.0%} of {t['activation_outlier_tokens']} activation-outlier tokens are outlier "
-                   f"keys of their window; {keys} of {t['attention_outlier_keys']} outlier keys are activation-outlier tokens",
-                   graded(t["tokens_that_are_outlier_keys"], SHARE_HOLDS, SHARE_PARTLY), f"{t['tokens_that_are_outlier_keys']:.0%} of tokens")
+    tokens_keys = t["tokens_that_are_outlier_keys"]
+    keys_tokens = 0.0 if pd.isna(t["keys_that_are_outlier_tokens"]) else t["keys_that_are_outlier_tokens"]  # no outlier key at all
+    low, high = min(tokens_keys, keys_tokens), max(tokens_keys, keys_tokens)
+    verdict = HOLDS if low >= SHARE_HOLDS else PARTLY if high >= SHARE_HOLDS or low >= SHARE_PARTLY else DOES_NOT_HOLD
+    return Finding(f"{tokens_keys:.0%} of {t['activation_outlier_tokens']} activation-outlier tokens are outlier keys of their window; "
+                   f"{keys_tokens:.0%} of {t['attention_outlier_keys']} outlier keys are activation-outlier tokens",
+                   verdict, f"{tokens_keys:.0%} of tokens, {keys_tokens:.0%} of keys")
 
 
 def judge_cancellation(m: Measured) -> Finding:
@@ -297,7 +303,7 @@ def judge_cancellation(m: Measured) -> Finding:
 LLM_CLAIMS = [
     Claim("activation", "Activation outliers exist: a few values thousands of times the median",
           f"holds: the mean top-1 |h| of some layer is massive (> {SUN_FLOOR:g} and > {SUN_RATIO:g}× the layer's median, Sun et al.); "
-          f"partly: > {SUN_FLOOR:g} and ≥ {MASSIVE_PARTLY:g}×; else does not hold",
+          f"partly: some layer > {SUN_FLOOR:g} and ≥ {MASSIVE_PARTLY:g}×; else does not hold",
           "≈ 2,380 at layers 2–30 (Fig 3a)", judge_activation),
     Claim("weight", "Weight outliers exist: single down-projection columns with a large max/mean ratio",
           f"the largest W_down column max/mean over the median over all matrices: holds ≥ {WEIGHT_OUTLIER_FACTOR:g}×, partly ≥ "
@@ -308,8 +314,9 @@ LLM_CLAIMS = [
           f"{ATTENTION_LAYERS_HOLDS:.0%} of the layers, partly in at least one",
           "top-1 ≈ 520 of 1,024 at layer 3, ≈ 300–520 up to layer 32 (Fig 6a)", judge_attention),
     Claim("positions", "They sit at the first token and at delimiters",
-          f"share of the outlier tokens that are initial, strong-delimiter or weak-semantic: holds ≥ {SHARE_HOLDS:.0%} with both the "
-          f"initial token and delimiters among them, partly ≥ {SHARE_PARTLY:.0%}; not measured without outlier tokens",
+          f"share of the outlier tokens at the emergence layer that are initial, strong-delimiter or weak-semantic: holds ≥ "
+          f"{SHARE_HOLDS:.0%} with both the initial token and delimiters or weak-semantic tokens among them, partly ≥ {SHARE_PARTLY:.0%}; "
+          "not measured without outlier tokens",
           "initial 50.0 %, '.' 40.5 %, '_' 9.5 % at layer 2 (Fig 3b)", judge_positions),
     Claim("channels", "… in a few fixed channels",
           f"share of the outlier tokens whose largest channel is one of the {FEW_CHANNELS} most frequent: holds ≥ {SHARE_HOLDS:.0%}, "
@@ -319,24 +326,28 @@ LLM_CLAIMS = [
           f"present at {LATE:.0%} of the depth; partly: one of the two", "layers 2–30 of 32 (Fig 3a)", judge_lifetime),
     Claim("weight_writes", "The weight-outlier columns write the activation-outlier channels",
           f"share of the rows written by outstanding W_down columns (≥ {WEIGHT_OUTLIER_FACTOR:g}× the median ratio; rows with ≥ 0.5 × "
-          f"the column's largest) that are massive residual channels: holds ≥ {SHARE_HOLDS:.0%}, partly ≥ {SHARE_PARTLY:.0%}",
+          f"the column's largest) that are massive residual channels: holds ≥ {SHARE_HOLDS:.0%}, partly ≥ {SHARE_PARTLY:.0%}; not "
+          "measured when no column stands out",
           "100 % (Table 1 as quoted by a third party; unconfirmed)", judge_weight_writes),
     Claim("keys_are_tokens", "The attention-outlier keys are the activation-outlier tokens",
-          f"share of the activation-outlier tokens that are outlier keys of their window: holds ≥ {SHARE_HOLDS:.0%}, partly ≥ "
-          f"{SHARE_PARTLY:.0%}", "95 % (Table 1 as quoted by a third party; unconfirmed)", judge_keys_are_tokens),
+          f"shares of the activation-outlier tokens that are outlier keys of their window and of the outlier keys that are "
+          f"activation-outlier tokens: holds when both are ≥ {SHARE_HOLDS:.0%}, partly when one is or both are ≥ {SHARE_PARTLY:.0%}", "95 % (Table 1 as quoted by a third party; unconfirmed)", judge_keys_are_tokens),
     Claim("cancellation", "Late layers cancel them",
-          f"holds: the mean top-1 |h| falls by ≥ {CANCEL_FALL:.0%} at one layer after the emergence and, on the prompt, that layer's "
-          f"MLP writes against the arriving outlier; partly: the fall without the MLP's sign; not measured without outliers",
+          f"at the cancelling layer (the largest fall of the mean top-1 |h| after the emergence) holds: it falls by ≥ "
+          f"{CANCEL_FALL:.0%} and, on the prompt, that layer's MLP writes against the arriving outlier; partly: the fall without the "
+          "MLP's sign; does not hold: a smaller fall or none; not measured without outliers",
           "layer 31: x_down channels 3721, 7006 cancel 1415, 2533 (Figs 4c, 9)", judge_cancellation),
 ]
 
 
-def measure(model: str, stats_dir, weights_path, prompt_path, overrides: dict | None = None) -> Measured:
-    """Load one model's files and make its choices: the input of its claims, Table 1 row and atlas row."""
+def measure(model: str, stats_dir, weights_path, prompt_path) -> Measured:
+    """Load one model's files and make its choices: the input of its claims, Table 1 row and atlas row.
+
+    Always the data's own choices: figures.overrides steer what the figures show, never a verdict."""
     from .readers import read_prompt, read_prompt_record
 
     evidence = Evidence.load(model, stats_dir, weights_path)
-    chosen = choices.for_model(evidence, overrides)
+    chosen = choices.for_model(evidence)
     prompt, tokens = read_prompt(prompt_path, ("layer_output",))
     return Measured(evidence, chosen, prompt, tokens, read_prompt_record(prompt_path), alignment(evidence, chosen))
 
