@@ -110,5 +110,5 @@ def test_convergence_is_defined_once_for_the_claims_and_the_figure(analysis):
     curves = pd.read_parquet(analysis / "curves.parquet")
     target, reached, resolution = variant_report.convergence(curves)
     default = curves[curves.variant == "default"].groupby("tokens").val_loss.mean()
-    assert target == pytest.approx(default.iloc[-1] + 0.1 * (default.iloc[0] - default.iloc[-1]))
+    assert target == pytest.approx(default.iloc[-1] + 0.5 * (default.iloc[0] - default.iloc[-1]))
     assert reached["default"][0] <= default.index.max() and resolution == 20 * 8 * 16

@@ -150,6 +150,16 @@ def _job_process(session: int, script: str) -> int | None:
     return None
 
 
+def small_corpus(folder: Path) -> Path:
+    """Four documents of 600 words drawn from a few, with delimiters: a corpus for `path:`."""
+    folder.mkdir()
+    words = "summer winter warm cold . the and of is , \n".split(" ")
+    for number in range(4):
+        rng = __import__("random").Random(number)
+        (folder / f"doc{number}.txt").write_text(" ".join(rng.choice(words) for _ in range(600)))
+    return folder
+
+
 def test_a_run_whose_capture_job_is_killed_finishes_with_the_same_command_and_results(smollm2_dir, tmp_path):
     """Kill the corpus_statistics job mid-capture (as the OOM killer or a node failure would);
     the same command then finishes the run (the workflow profile sets rerun-incomplete) with
@@ -159,12 +169,7 @@ def test_a_run_whose_capture_job_is_killed_finishes_with_the_same_command_and_re
     import time
 
     folder, _ = smollm2_dir
-    text = tmp_path / "text"
-    text.mkdir()
-    words = "summer winter warm cold . the and of is , \n".split(" ")
-    for number in range(4):
-        rng = __import__("random").Random(number)
-        (text / f"doc{number}.txt").write_text(" ".join(rng.choice(words) for _ in range(600)))
+    text = small_corpus(tmp_path / "text")
     config = tmp_path / "small.yaml"
     config.write_text(json.dumps({
         "models": {"small": {"source": f"path:{folder}", "dtype": "float32"}},
@@ -198,3 +203,50 @@ def test_a_run_whose_capture_job_is_killed_finishes_with_the_same_command_and_re
     for table in sorted(runs["straight"].glob("*.parquet")):
         assert table.read_bytes() == (runs["killed"] / table.name).read_bytes(), table.name
     assert sorted(p.name for p in runs["killed"].iterdir()) == sorted(p.name for p in runs["straight"].iterdir())
+
+
+def test_a_model_without_outliers_gets_every_output_beside_one_with_them(smollm2_dir, tmp_path):
+    """The negative control through the whole workflow: a randomly initialised Llama (SmolLM2's
+    tokenizer, no outlier of any kind) next to the real SmolLM2, from `path:` sources. Both get
+    every figure, a claims file, a Table 1 row and a scorecard row; the random model's existence
+    claims do not hold."""
+    import shutil
+
+    import pandas as pd
+
+    from conftest import tiny_model
+
+    folder, _ = smollm2_dir
+    random_dir = tmp_path / "random-llama"
+    tiny_model("llama", seed=1, num_hidden_layers=4, vocab_size=49152, max_position_embeddings=256).save_pretrained(random_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (folder / name).exists():
+            shutil.copy(folder / name, random_dir / name)
+    text = small_corpus(tmp_path / "text")
+    config = tmp_path / "control.yaml"
+    config.write_text(json.dumps({
+        "models": {"smollm2": {"source": f"path:{folder}", "dtype": "float32"},
+                   "random-llama": {"source": f"path:{random_dir}", "dtype": "float32"}},
+        "corpora": {"text": {"source": f"path:{text}", "include": "*.txt", "window_length": 128, "windows": 4}},
+        "targets": {"models": ["smollm2", "random-llama"], "corpus": "text"},
+        "training": {"run": []},
+    }))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    done = snakemake(workdir, "--configfile", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = workdir / "results"
+    for model in ("smollm2", "random-llama"):
+        assert len(list((results / "figures" / model).glob("*.png"))) == 8, model
+    claims = (results / "claims" / "random-llama.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in claims.splitlines() if line.startswith("| ")}
+    for claim in ("Activation outliers exist", "Weight outliers exist", "Attention outliers exist"):
+        assert next(line for text, line in rows.items() if text.startswith(claim)).endswith("| **does not hold** |"), claim
+    real = (results / "claims" / "smollm2.md").read_text()
+    assert next(line for line in real.splitlines() if line.startswith("| Activation outliers exist")).endswith("| **holds** |")
+    table1 = pd.read_csv(results / "tables" / "table1_alignment.csv").set_index("model")
+    assert table1.activation_outlier_tokens["random-llama"] == 0 and table1.activation_outlier_tokens["smollm2"] > 0
+    summary = pd.read_csv(results / "claims" / "summary.csv")
+    assert set(summary.model) == {"smollm2", "random-llama"} and len(summary) == 18
+    caption = (results / "figures" / "random-llama" / "fig01_existence.caption.txt").read_text()
+    assert "No activation outlier was found in the corpus" in caption

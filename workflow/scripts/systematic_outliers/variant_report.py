@@ -21,7 +21,9 @@ from .variant_analysis import METHODS
 from .verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, NOT_SHOWN, PARTLY, Claim, Finding
 
 SINK = 0.5  # mean weight on the first key, where a head should do nothing, from which it is an attention sink
-CONVERGED = 0.9  # a run has converged once it has made this share of (a)'s improvement in validation loss
+# A run has converged once it has made this share of (a)'s improvement in validation loss. Halfway, on the
+# steep part of the curves: near the plateau (90 %) the seeds' spread of final losses, not speed, decides.
+CONVERGED = 0.5
 SINK_MARGIN = 0.1  # one seed: attention weights must differ by more than this
 RELATIVE_MARGIN = 0.1  # one seed: tokens to converge, or compression damage, must differ by more than this share of (a)'s
 LOSS_FLOOR = 1e-3  # nats: validation-loss differences below this are not findings, whatever the seeds say
@@ -68,6 +70,16 @@ COMPRESSION_NOTE = ("Validation loss in full precision, with absmax per-tensor 8
                     "activations at every linear input (w8a8), and with the 50 % smallest-magnitude weights of every linear set to "
                     "zero (prune50); mean and range over seeds, on the same validation batches for every variant.")
 TABLE2_NOTE = "Extra parameters are counted from the trained models (the paper's GPT-2 small: (e) adds 9,228 per layer)."
+
+
+def shown_block(layers: int) -> int:
+    """The block whose output Fig 10 shows: the middle one, as the paper's block 6 of 12."""
+    return (layers + 1) // 2
+
+
+def largest_channel(h) -> int:
+    """The channel of the largest |h| on the prompt, ticked in Fig 10 whether or not it is an outlier (the caption gives its size)."""
+    return int(np.abs(np.asarray(h)).max(axis=0).argmax())
 
 
 # ---------------------------------------------------------------------------------------------
