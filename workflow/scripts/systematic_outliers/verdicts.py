@@ -181,7 +181,7 @@ def judge_activation(m: Measured) -> Finding:
     layer = m.chosen.peak.value + 1
     near = bool(((curves.top1 > SUN_FLOOR) & (curves.ratio >= MASSIVE_PARTLY)).any())
     verdict = HOLDS if m.chosen.peak.found else PARTLY if near else DOES_NOT_HOLD
-    return Finding(f"{m.chosen.peak.why} of {m.layers}", verdict, f"{peak.top1:,.0f} ({peak.ratio:,.0f}× median) at layer {layer}")
+    return Finding(f"over {m.layers} layers, {m.chosen.peak.why}", verdict, f"{_magnitude(peak.top1)} ({peak.ratio:,.0f}× median) at layer {layer}")
 
 
 def judge_weight(m: Measured) -> Finding:
@@ -433,7 +433,7 @@ def alignment_markdown(table: pd.DataFrame) -> str:
     shown = table.copy()
     for column in ("column_share", "row_share", "tokens_that_are_outlier_keys", "keys_that_are_outlier_tokens"):
         shown[column] = shown[column].map(lambda v: "–" if pd.isna(v) else f"{v:.0%}")
-    shown = shown.fillna("–")
+    shown = shown.fillna("–").replace("", "–")
     return "\n".join([
         "# Table 1: alignment of weight, activation and attention outliers", "",
         f"Weight-outlier columns: W_down columns whose max/mean ratio is at least {WEIGHT_OUTLIER_FACTOR:g} × the median over all "
