@@ -242,7 +242,9 @@ def judge_compression(m: dict) -> Finding:
         outcomes.append(comparison.verdict)
         parts.append(f"{method}: (e) {_span(e['damage'][method], 4)}, (a) {_span(a['damage'][method], 4)}, {comparison.verdict}")
     favourable = [o for o in outcomes if o in (HOLDS, PARTLY)]
-    if set(outcomes) == {NOT_SHOWN}:
+    if NOT_MEASURED in outcomes:
+        verdict = NOT_MEASURED
+    elif set(outcomes) == {NOT_SHOWN}:
         verdict = NOT_SHOWN
     elif not favourable:
         verdict = DOES_NOT_HOLD
@@ -280,11 +282,11 @@ GPT2_CLAIMS = [
           f"when (a) has no sink", "", judge_context_scale),
     Claim("convergence", "(e) converges faster than (a)",
           f"fewer tokens to reach {CONVERGED:.0%} of (a)'s improvement in validation loss; {_SEEDS} (margin {RELATIVE_MARGIN:.0%} of "
-          "(a)'s tokens; never at least one evaluation interval)", "unconfirmed (the paper's figure could not be read)", judge_convergence),
+          "(a)'s tokens; never less than one evaluation interval)", "unconfirmed (the paper's figure could not be read)", judge_convergence),
     Claim("compression", "(e) compresses better than (a)",
           f"smaller damage for w8, w8a8 and prune50 each; {_SEEDS} (margin {RELATIVE_MARGIN:.0%} of (a)'s damage), and never below "
           f"{LOSS_FLOOR:g} nats; holds: all three; partly: "
-          "some; does not hold: none and some worse", "w8 PPL 93.44 → 29.22, 50 % sparse 7235 → 39 (third party; unconfirmed)",
+          "some; does not hold: none and some worse; not shown at this scale: all three within the noise", "w8 PPL 93.44 → 29.22, 50 % sparse 7235 → 39 (third party; unconfirmed)",
           judge_compression),
     Claim("sigmoid", "Sigmoid attention (f) needs no sink",
           f"(f)'s first-key weight below (a)'s where the head should do nothing; {_SEEDS} (margin {SINK_MARGIN:g}); not shown at this "
