@@ -185,9 +185,11 @@ def judge_massive(m: dict) -> Finding:
     return Finding(text + (f"; {seeds} seed, so at most partly" if seeds == 1 else ""), verdict)
 
 
-def _sink_missing(m: dict) -> Finding | None:
-    if "default" not in m:
-        return Finding("needs (a) default", NOT_MEASURED)
+def _sink_missing(m: dict, variant: str) -> Finding | None:
+    """Why a sink claim about `variant` cannot be judged: the variant or (a) was not trained, or (a) has no sink to replace."""
+    for needed in (variant, "default"):
+        if needed not in m:
+            return Finding(f"needs {_letter(needed)} {needed}", NOT_MEASURED)
     sink = m["default"]["sink"].mean()
     if sink < SINK:
         return Finding(f"(a) puts only {sink:.2f} on the first key at its sink layer {m['default']['layer']}: no sink to replace", NOT_SHOWN)
@@ -195,9 +197,7 @@ def _sink_missing(m: dict) -> Finding | None:
 
 
 def judge_attention_bias(m: dict) -> Finding:
-    if "attention_bias" not in m:
-        return Finding("needs (d) attention_bias", NOT_MEASURED)
-    missing = _sink_missing(m)
+    missing = _sink_missing(m, "attention_bias")
     if missing:
         return missing
     d = m["attention_bias"]
@@ -207,9 +207,7 @@ def judge_attention_bias(m: dict) -> Finding:
 
 
 def judge_context_scale(m: dict) -> Finding:
-    if "context_scale" not in m:
-        return Finding("needs (e) context_scale", NOT_MEASURED)
-    missing = _sink_missing(m)
+    missing = _sink_missing(m, "context_scale")
     if missing:
         return missing
     e, a = m["context_scale"], m["default"]
@@ -256,9 +254,7 @@ def judge_compression(m: dict) -> Finding:
 
 
 def judge_sigmoid(m: dict) -> Finding:
-    if "sigmoid" not in m:
-        return Finding("needs (f) sigmoid", NOT_MEASURED)
-    missing = _sink_missing(m)
+    missing = _sink_missing(m, "sigmoid")
     if missing:
         return missing
     f, a = m["sigmoid"], m["default"]
