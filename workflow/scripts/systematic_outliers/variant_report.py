@@ -185,11 +185,19 @@ def judge_massive(m: dict) -> Finding:
     return Finding(text + (f"; {seeds} seed, so at most partly" if seeds == 1 else ""), verdict)
 
 
-def _sink_missing(m: dict, variant: str) -> Finding | None:
-    """Why a sink claim about `variant` cannot be judged: the variant or (a) was not trained, or (a) has no sink to replace."""
-    for needed in (variant, "default"):
+def _untrained(m: dict, *variants: str) -> Finding | None:
+    """"Not measured" when a variant the claim compares was not trained."""
+    for needed in variants:
         if needed not in m:
             return Finding(f"needs {_letter(needed)} {needed}", NOT_MEASURED)
+    return None
+
+
+def _sink_missing(m: dict, variant: str) -> Finding | None:
+    """Why a sink claim about `variant` cannot be judged: the variant or (a) was not trained, or (a) has no sink to replace."""
+    untrained = _untrained(m, variant, "default")
+    if untrained:
+        return untrained
     sink = m["default"]["sink"].mean()
     if sink < SINK:
         return Finding(f"(a) puts only {sink:.2f} on the first key at its sink layer {m['default']['layer']}: no sink to replace", NOT_SHOWN)
@@ -218,8 +226,9 @@ def judge_context_scale(m: dict) -> Finding:
 
 
 def judge_convergence(m: dict) -> Finding:
-    if "default" not in m or "context_scale" not in m:
-        return Finding("needs (a) default and (e) context_scale", NOT_MEASURED)
+    untrained = _untrained(m, "default", "context_scale")
+    if untrained:
+        return untrained
     a, e, c = m["default"], m["context_scale"], m["_convergence"]
     comparison = verdicts.compare_over_seeds(e["tokens"], a["tokens"], lower_is_better=True, margin=RELATIVE_MARGIN * a["tokens"].mean(),
                                              floor=c["resolution"], unit=" tokens", digits=3)
@@ -229,8 +238,9 @@ def judge_convergence(m: dict) -> Finding:
 
 
 def judge_compression(m: dict) -> Finding:
-    if "default" not in m or "context_scale" not in m:
-        return Finding("needs (a) default and (e) context_scale", NOT_MEASURED)
+    untrained = _untrained(m, "default", "context_scale")
+    if untrained:
+        return untrained
     a, e = m["default"], m["context_scale"]
     parts, outcomes = [], []
     for method in METHODS[1:]:
