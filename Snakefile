@@ -22,6 +22,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/text.smk"
 include: "workflow/rules/capture.smk"
+include: "workflow/rules/interventions.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/training.smk"
 

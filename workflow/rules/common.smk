@@ -67,6 +67,7 @@ FIGURES = {
         {},
         ("down_proj_input", "layer_output", "attn_probs"),
     ),
+    "fig02_layer": ("fig02_layer", {}, ()),  # drawn from the capture table alone
     "fig03_activation_positions": ("fig03_activation_positions", {}, ("layer_output",)),
     "fig04_down_proj_positions": (
         "fig04_down_proj_positions",
@@ -95,6 +96,10 @@ FIGURES = {
         _LIFECYCLE_SITES,
     ),
 }
+
+
+# What the outliers do (rule intervention_figure): notebooks/<name>.ipynb on the interventions' outputs.
+INTERVENTION_FIGURES = ("interventions", "scaling_factor")
 
 
 # GPT-2 attention-variant figures per training task: notebook and fixed parameters.
@@ -135,6 +140,7 @@ wildcard_constraints:
     corpus="|".join(map(re.escape, CONFIG["corpora"])),
     prompt="|".join(map(re.escape, CONFIG["prompts"])),
     figure="|".join(FIGURES),
+    intervention_figure="|".join(INTERVENTION_FIGURES),
 
 
 def training_runs(task):
@@ -187,7 +193,13 @@ def default_targets():
             for model in TARGET_MODELS
             for figure in figures_for(model)
         ),
+        *(
+            f"results/figures/{model}/{figure}.png"
+            for model in TARGET_MODELS
+            for figure in INTERVENTION_FIGURES
+        ),
         *(f"results/claims/{model}.md" for model in TARGET_MODELS),
+        "results/tables/interventions.csv",
         "results/claims/summary.md",
         "results/tables/table1_alignment.csv",
         *(

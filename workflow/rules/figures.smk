@@ -51,6 +51,7 @@ rule claims:
         stats=f"results/capture/{{model}}/stats/{TARGET_CORPUS}",
         prompt=f"results/capture/{{model}}/prompts/{FIGURE_PROMPT}.safetensors",
         weights="results/capture/{model}/weights.parquet",
+        interventions=f"results/interventions/{{model}}/{TARGET_CORPUS}.parquet",
     output:
         report("results/claims/{model}.md", category="Claims"),
     log:
@@ -94,6 +95,11 @@ rule claims_summary:
             "results/capture/{model}/prompts/{prompt}.safetensors",
             model=TARGET_MODELS,
             prompt=FIGURE_PROMPT,
+        ),
+        interventions=expand(
+            "results/interventions/{model}/{corpus}.parquet",
+            model=TARGET_MODELS,
+            corpus=TARGET_CORPUS,
         ),
     output:
         markdown=report("results/claims/summary.md", category="Claims"),

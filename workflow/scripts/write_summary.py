@@ -7,9 +7,9 @@ from systematic_outliers.rules import run_rule
 
 def main(snakemake):
     measured = [
-        verdicts.measure(model, stats, weights, prompt)
-        for model, stats, weights, prompt in zip(snakemake.params.models, snakemake.input.stats, snakemake.input.weights,
-                                                 snakemake.input.prompts)
+        verdicts.measure(model, stats, weights, prompt, interventions)
+        for model, stats, weights, prompt, interventions in zip(snakemake.params.models, snakemake.input.stats, snakemake.input.weights,
+                                                                snakemake.input.prompts, snakemake.input.interventions)
     ]
     scorecard, atlas, text = verdicts.summary(measured)
     for path, write in ((snakemake.output.csv, lambda p: scorecard.to_csv(p, index=False)),

@@ -167,3 +167,54 @@ def available_sites(architecture: Architecture) -> tuple[str, ...]:
     if architecture.attention:
         have |= {"attn_probs"} if architecture.probs_from_output else set(ATTENTION_SITES)
     return tuple(site for site in SITES if site in have)
+
+
+# ---------------------------------------------------------------------------------------------
+# One decoder layer as the paper's Fig 2 draws it, in this architecture's own module names.
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    modules: tuple[str, ...]  # module paths inside the decoder layer ('' = not in the capture table)
+    sites: tuple[str, ...]  # capture sites read at this block's output
+    notation: str = ""  # the paper's symbol (mathtext)
+    intervention: str = ""  # what rule interventions does here
+
+
+ACTIVATION_ABLATION = "activation ablation: outlier entries of $h_\\ell$ set to 0 or their mean"
+SINK_ABLATION = "sink ablation: outlier keys removed from $A_\\ell^i$"
+
+
+def layer_diagram(architecture: Architecture) -> tuple[list[Block], list[Block], bool]:
+    """(the attention branch, the MLP branch, whether both read the layer input in parallel), each
+    block with the modules and capture sites the capture table gives it."""
+    taps, have = architecture.taps, set(available_sites(architecture))
+
+    def modules(*sites):
+        return tuple(dict.fromkeys(taps[s].module for s in sites if s in taps))
+
+    attention = [Block("attention norm", modules("attn_norm_output"), ("attn_norm_output",))]
+    if "query" in taps:
+        attention.append(Block("q, k, v projections", modules("query", "key", "value"), ("query", "key", "value")))
+    if architecture.attention:
+        edits = not architecture.probs_from_output  # through transformers' eager code, which the interventions edit
+        attention.append(Block("softmax($q k^T / \\sqrt{d}$)", (architecture.attention,),
+                               tuple(s for s in ATTENTION_SITES if s in have), "$A_\\ell^i$", SINK_ABLATION if edits else ""))
+        attention.append(Block("$A V$, output projection", (architecture.attention,), ()))
+    else:
+        attention.append(Block("self-attention (not captured)", (), ()))
+    parallel = "attn_residual" not in taps
+    mlp = []
+    if "mlp_norm_output" in taps:
+        mlp.append(Block("MLP norm", modules("mlp_norm_output"), ("mlp_norm_output",)))
+    if "down_proj_input" not in taps:
+        mlp.append(Block("MLP experts (not per token)", (), ()))
+        return attention, mlp, parallel
+    gated = "gate_output" in taps
+    shared_norm = "" if mlp or "attn_norm_output" not in taps else " (on the attention norm)"  # Phi, Falcon
+    mlp.append(Block(("gate, up projections" if gated else "up projection") + shared_norm, modules("gate_output", "up_output"),
+                     ("gate_output", "up_output") if gated else ("up_output",)))
+    mlp.append(Block("activation" + (" × up" if gated else ""), modules("act_output"), ("act_output", "down_proj_input"),
+                     "$x_\\ell^{down}$"))
+    mlp.append(Block("down projection", modules("down_proj_output"), ("down_proj_output",), "$W_\\ell^{down}$"))
+    return attention, mlp, parallel

@@ -9,6 +9,11 @@ Attention probabilities and logits need the attention weights, which only the ea
 path materializes. `attention_capture()` registers an attention function that runs the
 model's own eager code and shows its probabilities (and, on request, the logits) to the
 sink; it is used only by the rules that need attention.
+
+Interventions use the same two mechanisms: `replace_layer_output` is a forward hook that returns
+a replacement tensor, and `attention_edits` lets the registered attention function remove keys
+from the softmax (through the additive mask, so the model's own code renormalises over the rest)
+and show each head's output before the output projection.
 """
 
 from __future__ import annotations
@@ -128,11 +133,76 @@ def hooks(model, sites, sink):
             handle.remove()
 
 
+@contextlib.contextmanager
+def replace_layer_output(model, layer_index: int, replace):
+    """During forward passes, decoder layer `layer_index` outputs `replace(hidden)` instead of its
+    hidden states `hidden` [batch, tokens, d_model]; `replace` returns a new tensor."""
+    layer = decoder_layers(model, architecture_of(model))[layer_index]
+
+    def hook(module, args, output):
+        if isinstance(output, tuple):  # older decoder layers return (hidden, attention, …)
+            return (replace(output[0]), *output[1:])
+        return replace(output)
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def edits_attention(model) -> bool:
+    """Whether the model's attention runs through the registered function (so keys can be removed
+    and head outputs read): an attention module in the table whose code is transformers' eager one."""
+    architecture = architecture_of(model)
+    return bool(architecture.attention) and not architecture.probs_from_output
+
+
+@contextlib.contextmanager
+def attention_edits(model, layers, remove_keys=None, observe=None):
+    """At each decoder layer in `layers`, during forward passes of batch 1:
+
+    - `remove_keys()` returns the key positions to take out of the softmax; every query that
+      still sees another key then puts zero attention on them and renormalises over the rest
+      (a query that sees only removed keys, such as the first token removing itself, keeps its row);
+    - `observe(layer, probs [heads, queries, keys], output [queries, heads, head_dim], value
+      [kv_heads, keys, head_dim])` sees the probabilities, each head's output before the output
+      projection and the value vectors. It returns None: the output stays as it is.
+
+    Needs the model loaded with `attn_implementation=ATTENTION_CAPTURE`.
+    """
+    if not edits_attention(model):
+        raise UnsupportedModel(f"{model.config.model_type} has no attention through transformers' eager code: keys cannot be removed")
+    if model.config._attn_implementation != ATTENTION_CAPTURE:
+        raise UnsupportedModel(f"attention edits need the model loaded with attn_implementation={ATTENTION_CAPTURE!r}")
+    modules = decoder_layers(model, architecture_of(model))
+    keys = [id(modules[layer].get_submodule(architecture_of(model).attention)) for layer in layers]
+    for key, layer in zip(keys, layers):
+        _ATTENTION_EDITS[key] = (layer, remove_keys, observe)
+    try:
+        yield
+    finally:
+        for key in keys:
+            _ATTENTION_EDITS.pop(key, None)
+
+
+def _without_keys(mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The additive mask [batch, 1, queries, keys] with `positions` hidden from every query that sees another key."""
+    hidden_value = torch.finfo(mask.dtype).min
+    visible = mask > hidden_value / 2
+    removed = torch.zeros(mask.shape[-1], dtype=torch.bool, device=mask.device)
+    removed[positions.to(mask.device)] = True
+    hide = visible & removed
+    hide &= (visible & ~removed).any(dim=-1, keepdim=True)
+    return mask.masked_fill(hide, hidden_value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Attention: a registered attention function that runs the model's own eager code.
 
 ATTENTION_CAPTURE = "eager_capture"
 _ATTENTION_SINKS: dict[int, tuple[int, tuple[str, ...], callable]] = {}
+_ATTENTION_EDITS: dict[int, tuple[int, callable, callable]] = {}  # (layer, remove_keys, observe) per module
 
 
 class _Forget:
@@ -149,7 +219,14 @@ def _repeat_kv(key: torch.Tensor, groups: int) -> torch.Tensor:
 
 def _eager_capture(module, query, key, value, attention_mask, **kwargs):
     eager = sys.modules[type(module).__module__].eager_attention_forward
+    layer_index, remove_keys, observe = _ATTENTION_EDITS.get(id(module), (None, None, None))
+    if remove_keys is not None:
+        if attention_mask is None:
+            raise UnsupportedModel(f"{type(module).__name__} gets no attention mask: keys cannot be removed")
+        attention_mask = _without_keys(attention_mask[:, :, :, : key.shape[-2]], torch.as_tensor(remove_keys(), dtype=torch.long))
     output, probs = eager(module, query, key, value, attention_mask, **kwargs)
+    if observe is not None:
+        observe(layer_index, probs[0].detach(), output[0].detach(), value[0].detach())
     registered = _ATTENTION_SINKS.get(id(module))
     if registered is not None:
         layer_index, wanted, sink = registered

@@ -326,3 +326,68 @@ def prompt_ratio(values) -> str:
     largest = float(magnitude.max())
     shown = f"{largest:,.0f}" if largest >= 100 else f"{largest:.3g}"
     return f"largest |x| {shown}, {largest / median if median else float('inf'):,.0f}× the median"
+
+
+# ---------------------------------------------------------------------------------------------
+# What the interventions act on (interventions.py runs them).
+
+@dataclass(frozen=True)
+class ActivationTargets:
+    layer: int  # the decoder layer whose output is edited
+    channels: list[int]
+    tokens: dict[int, list[int]]  # window -> positions
+
+
+@dataclass(frozen=True)
+class SinkTargets:
+    first_layer: int  # keys are removed at this layer and every later one
+    keys: dict[int, list[int]]  # window -> key positions
+
+
+def _positions(rows: pd.DataFrame, windows: int) -> dict[int, list[int]]:
+    found = rows.groupby("window").position.apply(lambda p: sorted({int(v) for v in p}))
+    return {window: found.get(window, []) for window in range(windows)}
+
+
+def activation_targets(evidence, chosen: ModelChoices) -> Choice:
+    """The activation ablation's entries (after Sun et al.): at the emergence layer's output, every
+    window's outlier tokens (paper's rule) in the channels that are massive there over the corpus
+    and those of the tokens' own maxima. Without outliers (not found): each window's largest |h|
+    at the layer shown instead, so that the ablation and its controls still run."""
+    layer = chosen.emergence.value
+    if chosen.emergence.found:
+        rows = chosen.outlier_tokens[chosen.outlier_tokens.layer == layer]
+        massive = residual_outlier_channels(evidence.channel_max, evidence.sites, "layer_output").get(layer, [])
+        channels = sorted(set(massive) | {int(c) for c in rows.channel})
+        tokens = _positions(rows, evidence.windows)
+        return Choice(ActivationTargets(layer, channels, tokens),
+                      f"layer {layer + 1} is the emergence layer; its {len(rows)} outlier tokens in {rows.window.nunique()} of "
+                      f"{evidence.windows} windows, in channel(s) {', '.join(map(str, channels))} (massive at that layer's output "
+                      "over the corpus, or the outlier tokens' largest)")
+    top = evidence.topk[(evidence.topk.site == "layer_output") & (evidence.topk.layer == layer) & (evidence.topk["rank"] == 1)]
+    channels = sorted({int(c) for c in top.channel})
+    return Choice(ActivationTargets(layer, channels, _positions(top, evidence.windows)),
+                  f"no activation outlier ({chosen.emergence.why}); ablated instead: each window's largest |h| at layer "
+                  f"{layer + 1}, in channel(s) {', '.join(map(str, channels))}", False)
+
+
+def sink_targets(evidence) -> Choice | None:
+    """The sink ablation's keys: each window's outlier keys (≥ 0.1 × the window length in any layer),
+    removed from the first layer with outlier keys in most windows on. Without such a layer (not
+    found): each window's most attended key at the layer whose top key receives the most. None
+    without attention capture."""
+    if not evidence.has_attention:
+        return None
+    layers = attention_outlier_layers(evidence.attention_layers, evidence.windows)
+    keys = evidence.attention_keys
+    if layers:
+        chosen = _positions(keys[keys.is_outlier], evidence.windows)
+        counts = sorted({len(v) for v in chosen.values()})
+        return Choice(SinkTargets(layers[0], chosen),
+                      f"from layer {layers[0] + 1}, the first with outlier keys in most windows, on: each window's outlier keys "
+                      f"(≥ {ATTENTION_SHARE:g} × the window length in any layer), {counts[0]}–{counts[-1]} per window")
+    shown = attention_layer(evidence.attention_layers, evidence.windows)
+    chosen = _positions(keys[(keys.layer == shown.value) & (keys["rank"] == 1)], evidence.windows)
+    return Choice(SinkTargets(shown.value, chosen),
+                  f"no layer has outlier keys in most windows; removed instead, from layer {shown.value + 1} on: each window's "
+                  "most attended key there", False)

@@ -148,3 +148,78 @@ def draw_edges(figure, axes: dict, edges: list[tuple]) -> None:
                                           color="dimgray", linewidth=1.2, transform=figure.transFigure))
         if label:
             figure.text(*middle, label, ha="center", va="center", fontsize=9, bbox=box, transform=figure.transFigure)
+
+
+def plot_layer_diagram(ax, attention: list, mlp: list, parallel: bool, title: str) -> None:
+    """One decoder layer (architectures.layer_diagram): the residual stream along the bottom, the
+    attention and MLP branches above it, each block with its modules; capture sites in gray under
+    the arrows, interventions in magenta."""
+    import textwrap
+
+    from matplotlib.patches import FancyBboxPatch
+
+    from .architectures import ACTIVATION_ABLATION
+
+    width, step, box_height = 1.8, 2.8, 1.2
+    ax.set_axis_off()
+    ax.set_title(title, pad=28)
+
+    def arrow(start, end, colour="black"):
+        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color=colour, linewidth=1, shrinkA=0, shrinkB=0))
+
+    def branch(blocks, start_x, lane):
+        """Draw blocks from `start_x` on `lane`; return the x where the branch comes back down."""
+        arrow((start_x, 0), (start_x, lane - box_height / 2))
+        arrow((start_x, lane - box_height / 2), (start_x + 0.3, lane - box_height / 2 + 0.001))
+        x = start_x + 0.3 + width / 2
+        for index, block in enumerate(blocks):
+            ax.add_patch(FancyBboxPatch((x - width / 2, lane - box_height / 2), width, box_height, boxstyle="round,pad=0.03",
+                                        facecolor="whitesmoke", edgecolor="black", linewidth=0.8))
+            ax.text(x, lane + 0.4, block.name, ha="center", va="center", fontsize=7.5)
+            ax.text(x, lane + 0.22, "\n".join(block.modules) or "–", ha="center", va="top", fontsize=6, family="monospace",
+                    color="dimgray")
+            if block.notation:
+                ax.text(x, lane - 0.42, block.notation, ha="center", va="center", fontsize=9)
+            if block.intervention:
+                ax.text(x, lane + box_height / 2 + 0.15, textwrap.fill(block.intervention, 30), ha="center", va="bottom", fontsize=7, color=OUTLIER)
+            end = x + width / 2 + (step - width) if index < len(blocks) - 1 else x + width / 2 + 0.3
+            arrow((x + width / 2, lane), (end, lane))
+            if block.sites:
+                ax.text((x + width / 2 + end) / 2, lane - 0.08, "\n".join(block.sites), ha="center", va="top", fontsize=6,
+                        color="gray")
+            x += step
+        down_x = x - step + width / 2 + 0.3
+        arrow((down_x, lane), (down_x, 0.12))
+        return down_x
+
+    def add(x, site, label, intervention=""):
+        ax.add_patch(plt.Circle((x, 0), 0.12, facecolor="white", edgecolor="black", linewidth=0.8))
+        ax.text(x, 0, "+", ha="center", va="center", fontsize=9)
+        ax.text(x + 0.18, -0.22, f"{label}\n{site}" if site else label, ha="left", va="top", fontsize=6.5, color="gray")
+        if intervention:
+            ax.text(x, -0.75, textwrap.fill(intervention, 34), ha="center", va="top", fontsize=7, color=OUTLIER)
+
+    ax.text(-0.1, 0, "$h_{\\ell-1}$\nlayer_input", ha="right", va="center", fontsize=8)
+    # in a parallel block the MLP takes the lower lane, leaving room above the attention for its label
+    first_add = branch(attention, 0.45 if parallel else 0.3, 2.7 if parallel else 1.3)
+    if parallel:
+        mlp_end = branch(mlp, 0.3, 1.3) if mlp else first_add
+        end = max(first_add, mlp_end) + 0.4
+        if mlp:
+            ax.plot([mlp_end, end], [0.12, 0.12], color="black", linewidth=1)
+        ax.plot([first_add, end], [0.12, 0.12], color="black", linewidth=1)
+        ax.plot([-0.05, end - 0.12], [0, 0], color="black", linewidth=1)
+        add(end, "layer_output", "$h_\\ell$", ACTIVATION_ABLATION)
+        last = end
+    else:
+        ax.plot([-0.05, first_add - 0.12], [0, 0], color="black", linewidth=1)
+        add(first_add, "attn_residual", "")
+        mlp_end = branch(mlp, first_add + 0.45, 1.3)
+        ax.plot([first_add + 0.12, mlp_end - 0.12], [0, 0], color="black", linewidth=1)
+        add(mlp_end, "layer_output", "$h_\\ell$", ACTIVATION_ABLATION)
+        last = mlp_end
+    arrow((last + 0.12, 0), (last + 0.7, 0))
+    ax.set_xlim(-0.9, last + 0.9)
+    ax.set_ylim(-1.2, (3.5 if parallel else 2.1))
+    ax.set_aspect("equal")
+

@@ -138,3 +138,33 @@ class Evidence:
             weights=read_table(weights_path.parent, weights_path.stem, ("layer", "module", "max_ratio", "column_ratio",
                                                                         "top_columns", "top_column_rows", "mlp_down")),
         )
+
+
+@dataclass
+class InterventionResults:
+    """What rule interventions wrote for one model and corpus (interventions.py)."""
+
+    losses: pd.DataFrame
+    scaling: pd.DataFrame  # empty: no attention to read (record["sink_not_measured"] says why)
+    points: pd.DataFrame
+    record: dict
+
+    @classmethod
+    def load(cls, losses_path) -> "InterventionResults":
+        """From results/interventions/{model}/{corpus}.parquet and the files beside it."""
+        path = Path(losses_path)
+        record_path = path.with_suffix(".json")
+        try:
+            record = json.loads(record_path.read_text())
+        except Exception as error:
+            raise FigureDataError(f"{record_path}: cannot be read ({type(error).__name__}: {error}); rerun rule interventions") from None
+        for part in ("activation", "sink"):  # JSON keys are strings: windows back to ints
+            if record.get(part):
+                key = "tokens" if part == "activation" else "keys"
+                record[part][key] = {int(window): positions for window, positions in record[part][key].items()}
+        return cls(
+            losses=read_table(path.parent, path.stem, ("intervention", "seed", "window", "loss")),
+            scaling=pd.read_parquet(path.with_name(f"{path.stem}.scaling.parquet")),
+            points=pd.read_parquet(path.with_name(f"{path.stem}.points.parquet")),
+            record=record,
+        )

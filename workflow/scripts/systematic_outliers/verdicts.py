@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import choices
 from .choices import MOST_WINDOWS, WEIGHT_OUTLIER_FACTOR
-from .readers import Evidence
+from .readers import Evidence, InterventionResults
 from .statistics import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO
 
 HOLDS, PARTLY, DOES_NOT_HOLD, NOT_SHOWN, NOT_MEASURED = "holds", "partly", "does not hold", "not shown at this scale", "not measured"
@@ -120,6 +120,7 @@ class Measured:
     tokens: list[str]
     record: dict
     table1: dict
+    interventions: InterventionResults | None = None  # None: rule interventions was not run
 
     @property
     def layers(self) -> int:
@@ -340,20 +341,27 @@ LLM_CLAIMS = [
 ]
 
 
-def measure(model: str, stats_dir, weights_path, prompt_path) -> Measured:
+def measure(model: str, stats_dir, weights_path, prompt_path, interventions_path=None) -> Measured:
     """Load one model's files and make its choices: the input of its claims, Table 1 row and atlas row.
-
     Always the data's own choices: figures.overrides steer what the figures show, never a verdict."""
     from .readers import read_prompt, read_prompt_record
 
     evidence = Evidence.load(model, stats_dir, weights_path)
     chosen = choices.for_model(evidence)
     prompt, tokens = read_prompt(prompt_path, ("layer_output",))
-    return Measured(evidence, chosen, prompt, tokens, read_prompt_record(prompt_path), alignment(evidence, chosen))
+    interventions = InterventionResults.load(interventions_path) if interventions_path else None
+    return Measured(evidence, chosen, prompt, tokens, read_prompt_record(prompt_path), alignment(evidence, chosen), interventions)
+
+
+def all_claims() -> list[Claim]:
+    """The LLM claims read from the statistics, then those the interventions test."""
+    from .intervention_report import INTERVENTION_CLAIMS  # built on this module's engine, so imported here
+
+    return LLM_CLAIMS + INTERVENTION_CLAIMS
 
 
 def judge(m: Measured) -> list[tuple[Claim, Finding]]:
-    return [(claim, claim.judge(m)) for claim in LLM_CLAIMS]
+    return [(claim, claim.judge(m)) for claim in all_claims()]
 
 
 def claims_file(m: Measured) -> str:
@@ -366,6 +374,11 @@ def claims_file(m: Measured) -> str:
         f"al.'s criterion (> {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median of the same layer); an activation-outlier token is the "
         f"paper's (max |h| > {PAPER_RATIO:g} × the window's mean |h|); \"not measured\": the architecture lacks the sites, or there "
         "is nothing to compare. The paper column is the paper's value for LLaMA-2-7B (paper/FIGURES.md; \"≈\": read off a plot).",
+        *([f"The last {len(all_claims()) - len(LLM_CLAIMS)} claims test what the outliers do by editing the forward pass on the same "
+           f"windows ({m.interventions.record['windows']} × {m.interventions.record['window_length']} tokens, rule interventions, "
+           f"controls over seeds {', '.join(map(str, m.interventions.record['seeds']))}): {m.interventions.record['activation']['why']}; "
+           + (f"keys: {m.interventions.record['sink']['why']}." if m.interventions.record.get("sink")
+              else f"no sink ablation: {m.interventions.record['sink_not_measured']}.")] if m.interventions else []),
     ], judge(m))
 
 
@@ -410,7 +423,7 @@ def summary(measured: list[Measured]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
                          "measured": finding.value, "verdict": finding.verdict, "criterion": claim.criterion})
     scorecard = pd.DataFrame(rows)
     atlas = pd.DataFrame([PAPER_ATLAS] + [atlas_row(m) for m in measured]).astype(str)
-    order = {claim.text: i for i, claim in enumerate(LLM_CLAIMS)}
+    order = {claim.text: i for i, claim in enumerate(all_claims())}
     shown = scorecard.sort_values("claim", key=lambda s: s.map(order), kind="stable")
     text = "\n".join([
         "# Scorecard: the paper's claims across models", "",

@@ -1,0 +1,241 @@
+"""What the interventions say: losses beside their controls, the scaling-factor correlations with
+bootstrap intervals, the interventions table and the claims (through verdicts' engine).
+
+Reads only what rule interventions wrote (readers.InterventionResults) and the statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .choices import attention_outlier_layers
+from .interventions import BASELINE, CONTROLS, KEYS_REMOVED, MEAN, RANDOM_KEYS_REMOVED, RANDOM_ZEROED, ZEROED
+from .readers import InterventionResults
+from .verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY, Claim, Finding, graded, markdown_table
+
+# Our thresholds: the papers state none for these judgements.
+FAR_FACTOR = 10.0  # "far beyond the controls": the rise is ≥ this × the largest control rise (or the noise)
+FAR_RISE = 0.5  # … and ≥ this many nats (perplexity × 1.65)
+LOSS_FLOOR = 1e-3  # nats: a loss difference below this is never counted
+RESTORED_HOLDS, RESTORED_PARTLY = 0.9, 0.5  # share of the zeroing's rise that the mean takes back
+NEGATIVE_LAYERS = 0.5  # "most" attention-outlier layers
+SMALL_VALUE, SMALLER_VALUE = 0.5, 1.0  # outlier keys' value norm / the median key's: holds below 0.5, partly below 1
+BOOTSTRAP, INTERVAL = 1000, 0.95
+
+
+def loss_summary(losses: pd.DataFrame) -> pd.DataFrame:
+    """Per intervention: the mean loss over windows (over seeds for the controls, with their range),
+    its perplexity and the change from the baseline."""
+    per_seed = losses.groupby(["intervention", "seed"]).loss.mean().reset_index()
+    table = per_seed.groupby("intervention", sort=False).loss.agg(["mean", "min", "max", "count"])
+    table.columns = ["loss", "loss_low", "loss_high", "seeds"]
+    table["perplexity"] = np.exp(table.loss)
+    table["change"] = table.loss - table.loss.get(BASELINE, np.nan)
+    order = [name for name in (BASELINE, ZEROED, MEAN, RANDOM_ZEROED, KEYS_REMOVED, RANDOM_KEYS_REMOVED) if name in table.index]
+    return table.loc[order].reset_index()
+
+
+def seed_losses(losses: pd.DataFrame, intervention: str) -> np.ndarray:
+    """The mean loss over windows of each seed (one value for an intervention without seeds)."""
+    return losses[losses.intervention == intervention].groupby("seed").loss.mean().to_numpy()
+
+
+def correlations(scaling: pd.DataFrame, resamples: int = BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
+    """Per layer: the mean over windows of the per-window rank correlation (attention share on the
+    outlier keys vs head output norm), its bootstrap interval over windows, the median value-norm
+    ratio and the mean share."""
+    rows = []
+    rng = np.random.default_rng(seed)
+    for layer, group in scaling.dropna(subset=["correlation"]).groupby("layer"):
+        values = group.correlation.to_numpy()
+        means = rng.choice(values, size=(resamples, len(values))).mean(axis=1)
+        tail = (1 - INTERVAL) / 2
+        rows.append({"layer": int(layer), "correlation": float(values.mean()), "low": float(np.quantile(means, tail)),
+                     "high": float(np.quantile(means, 1 - tail)), "windows": len(values),
+                     "value_norm_ratio": float(group.value_norm_ratio.median()), "mean_share": float(group.mean_share.mean())})
+    return pd.DataFrame(rows, columns=["layer", "correlation", "low", "high", "windows", "value_norm_ratio", "mean_share"])
+
+
+def sink_layers(m) -> list[int]:
+    """The attention-outlier layers of the model judged (`verdicts.Measured`): those the scaling claims look at."""
+    return evidence_sink_layers(m.evidence)
+
+
+def evidence_sink_layers(evidence) -> list[int]:
+    return attention_outlier_layers(evidence.attention_layers, evidence.windows) if evidence.has_attention else []
+
+
+# ---------------------------------------------------------------------------------------------
+# Judges: each reads `verdicts.Measured` (m.interventions may be None: the rule was not run).
+
+def _rise_against_control(losses: pd.DataFrame, edited: str) -> tuple[float, float, float, str]:
+    """(the rise of `edited` over the baseline, the largest control rise, the noise, a sentence with the numbers)."""
+    control = CONTROLS[edited]
+    baseline = float(seed_losses(losses, BASELINE).mean())
+    rise = float(seed_losses(losses, edited).mean()) - baseline
+    controls = seed_losses(losses, control) - baseline
+    noise = max(float(np.ptp(controls)), LOSS_FLOOR)
+    text = (f"loss {baseline:.3f} → {baseline + rise:.3f} nats (perplexity {np.exp(baseline):,.1f} → {np.exp(baseline + rise):,.4g}); "
+            f"{control}: {controls.min():+.3f} to {controls.max():+.3f} over {len(controls)} seeds")
+    return rise, float(controls.max()), noise, text
+
+
+def _far_beyond(rise: float, control: float, noise: float) -> str:
+    if rise >= FAR_RISE and rise >= FAR_FACTOR * max(control, noise):
+        return HOLDS
+    return PARTLY if rise > control + noise else DOES_NOT_HOLD
+
+
+def judge_needed(m) -> Finding:
+    r = m.interventions
+    if r is None:
+        return Finding("the interventions were not run", NOT_MEASURED)
+    rise, control, noise, text = _rise_against_control(r.losses, ZEROED)
+    target = r.record["activation"]
+    where = f"layer {target['layer'] + 1}, channel(s) {', '.join(map(str, target['channels']))}"
+    if not target["found"]:
+        return Finding(f"no activation outlier; zeroing each window's largest |h| ({where}): {text}", DOES_NOT_HOLD, f"{rise:+.3f} nats")
+    return Finding(f"zeroing {where} at the outlier tokens: {text}", _far_beyond(rise, control, noise), f"{rise:+.3f} nats")
+
+
+def judge_value(m) -> Finding:
+    r = m.interventions
+    if r is None:
+        return Finding("the interventions were not run", NOT_MEASURED)
+    rise, control, noise, _ = _rise_against_control(r.losses, ZEROED)
+    if not r.record["activation"]["found"] or rise <= control + noise:
+        return Finding(f"zeroing raised the loss by {rise:+.3f} nats, not beyond the controls: nothing for the mean to restore",
+                       NOT_MEASURED)
+    baseline = float(seed_losses(r.losses, BASELINE).mean())
+    mean_rise = float(seed_losses(r.losses, MEAN).mean()) - baseline
+    restored = (rise - mean_rise) / rise
+    values = ", ".join(f"{v:,.1f}" for v in r.record["mean_values"])
+    return Finding(f"set to their mean ({values}) the loss is {mean_rise:+.4f} nats from the baseline, against {rise:+.3f} zeroed: "
+                   f"{restored:.1%} restored", graded(restored, RESTORED_HOLDS, RESTORED_PARTLY), f"{restored:.1%} restored")
+
+
+def judge_sink_no_op(m) -> Finding:
+    r = m.interventions
+    if r is None:
+        return Finding("the interventions were not run", NOT_MEASURED)
+    if not r.record.get("sink"):
+        return Finding(f"no sink ablation: {r.record['sink_not_measured']}", NOT_MEASURED)
+    rise, control, noise, text = _rise_against_control(r.losses, KEYS_REMOVED)
+    sink = r.record["sink"]
+    if not sink["found"]:
+        return Finding(f"no attention-outlier layer; removing each window's most attended key from layer {sink['first_layer'] + 1} "
+                       f"on: {text}", DOES_NOT_HOLD, f"{rise:+.3f} nats")
+    return Finding(f"removing the outlier keys from layer {sink['first_layer'] + 1} on: {text}", _far_beyond(rise, control, noise),
+                   f"{rise:+.3f} nats")
+
+
+def judge_scaling(m) -> Finding:
+    return scaling_finding(m.interventions, sink_layers(m))
+
+
+def scaling_finding(r: InterventionResults | None, layers: list[int]) -> Finding:
+    """The scaling-factor claim from the interventions' reading and the attention-outlier `layers`."""
+    if r is None or r.scaling.empty:
+        return Finding("no attention to read: " + (r.record["sink_not_measured"] if r else "the interventions were not run"), NOT_MEASURED)
+    table = correlations(r.scaling).set_index("layer")
+    if not layers:
+        return Finding(f"no attention-outlier layer; the mean correlation over all layers is {table.correlation.mean():+.2f}",
+                       DOES_NOT_HOLD, "no sink layer")
+    at_sinks = table.loc[table.index.intersection(layers)]
+    negative = int((at_sinks.high < 0).sum())
+    positive = int((at_sinks.low > 0).sum())
+    others = table.drop(index=at_sinks.index)
+    share = negative / len(layers)
+    verdict = HOLDS if share >= NEGATIVE_LAYERS else PARTLY if negative > positive else DOES_NOT_HOLD
+    other_text = f"; in the {len(others)} other layers the median is {others.correlation.median():+.2f}" if len(others) else ""
+    return Finding(f"{negative} of {len(layers)} attention-outlier layers have a {INTERVAL:.0%} interval below 0 ({positive} above); "
+                   f"median correlation there {at_sinks.correlation.median():+.2f}{other_text}", verdict,
+                   f"{negative}/{len(layers)} layers negative")
+
+
+def judge_small_values(m) -> Finding:
+    r = m.interventions
+    if r is None or r.scaling.empty:
+        return Finding("no attention to read: " + (r.record["sink_not_measured"] if r else "the interventions were not run"), NOT_MEASURED)
+    layers = sink_layers(m)
+    table = correlations(r.scaling).set_index("layer")
+    if not layers:
+        return Finding("no attention-outlier layer", DOES_NOT_HOLD, "no sink layer")
+    ratios = table.value_norm_ratio.reindex(layers).dropna()
+    small, smaller = float((ratios < SMALL_VALUE).mean()), float((ratios < SMALLER_VALUE).mean())
+    verdict = HOLDS if small >= NEGATIVE_LAYERS else PARTLY if smaller >= NEGATIVE_LAYERS else DOES_NOT_HOLD
+    return Finding(f"outlier keys' value norm / the median key's, median over windows and heads: {ratios.min():.2f}–{ratios.max():.2f} "
+                   f"over {len(ratios)} attention-outlier layers (median {ratios.median():.2f}); below {SMALL_VALUE:g} in {small:.0%}, "
+                   f"below {SMALLER_VALUE:g} in {smaller:.0%}", verdict, f"median {ratios.median():.2f}")
+
+
+SUN = "Sun et al., LLaMA-2-7B"
+INTERVENTION_CLAIMS = [
+    Claim("needed", "The activation outliers are needed: zeroing them breaks the model",
+          f"at the emergence layer's output, the outlier channels at the outlier tokens set to 0; holds: the mean loss rises by ≥ "
+          f"{FAR_RISE:g} nats and ≥ {FAR_FACTOR:g}× the largest rise of zeroing as many random channels (or their seed spread); "
+          f"partly: beyond the controls by more than their spread (≥ {LOSS_FLOOR:g}); does not hold otherwise or without outliers",
+          f"{SUN}: perplexity 5.47 → ∞ (WikiText); random channels unchanged", judge_needed),
+    Claim("value", "… but not their exact value: their mean restores the model",
+          f"share of the zeroing's loss rise taken back by setting them to their mean over the windows: holds ≥ {RESTORED_HOLDS:.0%}, "
+          f"partly ≥ {RESTORED_PARTLY:.0%}; not measured when zeroing did not hurt beyond the controls",
+          f"{SUN}: perplexity 5.47 at the mean (unchanged)", judge_value),
+    Claim("sink_no_op", "The attention sink is needed: heads park attention there",
+          f"from the first attention-outlier layer on, every head's attention on the window's outlier keys removed and renormalised; "
+          f"holds: the loss rises by ≥ {FAR_RISE:g} nats and ≥ {FAR_FACTOR:g}× the largest rise of removing as many random keys; "
+          "partly: beyond the controls' spread; not measured without attention capture",
+          "no number (the paper's reading, Section 4)", judge_sink_no_op),
+    Claim("scaling_factor", "The sink acts as a context-aware scaling factor",
+          f"per layer, the rank correlation over (head, query) of the attention share on the outlier keys and the head's output norm, "
+          f"averaged over windows with a {INTERVAL:.0%} bootstrap interval ({BOOTSTRAP} resamples of the windows); holds: the interval "
+          f"is below 0 in ≥ {NEGATIVE_LAYERS:.0%} of the attention-outlier layers; partly: in more of them than it is above 0",
+          "no number (the paper's reading, Section 4)", judge_scaling),
+    Claim("small_values", "… whose keys carry small values",
+          f"the outlier keys' mean value norm over the median key's, per layer (median over windows and key-value heads): holds "
+          f"below {SMALL_VALUE:g} in ≥ {NEGATIVE_LAYERS:.0%} of the attention-outlier layers, partly below {SMALLER_VALUE:g} there",
+          "no number (Sun et al. and the paper show small values at the sink)", judge_small_values),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# The table across models.
+
+def table(results: dict[str, InterventionResults]) -> pd.DataFrame:
+    """results/tables/interventions.csv: one row per model and intervention."""
+    rows = []
+    for model, r in results.items():
+        target, sink = r.record["activation"], r.record.get("sink")
+        for row in loss_summary(r.losses).itertuples():
+            if row.intervention in (ZEROED, MEAN, RANDOM_ZEROED):
+                where = f"layer {target['layer'] + 1}, {len(target['channels'])} channel(s)"
+            elif row.intervention in (KEYS_REMOVED, RANDOM_KEYS_REMOVED):
+                where = f"from layer {sink['first_layer'] + 1}" if sink else ""
+            else:
+                where = ""
+            rows.append({"model": model, "intervention": row.intervention, "where": where, "seeds": int(row.seeds),
+                         "loss": row.loss, "loss_low": row.loss_low, "loss_high": row.loss_high, "perplexity": row.perplexity,
+                         "change": row.change})
+    return pd.DataFrame(rows)
+
+
+def table_markdown(losses: pd.DataFrame, scaling: dict[str, str]) -> str:
+    shown = [[r.model, r.intervention, r.where or "–", r.seeds, f"{r.loss:.3f}" + (f" ({r.loss_low:.3f}–{r.loss_high:.3f})" if r.seeds > 1 else ""),
+              f"{r.perplexity:,.4g}", f"{r.change:+.3f}"] for r in losses.itertuples()]
+    return "\n".join([
+        "# Interventions: what the outliers do", "",
+        "Mean next-token loss (nats) over the statistics' windows; controls: the mean over seeds with the range of the seeds' means. "
+        "Activation ablation: at the emergence layer's output, the outlier channels at the outlier tokens; sink ablation: the "
+        "window's outlier keys removed from every head's softmax from the first attention-outlier layer on.", "",
+        *markdown_table(["model", "intervention", "where", "seeds", "loss", "perplexity", "change"], shown), "",
+        "## The scaling-factor reading", "",
+        *markdown_table(["model", "correlation in the attention-outlier layers"], [[k, v] for k, v in scaling.items()]), "",
+    ])
+
+
+def scatter_layers(layers: list[int], sinks: list[int], count: int = 3) -> tuple[list[int], str]:
+    """The layers whose (share, output norm) points the scaling figure shows, and why: the first, middle
+    and last attention-outlier layer, or of all `layers` read when there is none."""
+    pool, what = (sinks, "attention-outlier layers") if sinks else (sorted(layers), "layers (no attention-outlier layer)")
+    picked = sorted({pool[round(i * (len(pool) - 1) / max(count - 1, 1))] for i in range(count)}) if pool else []
+    return picked, f"the first, middle and last of the {len(pool)} {what}"

@@ -1,0 +1,206 @@
+"""What the outliers do: forward passes that edit a pretrained model, on the statistics' windows.
+
+Three experiments, each on the entries `choices.activation_targets` and `choices.sink_targets`
+pick from the corpus statistics:
+
+- activation ablation (after Sun et al.): at the emergence layer's output, the outlier channels
+  at the outlier tokens set to zero, or to their mean over the windows; control: as many randomly
+  drawn other channels at the same tokens set to zero, one draw per seed;
+- sink ablation: from the first attention-outlier layer on, every head's attention on the
+  window's outlier keys removed and renormalised over the other keys; control: as many randomly
+  drawn ordinary keys removed the same way, one draw per seed and window;
+- the scaling-factor reading, on the unedited pass: per layer, head and query, the share of
+  attention on the outlier keys against the norm of that head's output (before the output
+  projection), and the value norms of the outlier keys against the median key's.
+
+The edits go through `capture.replace_layer_output` and `capture.attention_edits`; the model's
+own code does the rest. Every pass reports the mean next-token loss of each window.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack, contextmanager
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from . import capture
+from .choices import ActivationTargets, SinkTargets
+
+BASELINE = "baseline"
+ZEROED, MEAN, RANDOM_ZEROED = "outliers zeroed", "outliers set to their mean", "random channels zeroed"
+KEYS_REMOVED, RANDOM_KEYS_REMOVED = "outlier keys removed", "random keys removed"
+INTERVENTIONS = (BASELINE, ZEROED, MEAN, RANDOM_ZEROED, KEYS_REMOVED, RANDOM_KEYS_REMOVED)
+CONTROLS = {ZEROED: RANDOM_ZEROED, MEAN: RANDOM_ZEROED, KEYS_REMOVED: RANDOM_KEYS_REMOVED}
+POINTS_PER_LAYER = 2000  # (head, query) points per layer kept for the scatter plots; the correlations use all
+
+LOSS_COLUMNS = {
+    "intervention": f"one of {', '.join(INTERVENTIONS)}",
+    "seed": "the control's random draw; -1 for the others",
+    "window": "window index in the windows file",
+    "loss": "mean next-token cross-entropy over the window's tokens (nats)",
+    "edited": "entries set (activation ablation) or keys removed (sink ablation) in this window",
+}
+SCALING_COLUMNS = {
+    "window": "", "layer": "decoder layer, 0-based",
+    "correlation": "Spearman rank correlation over (head, query) of the attention share on the window's outlier keys "
+                   "and the norm of the head's output before the output projection",
+    "points": "(head, query) pairs: queries that see an outlier key and another key",
+    "mean_share": "mean attention share on the outlier keys over those pairs",
+    "value_norm_ratio": "median over key-value heads of the outlier keys' mean value norm / the median ordinary key's",
+}
+
+
+def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    """Mean cross-entropy of predicting ids[1:] from logits[:-1] (one window, float32)."""
+    return float(torch.nn.functional.cross_entropy(logits[:-1].float(), ids[1:].to(logits.device)))
+
+
+def random_channels(targets: ActivationTargets, width: int, seed: int) -> list[int]:
+    """As many channels as the targets have, drawn from the other channels of the layer."""
+    others = np.setdiff1d(np.arange(width), targets.channels)
+    return sorted(np.random.default_rng(seed).choice(others, size=len(targets.channels), replace=False).tolist())
+
+
+def random_keys(keys: list[int], window_length: int, seed: int, window: int) -> list[int]:
+    """As many keys as `keys`, drawn from the window's other positions (one draw per seed and window)."""
+    others = np.setdiff1d(np.arange(window_length), keys)
+    return sorted(np.random.default_rng([seed, window]).choice(others, size=len(keys), replace=False).tolist())
+
+
+def set_entries(hidden: torch.Tensor, tokens: list[int], channels: list[int], values) -> torch.Tensor:
+    """A copy of `hidden` [1, tokens, d_model] with hidden[0, tokens, channels] set to `values` (one per channel, or 0)."""
+    edited = hidden.clone()
+    if tokens and channels:
+        index = torch.tensor(tokens, device=hidden.device)[:, None], torch.tensor(channels, device=hidden.device)[None, :]
+        edited[0][index] = torch.as_tensor(values, dtype=hidden.dtype, device=hidden.device).expand(len(tokens), len(channels))
+    return edited
+
+
+def _rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3:
+        return float("nan")
+    return float(np.corrcoef(pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy())[0, 1])
+
+
+class ScalingReading:
+    """Observer for `capture.attention_edits` on the unedited pass: one row per window and layer,
+    and a fixed-size sample of (head, query) points per layer for the scatter plots."""
+
+    def __init__(self, keys: dict[int, list[int]], windows: int, points_per_layer: int = POINTS_PER_LAYER):
+        self.keys, self.per_window = keys, max(1, points_per_layer // max(windows, 1))
+        self.window, self.rows, self.points = 0, [], []
+
+    def __call__(self, layer, probs, output, value):
+        keys = self.keys.get(self.window, [])
+        if not keys:
+            return
+        queries = probs.shape[1]
+        index = torch.tensor(keys, device=probs.device)
+        share = probs.float()[:, :, index].sum(-1)  # [heads, queries]
+        norm = output.float().norm(dim=-1).T  # [heads, queries]
+        # queries that see an outlier key and another key: otherwise the share is 0 or 1 by construction
+        position = torch.arange(queries, device=probs.device)
+        seen = (index[None, :] <= position[:, None]).sum(-1)
+        valid = ((seen > 0) & (seen < position + 1)).cpu().numpy()
+        heads, queries_valid = np.nonzero(np.broadcast_to(valid, share.shape))
+        share_valid, norm_valid = share.cpu().numpy()[heads, queries_valid], norm.cpu().numpy()[heads, queries_valid]
+        values = value.float().norm(dim=-1)  # [kv heads, keys]
+        ordinary = torch.tensor(np.setdiff1d(np.arange(values.shape[1]), keys), device=values.device)
+        ratio = values[:, index].mean(-1) / values[:, ordinary].median(-1).values
+        self.rows.append({
+            "window": self.window, "layer": layer,
+            "correlation": _rank_correlation(share_valid, norm_valid),
+            "points": int(share_valid.size),
+            "mean_share": float(share_valid.mean()) if share_valid.size else float("nan"),
+            "value_norm_ratio": float(ratio.median()),
+        })
+        pick = np.random.default_rng([self.window, layer]).permutation(len(heads))[: self.per_window]
+        self.points += [(self.window, layer, int(heads[i]), int(queries_valid[i]), float(share_valid[i]), float(norm_valid[i]))
+                        for i in pick]
+
+
+def run(model, input_ids: torch.Tensor, activation: ActivationTargets, sink: SinkTargets | None, seeds: list[int],
+        sink_reason: str = "") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """Every pass over the windows `input_ids` [windows, tokens]: (losses, scaling rows, scatter
+    points, a record of the mean values used and the seconds each pass took).
+
+    Without `sink` (the architecture's attention cannot be edited; `sink_reason` says why) the
+    sink ablation and the scaling reading are skipped."""
+    layers = len(capture.decoder_layers(model, capture.architecture_of(model)))
+    width, state = model.config.hidden_size, {"window": 0}
+    losses, seconds = [], {}
+
+    def run_pass(name: str, seed: int, edits):
+        started = time.perf_counter()
+        with edits(), torch.no_grad():
+            for window, ids in enumerate(tqdm(input_ids, desc=f"{name}{f' seed {seed}' if seed >= 0 else ''}", unit="window")):
+                state["window"] = window
+                logits = model(ids[None].to(model.device), use_cache=False).logits[0]
+                losses.append({"intervention": name, "seed": seed, "window": window, "loss": next_token_loss(logits, ids),
+                               "edited": state.pop("edited", 0)})
+        seconds[f"{name}{f' seed {seed}' if seed >= 0 else ''}"] = round(time.perf_counter() - started, 2)
+
+    # 1. the unedited model: losses, the scaling reading and the values the mean ablation sets
+    reading = ScalingReading(sink.keys if sink else {}, len(input_ids))
+    seen_values = []
+
+    def keep_targets(site, layer, tensor):
+        tokens = activation.tokens.get(state["window"], [])
+        if layer == activation.layer and tokens:
+            seen_values.append(tensor[tokens][:, activation.channels].float().cpu())
+
+    @contextmanager
+    def observe():
+        with ExitStack() as stack:
+            stack.enter_context(capture.hooks(model, ["layer_output"], keep_targets))
+            if sink is not None:
+                stack.enter_context(capture.attention_edits(model, range(layers), observe=_follow(reading, state)))
+            yield
+
+    run_pass(BASELINE, -1, observe)
+    mean_values = torch.cat(seen_values).mean(0) if seen_values else torch.zeros(len(activation.channels))
+
+    # 2. activation ablation and its random controls
+    def set_at_targets(channels, values):
+        def replace(hidden):
+            tokens = activation.tokens.get(state["window"], [])
+            state["edited"] = len(tokens) * len(channels)
+            return set_entries(hidden, tokens, channels, values)
+        return lambda: capture.replace_layer_output(model, activation.layer, replace)
+
+    run_pass(ZEROED, -1, set_at_targets(activation.channels, 0.0))
+    run_pass(MEAN, -1, set_at_targets(activation.channels, mean_values))
+    for seed in seeds:
+        run_pass(RANDOM_ZEROED, seed, set_at_targets(random_channels(activation, width, seed), 0.0))
+
+    # 3. sink ablation and its random controls
+    if sink is not None:
+        window_length = input_ids.shape[1]
+
+        def removing(choose):
+            def remove_keys():
+                keys = choose(state["window"])
+                state["edited"] = len(keys)
+                return keys
+            return lambda: capture.attention_edits(model, range(sink.first_layer, layers), remove_keys=remove_keys)
+
+        run_pass(KEYS_REMOVED, -1, removing(lambda window: sink.keys.get(window, [])))
+        for seed in seeds:
+            run_pass(RANDOM_KEYS_REMOVED, seed,
+                     removing(lambda window, seed=seed: random_keys(sink.keys.get(window, []), window_length, seed, window)))
+
+    points = pd.DataFrame(reading.points, columns=["window", "layer", "head", "query", "outlier_share", "output_norm"])
+    record = {"mean_values": [float(v) for v in mean_values], "seconds": seconds, "sink_not_measured": sink_reason}
+    return pd.DataFrame(losses), pd.DataFrame(reading.rows, columns=list(SCALING_COLUMNS)), points, record
+
+
+def _follow(reading: ScalingReading, state: dict):
+    """The observer, told which window the pass is on."""
+    def observe(layer, probs, output, value):
+        reading.window = state["window"]
+        reading(layer, probs, output, value)
+    return observe
