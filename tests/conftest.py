@@ -72,10 +72,11 @@ class PromptTokenizer:
 
 
 def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> dict:
-    """Corpus statistics, prompt dump and weight statistics of `model`, as the capture rules write them."""
+    """Corpus statistics, prompt dump, weight statistics and interventions of `model`, as the rules write them."""
     from safetensors.torch import save_file
 
-    from systematic_outliers import passes
+    from systematic_outliers import interventions, passes
+    from systematic_outliers.readers import Evidence
     from systematic_outliers.weights import weight_statistics
     from test_capture import LABELS
 
@@ -85,7 +86,10 @@ def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> d
     passes.dump_prompt(model, PromptTokenizer(prompt_ids), "prompt", False, folder / "prompt.safetensors", weights="test weights")
     model.save_pretrained(folder / "model")
     weight_statistics(folder / "model").to_parquet(folder / "weights.parquet")
-    return {"stats_dir": folder / "stats", "prompt_path": folder / "prompt.safetensors", "weights_path": folder / "weights.parquet"}
+    evidence = Evidence.load(folder.name, folder / "stats", folder / "weights.parquet")
+    interventions.intervene(folder.name, model, evidence, windows, [0, 1, 2], folder / "interventions.parquet")
+    return {"stats_dir": folder / "stats", "prompt_path": folder / "prompt.safetensors", "weights_path": folder / "weights.parquet",
+            "interventions_path": folder / "interventions.parquet"}
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,8 @@ def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
     assert done.returncode == 0, done.stderr
     assert planned_jobs(done.stdout) == {
         "fetch_corpus": 1, "fetch_model": 1, "cut_windows": 1,
-        "dump_prompt": 1, "corpus_statistics": 1, "weight_statistics": 1, "figure": 8, "claims": 1, "claims_summary": 1, "table1_alignment": 1,
+        "dump_prompt": 1, "corpus_statistics": 1, "weight_statistics": 1, "figure": 9, "claims": 1, "claims_summary": 1, "table1_alignment": 1,
+        "interventions": 1, "intervention_figure": 2, "interventions_table": 1,
         # the attention variants: 6 × 3 seeds on the testbed, 6 × 1 on characters, each task analysed and drawn
         "prepare_training_text": 1, "train_variant": 24, "analyse_variants": 2, "gpt2_figure": 10, "variant_tables": 2,
         "gpt2_claims": 1, "all": 1,
@@ -50,7 +51,8 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
     assert done.returncode == 0, done.stderr
     assert planned_jobs(done.stdout) == {
         "fetch_corpus": 2, "fetch_model": 12, "cut_windows": 12,
-        "dump_prompt": 12, "corpus_statistics": 12, "weight_statistics": 12, "figure": 96, "claims": 12, "claims_summary": 1, "table1_alignment": 1,
+        "dump_prompt": 12, "corpus_statistics": 12, "weight_statistics": 12, "figure": 108, "claims": 12, "claims_summary": 1, "table1_alignment": 1,
+        "interventions": 12, "intervention_figure": 24, "interventions_table": 1,
         # GPT-2 124M on OpenWebText, one seed per variant, 8 GPUs each
         "prepare_training_text": 1, "train_variant": 6, "analyse_variants": 1, "gpt2_figure": 5, "variant_tables": 1, "gpt2_claims": 1,
         "all": 1,
@@ -81,10 +83,12 @@ def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tm
     def planned(model):
         return set(re.findall(rf"results/figures/{model}/(\w+)\.png", done.stdout))
 
-    assert planned("falcon-7b") == {"fig03_activation_positions", "fig04_down_proj_positions", "fig05_weight_positions"}
+    # every model gets Fig 2 and the interventions' figures, which say what its architecture lacks
+    assert planned("falcon-7b") == {"fig02_layer", "fig03_activation_positions", "fig04_down_proj_positions", "fig05_weight_positions",
+                                    "interventions", "scaling_factor"}
     assert planned("mpt-7b") == planned("falcon-7b") | {"fig01_existence", "fig06_attention_positions"}
-    assert len(planned("llama2-7b")) == 8
-    assert planned_jobs(done.stdout)["figure"] == 96 - 5 - 3  # MPT: no logits (Fig 8), no gate (Figs 7, 9)
+    assert len(planned("llama2-7b")) == 11
+    assert planned_jobs(done.stdout)["figure"] == 108 - 5 - 3  # MPT: no logits (Fig 8), no gate (Figs 7, 9)
 
 
 @pytest.mark.parametrize(
@@ -237,7 +241,7 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(smollm2
     assert done.returncode == 0, done.stderr[-3000:]
     results = workdir / "results"
     for model in ("smollm2", "random-llama"):
-        assert len(list((results / "figures" / model).glob("*.png"))) == 8, model
+        assert len(list((results / "figures" / model).glob("*.png"))) == 11, model
     claims = (results / "claims" / "random-llama.md").read_text()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in claims.splitlines() if line.startswith("| ")}
     for claim in ("Activation outliers exist", "Weight outliers exist", "Attention outliers exist"):
@@ -247,6 +251,13 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(smollm2
     table1 = pd.read_csv(results / "tables" / "table1_alignment.csv").set_index("model")
     assert table1.activation_outlier_tokens["random-llama"] == 0 and table1.activation_outlier_tokens["smollm2"] > 0
     summary = pd.read_csv(results / "claims" / "summary.csv")
-    assert set(summary.model) == {"smollm2", "random-llama"} and len(summary) == 18
+    assert set(summary.model) == {"smollm2", "random-llama"} and len(summary) == 2 * 14
+    # what the outliers do: SmolLM2 needs them (positive control), the random model has none to need
+    verdict = summary.set_index(["model", "claim"]).verdict
+    needed = "The activation outliers are needed: zeroing them breaks the model"
+    assert verdict["smollm2", needed] == "holds" and verdict["random-llama", needed] == "does not hold"
+    assert verdict["smollm2", "The attention sink is needed: heads park attention there"] == "holds"
+    interventions = pd.read_csv(results / "tables" / "interventions.csv")
+    assert set(interventions.model) == {"smollm2", "random-llama"}
     caption = (results / "figures" / "random-llama" / "fig01_existence.caption.txt").read_text()
     assert "No activation outlier was found in the corpus" in caption

@@ -81,7 +81,8 @@ def set_entries(hidden: torch.Tensor, tokens: list[int], channels: list[int], va
 
 
 def _rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 3:
+    """Spearman's rank correlation (average ranks for ties); NaN where it is undefined (fewer than 3 points, or a constant)."""
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
     return float(np.corrcoef(pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy())[0, 1])
 
@@ -204,3 +205,39 @@ def _follow(reading: ScalingReading, state: dict):
         reading.window = state["window"]
         reading(layer, probs, output, value)
     return observe
+
+
+def intervene(name: str, model, evidence, input_ids: torch.Tensor, seeds: list[int], losses_path) -> dict:
+    """Every intervention on `model` at the targets its statistics (`readers.Evidence`) locate, over
+    the windows `input_ids`; writes `losses_path` (…/{corpus}.parquet) and beside it the scaling
+    rows (.scaling.parquet), the scatter points (.points.parquet) and the record (.json)."""
+    from pathlib import Path
+
+    from . import choices
+    from .io import atomic_file, write_json
+
+    activation = choices.activation_targets(evidence, choices.for_model(evidence))
+    sink = choices.sink_targets(evidence)
+    if sink is None:
+        reason = f"{evidence.manifest['model_type']} has no attention capture in the capture table"
+    elif not capture.edits_attention(model):
+        sink, reason = None, f"{model.config.model_type} runs attention code of its own: keys cannot be removed or head outputs read"
+    else:
+        reason = ""
+    losses, scaling, points, record = run(model, input_ids, activation.value, sink and sink.value, seeds, reason)
+    record.update({
+        "model": name, "windows": int(input_ids.shape[0]), "window_length": int(input_ids.shape[1]),
+        "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device), "model_type": model.config.model_type,
+        "seeds": list(seeds),
+        "activation": {"layer": activation.value.layer, "channels": activation.value.channels,
+                       "tokens": activation.value.tokens, "why": activation.why, "found": activation.found},
+        "sink": sink and {"first_layer": sink.value.first_layer, "keys": sink.value.keys, "why": sink.why, "found": sink.found},
+        "columns": {"losses": LOSS_COLUMNS, "scaling": SCALING_COLUMNS},
+    })
+    losses_path = Path(losses_path)
+    for suffix, table in (("", losses), (".scaling", scaling), (".points", points)):
+        with atomic_file(losses_path.with_name(f"{losses_path.stem}{suffix}.parquet")) as scratch:
+            table.to_parquet(scratch, index=False)
+    with atomic_file(losses_path.with_suffix(".json")) as scratch:
+        write_json(scratch, record)
+    return record

@@ -1,0 +1,203 @@
+"""Interventions: exact edits on tiny models, targets taken from the statistics, controls fixed by
+seed, the loss against plain transformers, and every verdict of the intervention claims."""
+
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_model
+from systematic_outliers import architectures, capture, choices, intervention_report, interventions, readers
+from systematic_outliers.interventions import BASELINE, KEYS_REMOVED, MEAN, RANDOM_KEYS_REMOVED, RANDOM_ZEROED, ZEROED
+from systematic_outliers.verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY
+from test_capture import MASSIVE_TOKEN, MLP_LAYER, OUTPUT_CHANNEL, PROMPT_IDS, SINK_LAYER, capturing
+
+EDITABLE = ("gemma3_text", "gpt2", "gpt_neox", "llama", "opt", "qwen2")
+
+
+@pytest.mark.parametrize("architecture", EDITABLE)
+def test_with_nothing_edited_the_logits_are_the_plain_models_bit_for_bit(architecture):
+    model = capturing(tiny_model(architecture))
+    layers = len(capture.decoder_layers(model, capture.architecture_of(model)))
+    with torch.no_grad():
+        plain = model(PROMPT_IDS).logits
+        with capture.attention_edits(model, range(layers), remove_keys=lambda: [], observe=lambda *seen: None), \
+                capture.replace_layer_output(model, 0, lambda hidden: hidden):
+            hooked = model(PROMPT_IDS).logits
+    assert torch.equal(plain, hooked)
+
+
+def test_the_activation_ablation_sets_exactly_the_targeted_entries():
+    model = capturing(tiny_model("llama", num_hidden_layers=3))
+    tokens, channels, values = [0, 4], [3, 17], torch.tensor([2.5, -7.0])
+    seen = {}
+
+    def keep(site, layer, tensor):
+        seen[site, layer] = tensor.clone()
+
+    with torch.no_grad():
+        with capture.hooks(model, ["layer_input"], keep):
+            model(PROMPT_IDS)
+        before = seen["layer_input", 2]
+        with capture.replace_layer_output(model, 1, lambda h: interventions.set_entries(h, tokens, channels, values)), \
+                capture.hooks(model, ["layer_input"], keep):
+            model(PROMPT_IDS)
+    after = seen["layer_input", 2]  # what layer 2 receives: layer 1's edited output
+    index = (torch.tensor(tokens)[:, None], torch.tensor(channels)[None, :])
+    assert torch.equal(after[index], values.expand(2, 2))
+    untouched = torch.ones_like(after, dtype=torch.bool)
+    untouched[index] = False
+    assert torch.equal(after[untouched], before[untouched])
+    zeroed = interventions.set_entries(before[None], tokens, channels, 0.0)[0]
+    assert torch.equal(zeroed[index], torch.zeros(2, 2)) and zeroed.data_ptr() != before.data_ptr()
+
+
+@pytest.mark.parametrize("architecture", ("llama", "gpt2", "gpt_neox"))
+def test_the_sink_ablation_renormalises_every_row_over_the_other_keys(architecture):
+    model = capturing(tiny_model(architecture, num_hidden_layers=3) if architecture != "gpt2" else tiny_model("gpt2", n_layer=3))
+    removed = [0, 3]
+    seen = {}
+
+    def keep(site, layer, tensor):
+        seen[layer] = tensor.clone()
+
+    with torch.no_grad():
+        with capture.hooks(model, ["attn_probs"], keep):
+            model(PROMPT_IDS)
+        plain = dict(seen)
+        with capture.attention_edits(model, [1, 2], remove_keys=lambda: removed), capture.hooks(model, ["attn_probs"], keep):
+            model(PROMPT_IDS)
+    assert torch.equal(seen[0], plain[0])  # before the first edited layer nothing changes
+    edited, before = seen[1], plain[1]  # [heads, queries, keys]; layer 1's input is unchanged
+    assert torch.allclose(edited.sum(-1), torch.ones_like(edited.sum(-1)), atol=1e-6)
+    assert torch.equal(edited[:, 0], before[:, 0])  # the first query sees only key 0: its row is kept
+    assert torch.all(edited[:, 1:, removed] == 0)
+    kept = [k for k in range(PROMPT_IDS.shape[1]) if k not in removed]
+    rest = before[:, 1:, kept] / before[:, 1:, kept].sum(-1, keepdim=True)
+    assert torch.allclose(edited[:, 1:, kept], rest, atol=1e-6)
+
+
+def test_attention_code_of_the_models_own_cannot_be_edited_and_says_so():
+    mpt = capturing(tiny_model("mpt"))
+    assert not capture.edits_attention(mpt)
+    with pytest.raises(capture.UnsupportedModel, match="mpt has no attention through transformers' eager code"):
+        with capture.attention_edits(mpt, [0], remove_keys=lambda: [0]):
+            pass
+
+
+def test_the_loss_is_the_one_transformers_computes():
+    model = capturing(tiny_model("llama"))
+    ids = torch.randint(0, 96, (1, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = interventions.next_token_loss(model(ids).logits[0], ids[0])
+        theirs = model(ids, labels=ids).loss
+    assert ours == pytest.approx(float(theirs), abs=1e-6)
+
+
+def test_the_random_controls_are_fixed_by_their_seed_and_avoid_the_targets():
+    targets = choices.ActivationTargets(layer=0, channels=[3, 7, 20], tokens={0: [0]})
+    first = interventions.random_channels(targets, 32, seed=1)
+    assert first == interventions.random_channels(targets, 32, seed=1) != interventions.random_channels(targets, 32, seed=2)
+    assert len(first) == 3 and not set(first) & {3, 7, 20}
+    keys = interventions.random_keys([0, 5], 48, seed=0, window=2)
+    assert keys == interventions.random_keys([0, 5], 48, seed=0, window=2) != interventions.random_keys([0, 5], 48, seed=0, window=3)
+    assert len(keys) == 2 and not set(keys) & {0, 5}
+
+
+def test_the_planted_outlier_is_what_the_ablation_edits(planted_capture):
+    evidence = readers.Evidence.load("planted", planted_capture["stats_dir"], planted_capture["weights_path"])
+    activation = choices.activation_targets(evidence, choices.for_model(evidence))
+    assert activation.found and activation.value.layer == MLP_LAYER and activation.value.channels == [OUTPUT_CHANNEL]
+    assert activation.value.tokens == {0: [0], 1: [9], 2: [0]}  # where the windows hold the massive token
+    sink = choices.sink_targets(evidence)
+    assert sink.found and sink.value.first_layer == SINK_LAYER
+    assert all(positions[0] in sink.value.keys[window] for window, positions in activation.value.tokens.items())
+    results = readers.InterventionResults.load(planted_capture["interventions_path"])
+    assert results.record["activation"]["channels"] == [OUTPUT_CHANNEL] and results.record["mean_values"][0] > 100
+    assert set(results.losses.intervention) == {BASELINE, ZEROED, MEAN, RANDOM_ZEROED, KEYS_REMOVED, RANDOM_KEYS_REMOVED}
+    assert len(results.losses) == 3 * (4 + 2 * 3)  # 3 windows × (4 passes + 2 controls × 3 seeds)
+    edited = results.losses.groupby("intervention").edited.sum()
+    assert edited[ZEROED] == 3 and edited[RANDOM_ZEROED] == 9  # one entry per window, in each of 3 seeds
+
+
+def test_a_model_without_outliers_gets_the_controls_and_does_not_hold(random_capture):
+    results = readers.InterventionResults.load(random_capture["interventions_path"])
+    assert not results.record["activation"]["found"] and not results.record["sink"]["found"]
+    assert "no activation outlier" in results.record["activation"]["why"]
+    assert (results.losses.intervention == RANDOM_ZEROED).sum() == 3 * 3
+    # without a sink, concentrated attention gives larger head outputs: the reading's sign is not built in
+    assert intervention_report.correlations(results.scaling).correlation.mean() > 0.3
+
+
+# ---------------------------------------------------------------------------------------------
+# Every verdict from synthetic results: the thresholds, not the models, decide.
+
+def synthetic(zeroed=4.0, mean=2.0, random=(2.0, 2.001, 2.002), removed=3.0, random_keys=(2.0, 2.0, 2.001), found=True,
+              sink=True, correlations=None, value_ratio=0.2):
+    rows = [(BASELINE, -1, 2.0), (ZEROED, -1, zeroed), (MEAN, -1, mean)] + [(RANDOM_ZEROED, s, v) for s, v in enumerate(random)]
+    if sink:
+        rows += [(KEYS_REMOVED, -1, removed)] + [(RANDOM_KEYS_REMOVED, s, v) for s, v in enumerate(random_keys)]
+    losses = pd.DataFrame([(name, seed, window, loss) for name, seed, loss in rows for window in range(4)],
+                          columns=["intervention", "seed", "window", "loss"])
+    correlations = [-0.8, -0.7, -0.9] if correlations is None else correlations
+    scaling = pd.DataFrame([{"window": w, "layer": layer, "correlation": c + 0.01 * w, "points": 10, "mean_share": 0.5,
+                             "value_norm_ratio": value_ratio} for layer, c in enumerate(correlations) for w in range(4)])
+    record = {"activation": {"layer": 1, "channels": [5], "tokens": {}, "found": found, "why": ""}, "mean_values": [100.0],
+              "sink": {"first_layer": 0, "keys": {}, "found": True, "why": ""} if sink else None,
+              "sink_not_measured": "" if sink else "falcon has no attention capture in the capture table"}
+    evidence = types.SimpleNamespace(has_attention=sink, windows=4,
+                                     attention_layers=pd.DataFrame({"window": [w for l in range(3) for w in range(4)],
+                                                                    "layer": [l for l in range(3) for w in range(4)],
+                                                                    "outlier_keys": 1}))
+    return types.SimpleNamespace(interventions=readers.InterventionResults(losses, scaling if sink else scaling.iloc[:0], pd.DataFrame(), record),
+                                 evidence=evidence)
+
+
+def verdicts_of(m):
+    return {claim.key: claim.judge(m).verdict for claim in intervention_report.INTERVENTION_CLAIMS}
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
+    # a rise beyond the controls but short of far: partly; the mean takes back 60 %: partly
+    ({"zeroed": 2.2, "mean": 2.08, "removed": 2.1, "value_ratio": 0.8},
+     {"needed": PARTLY, "value": PARTLY, "sink_no_op": PARTLY, "scaling_factor": HOLDS, "small_values": PARTLY}),
+    # within the controls' spread (0.002): does not hold, and nothing for the mean to restore
+    ({"zeroed": 2.0015, "removed": 2.0005, "correlations": [0.5, 0.6, -0.8], "value_ratio": 1.5},
+     {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_no_op": DOES_NOT_HOLD, "scaling_factor": DOES_NOT_HOLD,
+      "small_values": DOES_NOT_HOLD}),
+    # the mean does not restore; one layer of three negative and none positive: partly
+    ({"mean": 3.9, "correlations": [-0.8, -0.015, -0.02]},
+     {"needed": HOLDS, "value": DOES_NOT_HOLD, "sink_no_op": HOLDS, "scaling_factor": PARTLY, "small_values": HOLDS}),
+    # no activation outlier: whatever zeroing the largest entry does, the outliers are not needed
+    ({"found": False}, {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
+    # an architecture whose attention cannot be edited
+    ({"sink": False}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": NOT_MEASURED, "scaling_factor": NOT_MEASURED,
+                       "small_values": NOT_MEASURED}),
+])
+def test_every_intervention_verdict_is_reachable(changes, expected):
+    assert verdicts_of(synthetic(**changes)) == expected
+
+
+def test_without_the_interventions_their_claims_are_not_measured():
+    assert set(verdicts_of(types.SimpleNamespace(interventions=None, evidence=None)).values()) == {NOT_MEASURED}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fig 2: the diagram names modules that exist.
+
+@pytest.mark.parametrize("architecture", sorted({"llama", "gpt2", "gpt_neox", "mpt", "opt", "gemma3_text"}))
+def test_the_layer_diagram_names_this_architectures_modules_and_sites(architecture):
+    model = capturing(tiny_model(architecture))
+    table = capture.architecture_of(model)
+    attention, mlp, parallel = architectures.layer_diagram(table)
+    layer = capture.decoder_layers(model, table)[0]
+    for block in attention + mlp:
+        for module in block.modules:
+            layer.get_submodule(module)  # raises if the diagram names a module the layer does not have
+    drawn = {site for block in attention + mlp for site in block.sites}
+    assert drawn | {"layer_input", "attn_residual", "layer_output"} >= set(architectures.available_sites(table))
+    assert parallel == (architecture == "gpt_neox")
+    assert any(block.intervention for block in attention) == (architecture != "mpt")
