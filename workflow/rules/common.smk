@@ -98,7 +98,7 @@ FIGURES = {
 }
 
 
-# What the outliers do (rule intervention_figure): notebooks/<name>.ipynb on the interventions' outputs.
+# What the outliers do: notebooks/<name>.ipynb on the outputs of rule interventions, drawn by intervention_figure.
 INTERVENTION_FIGURES = ("interventions", "scaling_factor")
 
 
