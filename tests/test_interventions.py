@@ -201,3 +201,35 @@ def test_the_layer_diagram_names_this_architectures_modules_and_sites(architectu
     assert drawn | {"layer_input", "attn_residual", "layer_output"} >= set(architectures.available_sites(table))
     assert parallel == (architecture == "gpt_neox")
     assert any(block.intervention for block in attention) == (architecture != "mpt")
+
+
+@pytest.mark.parametrize("architecture, reason", [
+    ("falcon", "falcon has no attention capture in the capture table"),
+    ("mpt", "mpt runs attention code of its own: keys cannot be removed or head outputs read"),
+])
+def test_an_architecture_whose_attention_cannot_be_edited_gets_the_activation_ablation_and_a_reason(tmp_path, architecture, reason):
+    import transformers
+
+    from conftest import capture_everything
+    from systematic_outliers import verdicts
+
+    if architecture == "falcon":
+        config = transformers.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=96)
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    else:
+        model = capturing(tiny_model("mpt"))
+    windows = torch.randint(0, 96, (2, 32), generator=torch.Generator().manual_seed(0))
+    folder = capture_everything(model, windows, [5, 8, 30, 2], tmp_path / architecture)
+    results = readers.InterventionResults.load(folder["interventions_path"])
+    assert results.record["sink"] is None and results.record["sink_not_measured"] == reason
+    assert set(results.losses.intervention) == {BASELINE, ZEROED, MEAN, RANDOM_ZEROED} and results.scaling.empty
+    m = verdicts.measure(architecture, folder["stats_dir"], folder["weights_path"], folder["prompt_path"], folder["interventions_path"])
+    found = {claim.key: finding for claim, finding in verdicts.judge(m)}
+    assert found["sink_no_op"].verdict == NOT_MEASURED and found["sink_no_op"].measured == f"no sink ablation: {reason}"
+    assert found["scaling_factor"].verdict == NOT_MEASURED and found["needed"].verdict == DOES_NOT_HOLD
+    from test_figures import caption_of, run_notebook
+
+    for notebook in ("interventions", "scaling_factor"):
+        run_notebook(notebook, tmp_path, **folder, model=architecture, output_stem=str(tmp_path / notebook))
+        assert reason in caption_of(tmp_path, notebook) and (tmp_path / f"{notebook}.png").stat().st_size > 10_000
