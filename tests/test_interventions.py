@@ -24,7 +24,7 @@ def test_with_nothing_edited_the_logits_are_the_plain_models_bit_for_bit(archite
     with torch.no_grad():
         plain = model(PROMPT_IDS).logits
         with capture.attention_edits(model, range(layers), remove_keys=lambda: [], observe=lambda *seen: None), \
-                capture.replace_layer_output(model, 0, lambda hidden: hidden):
+                capture.replace_layer_output(model, 0, lambda hidden: interventions.set_entries(hidden, [], [], 0.0)):
             hooked = model(PROMPT_IDS).logits
     assert torch.equal(plain, hooked)
 
@@ -122,7 +122,7 @@ def test_the_planted_outlier_is_what_the_ablation_edits(planted_capture):
     assert edited[ZEROED] == 3 and edited[RANDOM_ZEROED] == 9  # one entry per window, in each of 3 seeds
 
 
-def test_a_model_without_outliers_gets_the_controls_and_does_not_hold(random_capture):
+def test_a_model_without_outliers_gets_every_pass_on_its_largest_entries(random_capture):
     results = readers.InterventionResults.load(random_capture["interventions_path"])
     assert not results.record["activation"]["found"] and not results.record["sink"]["found"]
     assert "no activation outlier" in results.record["activation"]["why"]
@@ -135,7 +135,7 @@ def test_a_model_without_outliers_gets_the_controls_and_does_not_hold(random_cap
 # Every verdict from synthetic results: the thresholds, not the models, decide.
 
 def synthetic(zeroed=4.0, mean=2.0, random=(2.0, 2.001, 2.002), removed=3.0, random_keys=(2.0, 2.0, 2.001), found=True,
-              sink=True, correlations=None, value_ratio=0.2):
+              sink=True, correlations=None, value_ratio=0.2, windows=4):
     rows = [(BASELINE, -1, 2.0), (ZEROED, -1, zeroed), (MEAN, -1, mean)] + [(RANDOM_ZEROED, s, v) for s, v in enumerate(random)]
     if sink:
         rows += [(KEYS_REMOVED, -1, removed)] + [(RANDOM_KEYS_REMOVED, s, v) for s, v in enumerate(random_keys)]
@@ -143,7 +143,7 @@ def synthetic(zeroed=4.0, mean=2.0, random=(2.0, 2.001, 2.002), removed=3.0, ran
                           columns=["intervention", "seed", "window", "loss"])
     correlations = [-0.8, -0.7, -0.9] if correlations is None else correlations
     scaling = pd.DataFrame([{"window": w, "layer": layer, "correlation": c + 0.01 * w, "points": 10, "mean_share": 0.5,
-                             "value_norm_ratio": value_ratio} for layer, c in enumerate(correlations) for w in range(4)])
+                             "value_norm_ratio": value_ratio} for layer, c in enumerate(correlations) for w in range(windows)])
     record = {"activation": {"layer": 1, "channels": [5], "tokens": {}, "found": found, "why": ""}, "mean_values": [100.0],
               "sink": {"first_layer": 0, "keys": {}, "found": True, "why": ""} if sink else None,
               "sink_not_measured": "" if sink else "falcon has no attention capture in the capture table"}
@@ -173,12 +173,21 @@ def verdicts_of(m):
      {"needed": HOLDS, "value": DOES_NOT_HOLD, "sink_no_op": HOLDS, "scaling_factor": PARTLY, "small_values": HOLDS}),
     # no activation outlier: whatever zeroing the largest entry does, the outliers are not needed
     ({"found": False}, {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
+    # zeroing overflowed the logits (a float16 model): read as an infinite loss, the model broke
+    ({"zeroed": float("nan")}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
+    # one window gives no interval over windows
+    ({"windows": 1}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": NOT_MEASURED, "small_values": HOLDS}),
     # an architecture whose attention cannot be edited
     ({"sink": False}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": NOT_MEASURED, "scaling_factor": NOT_MEASURED,
                        "small_values": NOT_MEASURED}),
 ])
 def test_every_intervention_verdict_is_reachable(changes, expected):
     assert verdicts_of(synthetic(**changes)) == expected
+
+
+def test_a_broken_model_says_how_many_windows_broke():
+    finding = intervention_report.judge_needed(synthetic(zeroed=float("nan")))
+    assert "4 window(s) with a non-finite loss, read as infinite" in finding.measured and "→ inf nats" in finding.measured
 
 
 def test_without_the_interventions_their_claims_are_not_measured():

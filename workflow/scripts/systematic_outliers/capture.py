@@ -164,10 +164,12 @@ def attention_edits(model, layers, remove_keys=None, observe=None):
 
     - `remove_keys()` returns the key positions to take out of the softmax; every query that
       still sees another key then puts zero attention on them and renormalises over the rest
-      (a query that sees only removed keys, such as the first token removing itself, keeps its row);
+      (a query that sees only removed keys, such as the first token removing itself, keeps its row).
+      It is called at every edited layer, so it must depend only on the input being run;
     - `observe(layer, probs [heads, queries, keys], output [queries, heads, head_dim], value
-      [kv_heads, keys, head_dim])` sees the probabilities, each head's output before the output
-      projection and the value vectors. It returns None: the output stays as it is.
+      [kv_heads, keys, head_dim], visible [queries, keys])` sees the probabilities, each head's
+      output before the output projection, the value vectors and which keys each query may attend
+      to (the mask: causal, and sliding where the layer has a window). It returns None.
 
     Needs the model loaded with `attn_implementation=ATTENTION_CAPTURE`.
     """
@@ -177,24 +179,36 @@ def attention_edits(model, layers, remove_keys=None, observe=None):
         raise UnsupportedModel(f"attention edits need the model loaded with attn_implementation={ATTENTION_CAPTURE!r}")
     modules = decoder_layers(model, architecture_of(model))
     keys = [id(modules[layer].get_submodule(architecture_of(model).attention)) for layer in layers]
+    before = {key: _ATTENTION_EDITS.get(key) for key in keys}  # an enclosing edit comes back on exit
     for key, layer in zip(keys, layers):
         _ATTENTION_EDITS[key] = (layer, remove_keys, observe)
     try:
         yield
     finally:
-        for key in keys:
-            _ATTENTION_EDITS.pop(key, None)
+        for key, previous in before.items():
+            if previous is None:
+                _ATTENTION_EDITS.pop(key, None)
+            else:
+                _ATTENTION_EDITS[key] = previous
+
+
+def _visible(mask: torch.Tensor | None, queries: int, keys: int) -> torch.Tensor:
+    """[queries, keys]: which keys each query may attend to under the additive float `mask` (causal without one)."""
+    if mask is None:
+        return torch.ones(queries, keys, dtype=torch.bool).tril(keys - queries)
+    if mask.dtype == torch.bool:
+        raise UnsupportedModel("the attention mask is boolean: keys cannot be removed through it")
+    return mask[0, 0] > torch.finfo(mask.dtype).min / 2
 
 
 def _without_keys(mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """The additive mask [batch, 1, queries, keys] with `positions` hidden from every query that sees another key."""
-    hidden_value = torch.finfo(mask.dtype).min
-    visible = mask > hidden_value / 2
+    visible = _visible(mask, *mask.shape[-2:])
     removed = torch.zeros(mask.shape[-1], dtype=torch.bool, device=mask.device)
     removed[positions.to(mask.device)] = True
     hide = visible & removed
     hide &= (visible & ~removed).any(dim=-1, keepdim=True)
-    return mask.masked_fill(hide, hidden_value)
+    return mask.masked_fill(hide, torch.finfo(mask.dtype).min)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +240,8 @@ def _eager_capture(module, query, key, value, attention_mask, **kwargs):
         attention_mask = _without_keys(attention_mask[:, :, :, : key.shape[-2]], torch.as_tensor(remove_keys(), dtype=torch.long))
     output, probs = eager(module, query, key, value, attention_mask, **kwargs)
     if observe is not None:
-        observe(layer_index, probs[0].detach(), output[0].detach(), value[0].detach())
+        mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None else None
+        observe(layer_index, probs[0].detach(), output[0].detach(), value[0].detach(), _visible(mask, query.shape[-2], key.shape[-2]))
     registered = _ATTENTION_SINKS.get(id(module))
     if registered is not None:
         layer_index, wanted, sink = registered

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .statistics import ATTENTION_SHARE, SUN_FLOOR, SUN_RATIO  # noqa: F401 (ATTENTION_SHARE: for the captions)
+from .statistics import ATTENTION_SHARE, SUN_FLOOR, SUN_RATIO  # noqa: F401 (ATTENTION_SHARE: also read as choices.ATTENTION_SHARE by the captions)
 from .weights import TOP, WRITE_SHARE, column_ratios
 
 MOST_WINDOWS = 0.5  # a layer "has" something when at least this share of the windows has it

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .choices import attention_outlier_layers
-from .interventions import BASELINE, CONTROLS, KEYS_REMOVED, MEAN, RANDOM_KEYS_REMOVED, RANDOM_ZEROED, ZEROED
+from .interventions import BASELINE, CONTROLS, INTERVENTIONS, KEYS_REMOVED, MEAN, RANDOM_KEYS_REMOVED, RANDOM_ZEROED, ZEROED
 from .readers import InterventionResults
 from .verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY, Claim, Finding, graded, markdown_table
 
@@ -25,33 +25,39 @@ SMALL_VALUE, SMALLER_VALUE = 0.5, 1.0  # outlier keys' value norm / the median k
 BOOTSTRAP, INTERVAL = 1000, 0.95
 
 
+def finite_losses(losses: pd.DataFrame) -> pd.DataFrame:
+    """The losses with a non-finite one (logits that overflowed) read as infinite: the model broke."""
+    return losses.assign(loss=losses.loss.where(np.isfinite(losses.loss), np.inf))
+
+
 def loss_summary(losses: pd.DataFrame) -> pd.DataFrame:
     """Per intervention: the mean loss over windows (over seeds for the controls, with their range),
     its perplexity and the change from the baseline."""
-    per_seed = losses.groupby(["intervention", "seed"]).loss.mean().reset_index()
+    per_seed = finite_losses(losses).groupby(["intervention", "seed"]).loss.mean().reset_index()
     table = per_seed.groupby("intervention", sort=False).loss.agg(["mean", "min", "max", "count"])
     table.columns = ["loss", "loss_low", "loss_high", "seeds"]
     table["perplexity"] = np.exp(table.loss)
     table["change"] = table.loss - table.loss.get(BASELINE, np.nan)
-    order = [name for name in (BASELINE, ZEROED, MEAN, RANDOM_ZEROED, KEYS_REMOVED, RANDOM_KEYS_REMOVED) if name in table.index]
+    order = [name for name in INTERVENTIONS if name in table.index]
     return table.loc[order].reset_index()
 
 
 def seed_losses(losses: pd.DataFrame, intervention: str) -> np.ndarray:
-    """The mean loss over windows of each seed (one value for an intervention without seeds)."""
-    return losses[losses.intervention == intervention].groupby("seed").loss.mean().to_numpy()
+    """The mean loss over windows of each seed (one value for an intervention without seeds); infinite
+    where a window's loss is not finite."""
+    return finite_losses(losses[losses.intervention == intervention]).groupby("seed").loss.mean().to_numpy()
 
 
 def correlations(scaling: pd.DataFrame, resamples: int = BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
     """Per layer: the mean over windows of the per-window rank correlation (attention share on the
-    outlier keys vs head output norm), its bootstrap interval over windows, the median value-norm
-    ratio and the mean share."""
+    outlier keys vs head output norm), its bootstrap interval over windows (none from fewer than
+    two windows), the median value-norm ratio and the mean share."""
     rows = []
     rng = np.random.default_rng(seed)
     tail = (1 - INTERVAL) / 2
     for layer, group in scaling.groupby("layer"):
         values = group.correlation.dropna().to_numpy()  # undefined where every share (or norm) is the same
-        means = rng.choice(values, size=(resamples, len(values))).mean(axis=1) if len(values) else np.full(1, np.nan)
+        means = rng.choice(values, size=(resamples, len(values))).mean(axis=1) if len(values) >= 2 else np.full(1, np.nan)
         rows.append({"layer": int(layer), "correlation": float(values.mean()) if len(values) else np.nan,
                      "low": float(np.quantile(means, tail)), "high": float(np.quantile(means, 1 - tail)), "windows": len(values),
                      "value_norm_ratio": float(group.value_norm_ratio.median()), "mean_share": float(group.mean_share.mean())})
@@ -76,9 +82,11 @@ def _rise_against_control(losses: pd.DataFrame, edited: str) -> tuple[float, flo
     baseline = float(seed_losses(losses, BASELINE).mean())
     rise = float(seed_losses(losses, edited).mean()) - baseline
     controls = seed_losses(losses, control) - baseline
-    noise = max(float(np.ptp(controls)), LOSS_FLOOR)
-    text = (f"loss {baseline:.3f} → {baseline + rise:.3f} nats (perplexity {np.exp(baseline):,.1f} → {np.exp(baseline + rise):,.4g}); "
-            f"{control}: {controls.min():+.3f} to {controls.max():+.3f} over {len(controls)} seeds")
+    noise = max(float(np.ptp(controls)), LOSS_FLOOR) if np.isfinite(controls).all() else np.inf
+    broken = int((~np.isfinite(losses[losses.intervention == edited].loss)).sum())
+    text = (f"loss {baseline:.3f} → {baseline + rise:.3f} nats (perplexity {np.exp(baseline):,.1f} → {np.exp(baseline + rise):,.4g}"
+            + (f"; {broken} window(s) with a non-finite loss, read as infinite" if broken else "")
+            + f"); {control}: {controls.min():+.3f} to {controls.max():+.3f} over {len(controls)} seeds")
     return rise, float(controls.max()), noise, text
 
 
@@ -89,10 +97,18 @@ def _hurts(rise: float, control: float, noise: float) -> str:
     return PARTLY if rise > control + noise and rise >= SOME_RISE else DOES_NOT_HOLD
 
 
-def judge_needed(m) -> Finding:
-    r = m.interventions
+def _not_run(r: InterventionResults | None) -> Finding | None:
     if r is None:
         return Finding("the interventions were not run", NOT_MEASURED)
+    if not np.isfinite(seed_losses(r.losses, BASELINE)).all():
+        return Finding("the unedited model's loss is not finite on these windows: nothing to compare", NOT_MEASURED)
+    return None
+
+
+def judge_needed(m) -> Finding:
+    r = m.interventions
+    if (missing := _not_run(r)) is not None:
+        return missing
     rise, control, noise, text = _rise_against_control(r.losses, ZEROED)
     target = r.record["activation"]
     where = f"layer {target['layer'] + 1}, channel(s) {', '.join(map(str, target['channels']))}"
@@ -103,15 +119,15 @@ def judge_needed(m) -> Finding:
 
 def judge_value(m) -> Finding:
     r = m.interventions
-    if r is None:
-        return Finding("the interventions were not run", NOT_MEASURED)
+    if (missing := _not_run(r)) is not None:
+        return missing
     rise, control, noise, _ = _rise_against_control(r.losses, ZEROED)
     if not r.record["activation"]["found"] or _hurts(rise, control, noise) == DOES_NOT_HOLD:
         return Finding(f"zeroing changed the loss by {rise:+.3f} nats, which does not count as hurting: nothing for the mean to restore",
                        NOT_MEASURED)
     baseline = float(seed_losses(r.losses, BASELINE).mean())
     mean_rise = float(seed_losses(r.losses, MEAN).mean()) - baseline
-    restored = (rise - mean_rise) / rise
+    restored = 1 - mean_rise / rise  # 1 when zeroing broke the model (an infinite rise) and the mean did not
     values = ", ".join(f"{v:,.1f}" for v in r.record["mean_values"])
     return Finding(f"set to their mean ({values}) the loss is {mean_rise:+.4f} nats from the baseline, against {rise:+.3f} zeroed: "
                    f"{restored:.1%} restored", graded(restored, RESTORED_HOLDS, RESTORED_PARTLY), f"{restored:.1%} restored")
@@ -119,8 +135,8 @@ def judge_value(m) -> Finding:
 
 def judge_sink_no_op(m) -> Finding:
     r = m.interventions
-    if r is None:
-        return Finding("the interventions were not run", NOT_MEASURED)
+    if (missing := _not_run(r)) is not None:
+        return missing
     if not r.record.get("sink"):
         return Finding(f"no sink ablation: {r.record['sink_not_measured']}", NOT_MEASURED)
     rise, control, noise, text = _rise_against_control(r.losses, KEYS_REMOVED)
@@ -139,8 +155,11 @@ def judge_scaling(m) -> Finding:
 def scaling_finding(r: InterventionResults | None, layers: list[int]) -> Finding:
     """The scaling-factor claim from the interventions' reading and the attention-outlier `layers`."""
     if r is None or r.scaling.empty:
-        return Finding("no attention to read: " + (r.record["sink_not_measured"] if r else "the interventions were not run"), NOT_MEASURED)
+        return Finding("no attention to read: " + (r.record["sink_not_measured"] or "no window has keys to read" if r else
+                                                   "the interventions were not run"), NOT_MEASURED)
     table = correlations(r.scaling).set_index("layer")
+    if table.low.isna().all():
+        return Finding(f"fewer than 2 windows per layer ({table.windows.max()}): no interval over windows", NOT_MEASURED)
     if not layers:
         return Finding(f"no attention-outlier layer; over all layers, on each window's most attended key, the mean correlation is "
                        f"{table.correlation.mean():+.2f}", DOES_NOT_HOLD, "no sink layer")
@@ -161,12 +180,15 @@ def scaling_finding(r: InterventionResults | None, layers: list[int]) -> Finding
 def judge_small_values(m) -> Finding:
     r = m.interventions
     if r is None or r.scaling.empty:
-        return Finding("no attention to read: " + (r.record["sink_not_measured"] if r else "the interventions were not run"), NOT_MEASURED)
+        return Finding("no attention to read: " + (r.record["sink_not_measured"] or "no window has keys to read" if r else
+                                                   "the interventions were not run"), NOT_MEASURED)
     layers = sink_layers(m)
     table = correlations(r.scaling).set_index("layer")
     if not layers:
         return Finding("no attention-outlier layer", DOES_NOT_HOLD, "no sink layer")
     ratios = table.value_norm_ratio.reindex(layers).dropna()
+    if ratios.empty:
+        return Finding("no value norms were read in the attention-outlier layers", NOT_MEASURED)
     small, smaller = float((ratios < SMALL_VALUE).mean()), float((ratios < SMALLER_VALUE).mean())
     verdict = HOLDS if small >= NEGATIVE_LAYERS else PARTLY if smaller >= NEGATIVE_LAYERS else DOES_NOT_HOLD
     return Finding(f"outlier keys' value norm / the median key's, median over windows and heads: {ratios.min():.2f}–{ratios.max():.2f} "
@@ -195,11 +217,13 @@ INTERVENTION_CLAIMS = [
     Claim("scaling_factor", "The sink acts as a context-aware scaling factor",
           f"per layer, the rank correlation over (head, query) of the attention share on the outlier keys and the head's output norm, "
           f"averaged over windows with a {INTERVAL:.0%} bootstrap interval ({BOOTSTRAP} resamples of the windows); holds: the interval "
-          f"is below 0 in ≥ {NEGATIVE_LAYERS:.0%} of the attention-outlier layers; partly: in more of them than it is above 0",
+          f"is below 0 in ≥ {NEGATIVE_LAYERS:.0%} of the attention-outlier layers; partly: in more of them than it is above 0; "
+          "does not hold otherwise or without attention outliers; not measured without attention to read or with one window",
           "no number (the paper's reading, Section 4)", judge_scaling),
     Claim("small_values", "… whose keys carry small values",
           f"the outlier keys' mean value norm over the median key's, per layer (median over windows and key-value heads): holds "
-          f"below {SMALL_VALUE:g} in ≥ {NEGATIVE_LAYERS:.0%} of the attention-outlier layers, partly below {SMALLER_VALUE:g} there",
+          f"below {SMALL_VALUE:g} in ≥ {NEGATIVE_LAYERS:.0%} of the attention-outlier layers, partly below {SMALLER_VALUE:g} there; "
+          "does not hold otherwise or without attention outliers",
           "no number (Sun et al. and the paper show small values at the sink)", judge_small_values),
 ]
 

@@ -34,7 +34,7 @@ BASELINE = "baseline"
 ZEROED, MEAN, RANDOM_ZEROED = "outliers zeroed", "outliers set to their mean", "random channels zeroed"
 KEYS_REMOVED, RANDOM_KEYS_REMOVED = "outlier keys removed", "random keys removed"
 INTERVENTIONS = (BASELINE, ZEROED, MEAN, RANDOM_ZEROED, KEYS_REMOVED, RANDOM_KEYS_REMOVED)
-CONTROLS = {ZEROED: RANDOM_ZEROED, MEAN: RANDOM_ZEROED, KEYS_REMOVED: RANDOM_KEYS_REMOVED}
+CONTROLS = {ZEROED: RANDOM_ZEROED, KEYS_REMOVED: RANDOM_KEYS_REMOVED}
 POINTS_PER_LAYER = 2000  # (head, query) points per layer kept for the scatter plots; the correlations use all
 
 LOSS_COLUMNS = {
@@ -55,7 +55,9 @@ SCALING_COLUMNS = {
 
 
 def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> float:
-    """Mean cross-entropy of predicting ids[1:] from logits[:-1] (one window, float32)."""
+    """Mean cross-entropy of predicting ids[1:] from logits[:-1] (one window, float32). NaN when the
+    logits overflowed (as zeroing massive activations can make a float16 model do): the report reads
+    a non-finite loss as an infinite one."""
     return float(torch.nn.functional.cross_entropy(logits[:-1].float(), ids[1:].to(logits.device)))
 
 
@@ -95,18 +97,17 @@ class ScalingReading:
         self.keys, self.per_window = keys, max(1, points_per_layer // max(windows, 1))
         self.window, self.rows, self.points = 0, [], []
 
-    def __call__(self, layer, probs, output, value):
+    def __call__(self, layer, probs, output, value, visible):
         keys = self.keys.get(self.window, [])
         if not keys:
             return
-        queries = probs.shape[1]
         index = torch.tensor(keys, device=probs.device)
-        share = probs.float()[:, :, index].sum(-1)  # [heads, queries]
+        share = probs[:, :, index].float().sum(-1)  # [heads, queries]
         norm = output.float().norm(dim=-1).T  # [heads, queries]
         # queries that see an outlier key and another key: otherwise the share is 0 or 1 by construction
-        position = torch.arange(queries, device=probs.device)
-        seen = (index[None, :] <= position[:, None]).sum(-1)
-        valid = ((seen > 0) & (seen < position + 1)).cpu().numpy()
+        on_outlier = torch.zeros(visible.shape[-1], dtype=torch.bool, device=visible.device)
+        on_outlier[index.to(visible.device)] = True
+        valid = ((visible & on_outlier).any(-1) & (visible & ~on_outlier).any(-1)).cpu().numpy()
         heads, queries_valid = np.nonzero(np.broadcast_to(valid, share.shape))
         share_valid, norm_valid = share.cpu().numpy()[heads, queries_valid], norm.cpu().numpy()[heads, queries_valid]
         values = value.float().norm(dim=-1)  # [kv heads, keys]
@@ -201,9 +202,9 @@ def run(model, input_ids: torch.Tensor, activation: ActivationTargets, sink: Sin
 
 def _follow(reading: ScalingReading, state: dict):
     """The observer, told which window the pass is on."""
-    def observe(layer, probs, output, value):
+    def observe(layer, probs, output, value, visible):
         reading.window = state["window"]
-        reading(layer, probs, output, value)
+        reading(layer, probs, output, value, visible)
     return observe
 
 

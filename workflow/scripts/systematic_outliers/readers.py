@@ -162,9 +162,16 @@ class InterventionResults:
             if record.get(part):
                 key = "tokens" if part == "activation" else "keys"
                 record[part][key] = {int(window): positions for window, positions in record[part][key].items()}
+        def beside(part):  # empty where the attention cannot be read
+            part_path = path.with_name(f"{path.stem}.{part}.parquet")
+            try:
+                return pd.read_parquet(part_path)
+            except Exception as error:
+                raise FigureDataError(f"{part_path}: cannot be read ({type(error).__name__}: {error}); rerun rule interventions") from None
+
         return cls(
             losses=read_table(path.parent, path.stem, ("intervention", "seed", "window", "loss")),
-            scaling=pd.read_parquet(path.with_name(f"{path.stem}.scaling.parquet")),
-            points=pd.read_parquet(path.with_name(f"{path.stem}.points.parquet")),
+            scaling=beside("scaling"),
+            points=beside("points"),
             record=record,
         )
