@@ -23,6 +23,7 @@ LABELS = types.SimpleNamespace(decode=lambda ids: {8: ".", 2: "\n", 30: "the"}.g
 def capturing(model):
     """The model with the attention implementation the capture rules load it with."""
     if not capture.architecture_of(model).probs_from_output:
+        capture.register_attention_capture()
         model.set_attn_implementation(capture.ATTENTION_CAPTURE)
     return model
 
@@ -252,6 +253,7 @@ from conftest import tiny_model
 from systematic_outliers import capture, passes
 from pathlib import Path
 model = tiny_model("llama", num_hidden_layers=4, hidden_size=128, intermediate_size=512, max_position_embeddings=1024)
+capture.register_attention_capture()
 model.set_attn_implementation(capture.ATTENTION_CAPTURE)
 labels = types.SimpleNamespace(decode=lambda ids: str(ids[0]))
 windows, folder = int(sys.argv[1]), Path(sys.argv[2])
@@ -280,7 +282,7 @@ def test_memory_is_bounded_by_one_window(tmp_path):
 
 
 def test_real_default_model_shows_the_papers_outliers(smollm2_dir, tmp_path):
-    """SmolLM2 on the paper's prompt: DESIGN.md §3's numbers."""
+    """SmolLM2 on the paper's prompt: the numbers measured when it was chosen as the default model."""
     folder, _ = smollm2_dir
     model, tokenizer = passes.load("smollm2-135m", {"dtype": "float32", "trust_remote_code": False}, folder, attention=True)
     record = passes.dump_prompt(model, tokenizer, "Summer is warm. Winter is cold.\n", False, tmp_path / "summer.safetensors")

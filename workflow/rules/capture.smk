@@ -12,11 +12,11 @@ rule dump_prompt:
     benchmark:
         "results/benchmarks/dump_prompt/{model}/{prompt}.tsv"
     conda:
-        "../../envs/capture.yaml"
+        "../envs/capture.yaml"
     resources:
         gpu=1,
     params:
-        entry=lambda wildcards: CONFIG["models"][wildcards.model],
+        entry=lambda wildcards: model_settings(wildcards.model, "load_model"),
         prompt=lambda wildcards: CONFIG["prompts"][wildcards.prompt],
     script:
         "../scripts/dump_prompt.py"
@@ -33,11 +33,11 @@ rule corpus_statistics:
     benchmark:
         "results/benchmarks/corpus_statistics/{model}/{corpus}.tsv"
     conda:
-        "../../envs/capture.yaml"
+        "../envs/capture.yaml"
     resources:
         gpu=1,
     params:
-        entry=lambda wildcards: CONFIG["models"][wildcards.model],
+        entry=lambda wildcards: model_settings(wildcards.model, "load_model"),
         top_k=CONFIG["statistics"]["top_k"],
     script:
         "../scripts/corpus_statistics.py"
@@ -53,6 +53,6 @@ rule weight_statistics:
     benchmark:
         "results/benchmarks/weight_statistics/{model}.tsv"
     conda:
-        "../../envs/capture.yaml"
+        "../envs/capture.yaml"
     script:
         "../scripts/weight_statistics.py"

@@ -11,7 +11,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from systematic_outliers.architectures import ARCHITECTURES, available_sites
-from systematic_outliers.config import ConfigError, check_window_length, validate_config
+from systematic_outliers.config import (
+    ConfigError,
+    check_window_length,
+    settings,
+    validate_config,
+)
 
 
 def _validated(config):
@@ -113,17 +118,12 @@ GPT2_FIGURES = {
 
 
 def figures_for(model):
-    """The figures `model`'s architecture can give. Known once its config.json is on disk (after
-    fetch_model); before that every figure is planned, as in a dry run of the paper config.
-    """
-    model_config = Path("resources/models") / model / "config.json"
-    if not model_config.exists():
-        return list(FIGURES)
-    architecture = ARCHITECTURES.get(json.loads(model_config.read_text())["model_type"])
-    # an unknown architecture: the capture rules fail with the list of supported ones
-    if architecture is None:
-        return list(FIGURES)
-    have = set(available_sites(architecture))
+    """The figures `model`'s architecture can give, read from its fetched config.json: fetch_model
+    is a checkpoint, so Snakemake plans them once the model is on disk (at once when it already is).
+    fetch_model refuses an architecture the capture table does not have."""
+    fetched = Path(checkpoints.fetch_model.get(model=model).output[0])
+    model_type = json.loads((fetched / "config.json").read_text())["model_type"]
+    have = set(available_sites(ARCHITECTURES[model_type]))
     return [figure for figure, (_, _, sites) in FIGURES.items() if set(sites) <= have]
 
 
@@ -178,21 +178,39 @@ def capture_outputs(model):
     ]
 
 
+def model_settings(model, stage):
+    """What `stage` reads of the model's config entry (config.STAGE_KEYS): a rule's params."""
+    return settings(CONFIG["models"][model], stage)
+
+
+def corpus_settings(corpus, stage):
+    return settings(CONFIG["corpora"][corpus], stage)
+
+
+def task_settings(task, stage):
+    return settings(TASKS[task], stage)
+
+
 def figure_overrides(model):
     """The config's layer and head overrides for `model` as 0-based notebook parameters."""
     overrides = CONFIG.get("figures", {}).get("overrides", {}).get(model, {})
     return {name: layer - 1 for name, layer in overrides.items()}
 
 
+def figure_targets(wildcards):
+    """The LLM figures of every target model: known once each model is fetched."""
+    return [
+        f"results/figures/{model}/{figure}.png"
+        for model in TARGET_MODELS
+        for figure in figures_for(model)
+    ]
+
+
 def default_targets():
-    """Everything `snakemake` builds without a target; grows with each stage."""
+    """Everything `snakemake` builds without a target, but the figures that depend on the
+    architecture (figure_targets)."""
     return [
         *(path for model in TARGET_MODELS for path in capture_outputs(model)),
-        *(
-            f"results/figures/{model}/{figure}.png"
-            for model in TARGET_MODELS
-            for figure in figures_for(model)
-        ),
         *(
             f"results/figures/{model}/{figure}.png"
             for model in TARGET_MODELS

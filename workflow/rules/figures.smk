@@ -31,14 +31,16 @@ rule figure:
     log:
         "results/logs/figures/{model}/{figure}.log",
     conda:
-        "../../envs/figures.yaml"
+        "../envs/figures.yaml"
     params:
-        notebook=lambda wildcards, input, output: {
-            "stats_dir": input.stats,
-            "prompt_path": input.prompt,
-            "weights_path": input.weights,
+        # from the wildcards and the config alone, so that Snakemake compares them between runs:
+        # an override change reruns the figures it steers
+        notebook=lambda wildcards: {
+            "stats_dir": f"results/capture/{wildcards.model}/stats/{TARGET_CORPUS}",
+            "prompt_path": f"results/capture/{wildcards.model}/prompts/{FIGURE_PROMPT}.safetensors",
+            "weights_path": f"results/capture/{wildcards.model}/weights.parquet",
             "model": wildcards.model,
-            "output_stem": output.png.removesuffix(".png"),
+            "output_stem": f"results/figures/{wildcards.model}/{wildcards.figure}",
             **FIGURES[wildcards.figure][1],
             **figure_overrides(wildcards.model),
         },
@@ -57,7 +59,7 @@ rule claims:
     log:
         "results/logs/claims/{model}.log",
     conda:
-        "../../envs/figures.yaml"
+        "../envs/figures.yaml"
     script:
         "../scripts/write_claims.py"
 
@@ -76,7 +78,7 @@ rule table1_alignment:
     log:
         "results/logs/tables/table1_alignment.log",
     conda:
-        "../../envs/figures.yaml"
+        "../envs/figures.yaml"
     params:
         models=TARGET_MODELS,
     script:
@@ -108,7 +110,7 @@ rule claims_summary:
     log:
         "results/logs/claims/summary.log",
     conda:
-        "../../envs/figures.yaml"
+        "../envs/figures.yaml"
     params:
         models=TARGET_MODELS,
     script:

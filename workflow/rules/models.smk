@@ -1,7 +1,8 @@
 # Model download: any source becomes resources/models/{model}/ in Hugging Face format.
 
 
-rule fetch_model:
+# a checkpoint: which figures a model can give is read from its fetched config.json
+checkpoint fetch_model:
     output:
         directory("resources/models/{model}"),
     log:
@@ -9,8 +10,8 @@ rule fetch_model:
     benchmark:
         "results/benchmarks/fetch_model/{model}.tsv"
     conda:
-        "../../envs/models.yaml"
+        "../envs/models.yaml"
     params:
-        entry=lambda wildcards: CONFIG["models"][wildcards.model],
+        entry=lambda wildcards: model_settings(wildcards.model, "fetch_model"),
     script:
         "../scripts/fetch_model.py"

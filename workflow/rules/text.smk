@@ -9,9 +9,9 @@ rule fetch_corpus:
     benchmark:
         "results/benchmarks/fetch_corpus/{corpus}.tsv"
     conda:
-        "../../envs/text.yaml"
+        "../envs/text.yaml"
     params:
-        entry=lambda wildcards: CONFIG["corpora"][wildcards.corpus],
+        entry=lambda wildcards: corpus_settings(wildcards.corpus, "fetch_corpus"),
     script:
         "../scripts/fetch_corpus.py"
 
@@ -27,9 +27,11 @@ rule cut_windows:
     benchmark:
         "results/benchmarks/cut_windows/{corpus}/{model}.tsv"
     conda:
-        "../../envs/text.yaml"
+        "../envs/text.yaml"
     params:
-        model_entry=lambda wildcards: CONFIG["models"][wildcards.model],
-        corpus_entry=lambda wildcards: CONFIG["corpora"][wildcards.corpus],
+        model_entry=lambda wildcards: model_settings(wildcards.model, "window_model"),
+        corpus_entry=lambda wildcards: corpus_settings(
+            wildcards.corpus, "window_corpus"
+        ),
     script:
         "../scripts/cut_windows.py"

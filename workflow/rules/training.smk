@@ -11,9 +11,9 @@ rule prepare_training_text:
     benchmark:
         "results/benchmarks/prepare_training_text/{task}.tsv"
     conda:
-        "../../envs/training.yaml"
+        "../envs/training.yaml"
     params:
-        task=lambda wildcards: TASKS[wildcards.task],
+        task=lambda wildcards: task_settings(wildcards.task, "training_data"),
         separator=lambda wildcards: CONFIG["corpora"][
             TASKS[wildcards.task]["data"]["corpus"]
         ]["separator"],
@@ -33,13 +33,13 @@ rule train_variant:
     benchmark:
         "results/benchmarks/train_variant/{task}/{variant}/seed{seed}.tsv"
     conda:
-        "../../envs/training.yaml"
+        "../envs/training.yaml"
     threads: 1
     resources:
         # a CPU task (no gpus:) asks for none, so runs on a laptop are not serialized
         gpu=lambda wildcards: TASKS[wildcards.task].get("gpus", 0),
     params:
-        task=lambda wildcards: TASKS[wildcards.task],
+        task=lambda wildcards: task_settings(wildcards.task, "training_run"),
     script:
         "../scripts/train_variant.py"
 
@@ -55,10 +55,10 @@ rule analyse_variants:
     benchmark:
         "results/benchmarks/analyse_variants/{task}.tsv"
     conda:
-        "../../envs/training.yaml"
+        "../envs/training.yaml"
     threads: 1
     params:
-        task=lambda wildcards: TASKS[wildcards.task],
+        task=lambda wildcards: task_settings(wildcards.task, "training_run"),
         variants=lambda wildcards: [v for v, _ in training_runs(wildcards.task)],
         seeds=lambda wildcards: [s for _, s in training_runs(wildcards.task)],
     script:
@@ -83,12 +83,13 @@ rule gpt2_figure:
     log:
         "results/logs/gpt2_figure/{task}/{gpt2_figure}.log",
     conda:
-        "../../envs/figures.yaml"
+        "../envs/figures.yaml"
     params:
-        notebook=lambda wildcards, input, output: {
-            "analysis_dir": input.analysis,
+        # from the wildcards alone, so that Snakemake compares them between runs
+        notebook=lambda wildcards: {
+            "analysis_dir": f"results/training/{wildcards.task}/analysis",
             "task": wildcards.task,
-            "output_stem": output.png.removesuffix(".png"),
+            "output_stem": f"results/figures/gpt2/{wildcards.task}/{wildcards.gpt2_figure}",
             **GPT2_FIGURES[wildcards.gpt2_figure][1],
         },
     script:
@@ -110,7 +111,7 @@ rule variant_tables:
     log:
         "results/logs/variant_tables/{task}.log",
     conda:
-        "../../envs/figures.yaml"
+        "../envs/figures.yaml"
     script:
         "../scripts/variant_tables.py"
 
@@ -123,7 +124,7 @@ rule gpt2_claims:
     log:
         "results/logs/claims/gpt2.log",
     conda:
-        "../../envs/figures.yaml"
+        "../envs/figures.yaml"
     params:
         tasks=TRAINING["run"],
     script:

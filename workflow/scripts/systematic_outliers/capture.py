@@ -6,7 +6,7 @@ entry (`architectures.ARCHITECTURES`). A hook hands each captured tensor, as [to
 and returns None, so the model's outputs are untouched.
 
 Attention probabilities and logits need the attention weights, which only the eager
-path materializes. `attention_capture()` registers an attention function that runs the
+path materializes. `register_attention_capture()` registers an attention function that runs the
 model's own eager code and shows its probabilities (and, on request, the logits) to the
 sink; it is used only by the rules that need attention.
 
@@ -40,7 +40,7 @@ def architecture_of(model) -> Architecture:
     if model_type not in ARCHITECTURES:
         raise UnsupportedModel(
             f"architecture {model_type!r} is not supported for capture; supported: {', '.join(sorted(ARCHITECTURES))}. "
-            "Adding one is an entry in ARCHITECTURES (workflow/scripts/systematic_outliers/capture.py)"
+            "Adding one is an entry in ARCHITECTURES (workflow/scripts/systematic_outliers/architectures.py)"
         )
     return ARCHITECTURES[model_type]
 
@@ -261,11 +261,10 @@ def _eager_capture(module, query, key, value, attention_mask, **kwargs):
 
 
 def register_attention_capture() -> None:
+    """Make ATTENTION_CAPTURE a valid `attn_implementation`. Called where a model is loaded with it,
+    not at import, so that importing this module does not pull in transformers."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
     AttentionInterface.register(ATTENTION_CAPTURE, _eager_capture)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_CAPTURE, eager_mask)
-
-
-register_attention_capture()

@@ -222,3 +222,22 @@ def check_window_length(config: dict, model: str, corpus: str, model_config: dic
     if length > context:
         key = f"models.{model}.window_length" if config["models"][model].get("window_length") else f"corpora.{corpus}.window_length"
         raise ConfigError(f"{key}: {length} tokens is longer than the context of model {model!r} ({context}); use at most {context}")
+
+
+# The config keys each stage reads. A rule's params hold exactly these (`settings`), so changing
+# one of them reruns the rules that read it and everything after them, and changing any other
+# key reruns nothing: Snakemake compares each job's params with those of its last run.
+STAGE_KEYS = {
+    "fetch_model": ("source", "file", "dtype", "trust_remote_code"),
+    "load_model": ("dtype", "device_map", "trust_remote_code"),
+    "window_model": ("window_length", "context_length", "trust_remote_code"),
+    "fetch_corpus": ("source", "include", "subset", "split", "text_field"),
+    "window_corpus": ("documents", "seed", "separator", "window_length", "windows", "add_special_tokens"),
+    "training_data": ("data",),
+    "training_run": ("data", "model", "schedule", "gpus"),
+}
+
+
+def settings(entry: dict, stage: str) -> dict:
+    """The part of a config entry (a model, corpus or training task) that `stage` reads."""
+    return {key: entry[key] for key in STAGE_KEYS[stage] if key in entry}

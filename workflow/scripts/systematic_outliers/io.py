@@ -1,4 +1,4 @@
-"""Small file helpers: outputs appear whole or not at all."""
+"""Small file helpers: outputs appear whole or not at all, with the modes of ordinary files."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _ordinary(path: Path, mode: int) -> None:
+    """Give a scratch file (0600) or folder (0700) the mode the user's umask gives new ones
+    (0644 and 0755 by default), so that a project group can read the results."""
+    path.chmod(mode & ~_umask())
 
 
 @contextlib.contextmanager
@@ -23,6 +35,7 @@ def atomic_directory(target: str | os.PathLike):
     scratch = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         yield scratch
+        _ordinary(scratch, 0o777)
         if target.exists():
             shutil.rmtree(target)
         os.replace(scratch, target)
@@ -41,6 +54,7 @@ def atomic_file(target: str | os.PathLike):
     scratch = Path(scratch)
     try:
         yield scratch
+        _ordinary(scratch, 0o666)
         os.replace(scratch, target)
     finally:
         scratch.unlink(missing_ok=True)

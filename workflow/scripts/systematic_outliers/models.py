@@ -62,10 +62,24 @@ def fetch_model(name: str, entry: dict, target: str | os.PathLike) -> dict:
             manifest = _from_folder(where, Path(value), entry, staging)
         else:  # the schema admits only the kinds above
             raise SourceError(f"{where}: unknown source kind {kind!r}")
+        _check_architecture(name, staging)
         manifest = {"model": name, "source": entry["source"], "dtype": entry["dtype"], **manifest}
         manifest["versions"] = {"torch": torch.__version__, "transformers": _transformers_version()}
         write_json(staging / "manifest.json", manifest)
     return manifest
+
+
+def _check_architecture(name: str, folder: Path) -> None:
+    """Refuse, before the model lands, an architecture the capture table does not have: every
+    later rule and the choice of figures read it."""
+    from .architectures import ARCHITECTURES
+
+    model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise SourceError(
+            f"models.{name}: architecture {model_type!r} is not supported for capture; supported: {', '.join(sorted(ARCHITECTURES))}. "
+            "Adding one is an entry in ARCHITECTURES (workflow/scripts/systematic_outliers/architectures.py)"
+        )
 
 
 def _transformers_version() -> str:

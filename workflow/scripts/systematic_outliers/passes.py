@@ -65,6 +65,7 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool):
         )
     # attention code of the model's own (MPT, Falcon) shows its probabilities without help
     eager = capture.ATTENTION_CAPTURE if architecture.attention and not architecture.probs_from_output else "eager"
+    capture.register_attention_capture()
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,
         dtype=DTYPES[entry["dtype"]],

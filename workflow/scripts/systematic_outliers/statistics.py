@@ -5,7 +5,7 @@ reductions (top-k with positions, mean, median, per-token and per-channel maxima
 attention each key receives per head) and moves them to the host once per window, so
 memory is bounded by one window whatever the number of windows.
 
-Definitions (paper/FIGURES.md §2.1):
+Definitions (the paper's official code, and Sun et al. 2024 for "massive"):
 - activation outlier token, the paper's rule: max_c |x[t, c]| > 1000 × mean |x| of the window;
   Sun et al.'s rule: max_c |x[t, c]| > 100 and > 1000 × median |x| of the window;
 - attention outlier key: cumulative head-averaged attention received >= 0.1 × window length;

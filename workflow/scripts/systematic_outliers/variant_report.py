@@ -313,7 +313,7 @@ def claims(tasks: dict[str, Path]) -> str:
                 "in text, the block with the most), at the positions that should do nothing: the weight on the first key, on k′, S_c, what the first key still "
                 "contributes (weight × S_c), and the first token's value norm over the median token's. Compression damage: validation "
                 "loss of the compressed model minus in full precision. Values are means over seeds with their range. The paper column: "
-                "its GPT-2 124M after 50k iterations of OpenWebText (paper/FIGURES.md), where it states a value.", ""]
+                "its GPT-2 124M after 50k iterations of OpenWebText, where it states a value.", ""]
     for task, analysis_dir in tasks.items():
         m = measures(analysis_dir)
         seeds = read_manifest(analysis_dir)["seeds"]

@@ -373,7 +373,7 @@ def claims_file(m: Measured) -> str:
         "The paper states its claims qualitatively; each criterion is ours and is printed beside its verdict. \"Massive\" is Sun et "
         f"al.'s criterion (> {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median of the same layer); an activation-outlier token is the "
         f"paper's (max |h| > {PAPER_RATIO:g} × the window's mean |h|); \"not measured\": the architecture lacks the sites, or there "
-        "is nothing to compare. The paper column is the paper's value for LLaMA-2-7B (paper/FIGURES.md; \"≈\": read off a plot).",
+        "is nothing to compare. The paper column is the paper's value for LLaMA-2-7B (from its text and figures; \"≈\": read off a plot).",
         *([f"The last {len(all_claims()) - len(LLM_CLAIMS)} claims test what the outliers do by editing the forward pass on the same "
            f"windows ({m.interventions.record['windows']} × {m.interventions.record['window_length']} tokens, rule interventions, "
            f"controls over seeds {', '.join(map(str, m.interventions.record['seeds']))}): {m.interventions.record['activation']['why']}; "
@@ -406,7 +406,7 @@ def atlas_row(m: Measured) -> dict:
     }
 
 
-PAPER_ATLAS = {  # LLaMA-2-7B as the paper shows it (paper/FIGURES.md §2.2; "≈": read off a plot)
+PAPER_ATLAS = {  # LLaMA-2-7B as the paper shows it (its Figs 1, 3–6 and Table 1; "≈": read off a plot)
     "model": "paper: LLaMA-2-7B", "layers": 32, "emergence_layer": 2, "disappearance_layer": 31, "outlier_channels": "1415 2533",
     "peak_magnitude": "≈ 2,380", "peak_ratio_to_median": "–", "peak_layer": "2–30",
     "token_classes": "initial 50.0%, strong delimiter 40.5%, weak semantic 9.5%", "first_sink_layer": 3,
@@ -427,7 +427,7 @@ def summary(measured: list[Measured]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     shown = scorecard.sort_values("claim", key=lambda s: s.map(order), kind="stable")
     text = "\n".join([
         "# Scorecard: the paper's claims across models", "",
-        "Each claim with the paper's own value for LLaMA-2-7B (paper/FIGURES.md; \"≈\" read off a plot, \"unconfirmed\" where the "
+        "Each claim with the paper's own value for LLaMA-2-7B (from its text and figures; \"≈\" read off a plot, \"unconfirmed\" where the "
         "paper's text could not be read), the value measured for each configured model and the verdict; the criteria are in each "
         "model's claims file and in summary.csv.", "",
         *markdown_table(["claim", "paper (LLaMA-2-7B)", "model", "measured", "verdict"],

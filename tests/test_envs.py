@@ -1,0 +1,114 @@
+"""Each rule's conda environment (workflow/envs/) lists every third-party package its script can
+import: a static walk of the imports (AST, nothing installed), through the package's modules and,
+for the notebook rules, the notebooks' code cells."""
+
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+SCRIPTS = REPO / "workflow" / "scripts"
+PACKAGE = "systematic_outliers"
+# import names whose distribution is called otherwise
+DISTRIBUTIONS = {"yaml": "pyyaml", "huggingface_hub": "huggingface-hub"}
+
+
+def rule_blocks():
+    """(rule, script, conda env) of every rule and checkpoint that runs a script, read from the rule files."""
+    for rule_file in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for block in re.split(r"\n(?=(?:rule|checkpoint) \w+:)", rule_file.read_text()):
+            name = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            script = re.search(r'script:\s*\n\s*"([^"]+)"', block)
+            if name and script:
+                conda = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
+                env = (rule_file.parent / conda.group(1)).resolve() if conda else None
+                yield name.group(1), (rule_file.parent / script.group(1)).resolve(), env
+
+
+def module_path(name: str) -> Path | None:
+    """The file of a package module (systematic_outliers.x), or None for anything else."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = SCRIPTS.joinpath(*parts)
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py") if base.with_suffix(".py").exists() else None
+
+
+def imported(tree: ast.AST, package: str | None) -> set[str]:
+    """Every module an AST imports, anywhere in it (also inside functions), relative ones resolved."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = f"{package}.{node.module}" if node.level and node.module else package if node.level else node.module
+            names.add(base)
+            names |= {f"{base}.{alias.name}" for alias in node.names if module_path(f"{base}.{alias.name}")}
+    return names
+
+
+def third_party(sources: list[tuple[str, str | None]]) -> set[str]:
+    """Top-level third-party modules reached from `sources` (code, its package), following the package's modules."""
+    seen, found, queue = set(), set(), list(sources)
+    while queue:
+        code, package = queue.pop()
+        for name in imported(ast.parse(code), package):
+            top = name.split(".")[0]
+            if top == PACKAGE:
+                path = module_path(name)
+                if path and path not in seen:
+                    seen.add(path)
+                    queue.append((path.read_text(), PACKAGE))
+            elif top not in sys.stdlib_module_names and top != "snakemake":  # snakemake runs the script, in any env
+                found.add(top)
+    return found
+
+
+def env_packages(env: Path) -> set[str]:
+    names = set()
+    for dependency in yaml.safe_load(env.read_text())["dependencies"]:
+        for item in dependency["pip"] if isinstance(dependency, dict) else [dependency]:
+            names.add(re.split(r"[=<>!~ \[]", item)[0].lower().replace("_", "-"))
+    return names
+
+
+def notebook_code() -> list[tuple[str, None]]:
+    cells = []
+    for notebook in sorted((REPO / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(notebook.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                cells.append(("".join(cell["source"]), None))
+    return cells
+
+
+RULES = sorted(rule_blocks())
+
+
+def test_every_rule_that_runs_a_script_has_an_environment_in_workflow_envs():
+    declared = sum(len(re.findall(r"^(?:rule|checkpoint) \w+:", f.read_text(), re.M)) for f in (REPO / "workflow" / "rules").glob("*.smk"))
+    assert len(RULES) == declared  # every rule runs a script, and the parsing found each
+    for rule, script, env in RULES:
+        assert env is not None and env.parent == REPO / "workflow" / "envs" and env.exists(), rule
+        assert script.exists(), rule
+
+
+@pytest.mark.parametrize("rule, script, env", RULES, ids=[rule for rule, _, _ in RULES])
+def test_each_rule_environment_lists_what_its_script_imports(rule, script, env):
+    sources = [(script.read_text(), None)]
+    if script.name == "run_notebook.py":  # the notebooks run in a kernel of the same environment
+        sources += notebook_code() + [("import ipykernel", None)]
+    needed = {DISTRIBUTIONS.get(name, name).lower().replace("_", "-") for name in third_party(sources)}
+    missing = sorted(needed - env_packages(env))
+    assert not missing, f"rule {rule}: {env.relative_to(REPO)} lacks {', '.join(missing)}"
+
+
+def test_the_walk_follows_the_package_and_finds_what_a_module_imports_inside_a_function():
+    reached = third_party([("from systematic_outliers import capture", None)])
+    assert {"torch", "transformers"} <= reached  # transformers only inside register_attention_capture
+    assert "numpy" not in third_party([("import json", None)])
