@@ -75,6 +75,22 @@ def test_windows_follow_the_protocol_and_record_provenance(corpus_folder, tokeni
             assert len(decoded) - len(recorded) <= len("\n\n") + 1
 
 
+def test_bos_windows_start_with_the_bos_and_continue_the_same_stream(corpus_folder, tokenizer, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    fetch_corpus("toy", corpus_entry(f"path:{corpus_folder}"), tmp_path / "text")
+    documents = pd.read_parquet(tmp_path / "text" / "documents.parquet")
+    plain, _ = cut_windows("toy", corpus_entry("path:x", documents=8), documents, tokenizer, window_length=32)
+    with_bos = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, bos_token="[UNK]")
+    entry = corpus_entry("path:x", documents=8, add_special_tokens=True)
+    ids, provenance = cut_windows("toy", entry, documents, with_bos, window_length=32)
+    assert ids.shape == (5, 32) and (ids[:, 0] == with_bos.bos_token_id).all()
+    assert ids[:, 1:].flatten().tolist() == plain.flatten().tolist()[: 5 * 31]  # the same token stream, 31 per window
+    assert (provenance.groupby("window").token_start.min() == 1).all() and (provenance.token_end.max() == 32)
+    with pytest.raises(SourceError, match=r"^corpora.toy.add_special_tokens: the tokenizer of models.tiny has no BOS token"):
+        cut_windows("toy", entry, documents, tokenizer, window_length=32, model="tiny")
+
+
 def test_too_few_tokens_or_documents_name_the_key(corpus_folder, tokenizer, tmp_path):
     fetch_corpus("toy", corpus_entry(f"path:{corpus_folder}"), tmp_path / "text")
     documents = pd.read_parquet(tmp_path / "text" / "documents.parquet")

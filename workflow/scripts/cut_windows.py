@@ -19,9 +19,11 @@ def main(snakemake):
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=config["models"][model]["trust_remote_code"])
     documents = pd.read_parquet(Path(snakemake.input.text) / "documents.parquet")
     entry, length = config["corpora"][corpus], window_length(config, model, corpus)
-    input_ids, provenance = cut_windows(corpus, entry, documents, tokenizer, length)
+    input_ids, provenance = cut_windows(corpus, entry, documents, tokenizer, length, model)
     manifest = {"corpus": corpus, "model": model, "window_length": length, "windows": entry["windows"],
-                "seed": entry["seed"], "separator": entry["separator"], "documents_drawn": entry.get("documents")}
+                "seed": entry["seed"], "separator": entry["separator"], "documents_drawn": entry.get("documents"),
+                "add_special_tokens": entry["add_special_tokens"],
+                "bos_token": tokenizer.bos_token if entry["add_special_tokens"] else None}
     write_windows(snakemake.output[0], input_ids, provenance, manifest)
     print(f"{input_ids.shape[0]} windows of {length} tokens from {provenance.document.nunique()} documents")
 

@@ -228,6 +228,7 @@ def intervene(name: str, model, evidence, input_ids: torch.Tensor, seeds: list[i
     losses, scaling, points, record = run(model, input_ids, activation.value, sink and sink.value, seeds, reason)
     record.update({
         "model": name, "windows": int(input_ids.shape[0]), "window_length": int(input_ids.shape[1]),
+        "add_special_tokens": evidence.manifest.get("add_special_tokens", False), "bos_token": evidence.manifest.get("bos_token"),
         "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device), "model_type": model.config.model_type,
         "seeds": list(seeds),
         "activation": {"layer": activation.value.layer, "channels": activation.value.channels,

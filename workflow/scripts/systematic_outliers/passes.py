@@ -150,9 +150,13 @@ def corpus_statistics(model, tokenizer, windows_dir: Path, target: Path, top_k: 
             model(ids[None].to(model.device), use_cache=False)
             statistics.finish_window()
     tables = statistics.tables()
+    cut = Path(windows_dir) / "manifest.json"  # how the windows were cut (tests pass bare windows)
+    cut = json.loads(cut.read_text()) if cut.exists() else {}
     manifest = {
         "windows": int(input_ids.shape[0]),
         "window_length": int(input_ids.shape[1]),
+        "add_special_tokens": cut.get("add_special_tokens", False),
+        "bos_token": cut.get("bos_token"),
         "sites": list(sites),
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),

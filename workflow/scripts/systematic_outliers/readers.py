@@ -45,6 +45,14 @@ def read_manifest(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def windows_text(manifest: dict) -> str:
+    """How many windows of how many tokens, and whether each starts with the model's BOS: for captions and claims."""
+    text = f"{manifest['windows']} windows of {manifest['window_length']} tokens"
+    if manifest.get("add_special_tokens"):
+        text += f", each the model's BOS {manifest.get('bos_token')!r} and {manifest['window_length'] - 1} corpus tokens"
+    return text
+
+
 def read_prompt_record(path: str | Path) -> dict:
     """The JSON beside a prompt dump: text, tokens, dtype, device and where the weights come from."""
     path = Path(path).with_suffix(".json")

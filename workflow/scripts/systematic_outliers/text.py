@@ -111,11 +111,20 @@ def draw_documents(count: int, documents: int | None, seed: int, where: str) -> 
     return np.random.default_rng(seed).choice(count, size=documents, replace=False)
 
 
-def cut_windows(name: str, entry: dict, documents: pd.DataFrame, tokenizer, window_length: int):
-    """Apply the protocol; return (input_ids [windows, window_length] int64, provenance DataFrame)."""
+def cut_windows(name: str, entry: dict, documents: pd.DataFrame, tokenizer, window_length: int, model: str = "this model"):
+    """Apply the protocol; return (input_ids [windows, window_length] int64, provenance DataFrame).
+
+    With `add_special_tokens`, each window is the tokenizer's BOS followed by window_length − 1
+    corpus tokens, as models trained with a BOS on every sequence see their input; provenance
+    token spans then start at 1."""
     where = f"corpora.{name}"
     if not getattr(tokenizer, "is_fast", False):
         raise SourceError(f"{where}: the tokenizer of this model is not a fast tokenizer; offsets are needed to record provenance")
+    bos = entry.get("add_special_tokens", False)
+    if bos and tokenizer.bos_token_id is None:
+        raise SourceError(f"{where}.add_special_tokens: the tokenizer of models.{model} has no BOS token to start the windows "
+                          f"with; set it to false, or target a model whose tokenizer has one")
+    body = window_length - 1 if bos else window_length
     order = draw_documents(len(documents), entry.get("documents"), entry["seed"], where)
     texts = documents["text"].to_numpy()[order]
     separator = entry["separator"]
@@ -125,30 +134,33 @@ def cut_windows(name: str, entry: dict, documents: pd.DataFrame, tokenizer, wind
     logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)  # "longer than max length"
     encoded = tokenizer(joined, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(encoded["input_ids"], dtype=np.int64)
-    needed = entry["windows"] * window_length
+    needed = entry["windows"] * body
     if len(ids) < needed:
         raise SourceError(
-            f"{where}: {entry['windows']} windows of {window_length} tokens need {needed} tokens but the drawn documents give "
+            f"{where}: {entry['windows']} windows of {body} {'corpus ' if bos else ''}tokens need {needed} tokens but the drawn documents give "
             f"{len(ids)}; lower {where}.windows or the window length, or draw more documents"
         )
-    ids = ids[:needed].reshape(entry["windows"], window_length)
+    ids = ids[:needed].reshape(entry["windows"], body)
+    if bos:
+        ids = np.concatenate([np.full((entry["windows"], 1), tokenizer.bos_token_id, dtype=np.int64), ids], axis=1)
     char_start = np.asarray([span[0] for span in encoded["offset_mapping"][:needed]])
     char_end = np.asarray([span[1] for span in encoded["offset_mapping"][:needed]])
     # a token belongs to the document its first character lies in (separator text goes to the one before)
     slot = np.searchsorted(starts, char_start, side="right") - 1
 
     rows = []
+    shift = int(bos)  # window positions of the corpus tokens start after the BOS
     for window in range(entry["windows"]):
-        base = window * window_length
-        w_slot = slot[base : base + window_length]
+        base = window * body
+        w_slot = slot[base : base + body]
         cuts = np.flatnonzero(np.diff(w_slot)) + 1
-        for first, last in zip(np.r_[0, cuts], np.r_[cuts, window_length]):
+        for first, last in zip(np.r_[0, cuts], np.r_[cuts, body]):
             s = w_slot[first]
             rows.append(
                 {
                     "window": window,
-                    "token_start": int(first),
-                    "token_end": int(last),
+                    "token_start": int(first) + shift,
+                    "token_end": int(last) + shift,
                     "document": int(order[s]),
                     "document_name": documents["name"].iloc[order[s]],
                     "char_start": int(max(char_start[base + first] - starts[s], 0)),

@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import choices
 from .choices import MOST_WINDOWS, WEIGHT_OUTLIER_FACTOR
-from .readers import Evidence, InterventionResults
+from .readers import Evidence, InterventionResults, windows_text
 from .statistics import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO
 
 HOLDS, PARTLY, DOES_NOT_HOLD, NOT_SHOWN, NOT_MEASURED = "holds", "partly", "does not hold", "not shown at this scale", "not measured"
@@ -368,14 +368,14 @@ def claims_file(m: Measured) -> str:
     """results/claims/{model}.md."""
     e = m.evidence
     return claims_markdown(f"The paper's claims, checked on {e.model}", [
-        f"Measured on {e.windows} windows of {e.manifest['window_length']} tokens ({e.stats_dir}) and the prompt {m.record['text']!r}, "
+        f"Measured on {windows_text(e.manifest)} ({e.stats_dir}) and the prompt {m.record['text']!r}, "
         f"in {e.manifest['dtype']} on {e.manifest['device']}. Weight numbers: {m.record['weights']}.",
         "The paper states its claims qualitatively; each criterion is ours and is printed beside its verdict. \"Massive\" is Sun et "
         f"al.'s criterion (> {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median of the same layer); an activation-outlier token is the "
         f"paper's (max |h| > {PAPER_RATIO:g} × the window's mean |h|); \"not measured\": the architecture lacks the sites, or there "
         "is nothing to compare. The paper column is the paper's value for LLaMA-2-7B (from its text and figures; \"≈\": read off a plot).",
         *([f"The last {len(all_claims()) - len(LLM_CLAIMS)} claims test what the outliers do by editing the forward pass on the same "
-           f"windows ({m.interventions.record['windows']} × {m.interventions.record['window_length']} tokens, rule interventions, "
+           f"windows (rule interventions, "
            f"controls over seeds {', '.join(map(str, m.interventions.record['seeds']))}): {m.interventions.record['activation']['why']}; "
            + (f"keys: {m.interventions.record['sink']['why']}." if m.interventions.record.get("sink")
               else f"no sink ablation: {m.interventions.record['sink_not_measured']}.")] if m.interventions else []),
