@@ -40,9 +40,12 @@ def plain_window(model, tokenizer, window, ids, sites):
         model(ids[None].to(model.device), use_cache=False)
 
 
-def statistics_window(model, tokenizer, window, ids, sites, windows, kept={}):
+_KEPT: dict = {}  # one CorpusStatistics per site set, across windows
+
+
+def statistics_window(model, tokenizer, window, ids, sites, windows):
     # one CorpusStatistics per site set, kept across windows as in the real pass
-    statistics = kept.setdefault(sites, CorpusStatistics(tokenizer, windows=windows))
+    statistics = _KEPT.setdefault(sites, CorpusStatistics(tokenizer, windows=windows))
     with capture.hooks(model, sites, statistics), torch.no_grad():
         statistics.start_window(window, ids)
         model(ids[None].to(model.device), use_cache=False)

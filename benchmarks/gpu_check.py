@@ -29,10 +29,24 @@ from systematic_outliers import capture, passes  # noqa: E402
 from systematic_outliers.statistics import CorpusStatistics  # noqa: E402
 
 SHAPES = {
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
-    "small": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=4, vocab_size=512, max_position_embeddings=256),
+    "llama2-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    ),
+    "small": dict(
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=512,
+        max_position_embeddings=256,
+    ),
 }
 
 
@@ -98,12 +112,20 @@ def main(argv=None) -> dict:
     tables = statistics.tables()
     tokens = args.windows * args.length
     result = {
-        "shape": args.shape, "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "dtype": str(dtype).removeprefix("torch."), "windows": args.windows, "length": args.length, "sites": list(sites),
-        "seconds": seconds, "ratio": seconds["statistics"] / seconds["plain"],
+        "shape": args.shape,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "dtype": str(dtype).removeprefix("torch."),
+        "windows": args.windows,
+        "length": args.length,
+        "sites": list(sites),
+        "seconds": seconds,
+        "ratio": seconds["statistics"] / seconds["plain"],
         "tokens_per_second": {name: tokens / value for name, value in seconds.items()},
-        "peak_gib": peak, "rows": {name: len(table) for name, table in tables.items()},
-        "torch": torch.__version__, "machine": platform.platform(),
+        "peak_gib": peak,
+        "rows": {name: len(table) for name, table in tables.items()},
+        "torch": torch.__version__,
+        "machine": platform.platform(),
     }
     print(json.dumps(result, indent=2))
     if args.out:

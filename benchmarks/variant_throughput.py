@@ -61,8 +61,14 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = yaml.safe_load(Path(args.config).read_text())["training"]
-    results = {"machine": platform.platform(), "torch": torch.__version__, "threads": 1, "steps": args.steps,
-               "rounds": args.rounds, "tasks": {}}
+    results = {
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+        "threads": 1,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "tasks": {},
+    }
     for name in config["run"]:
         task = config["tasks"][name]
         data, vocab_size, _, _ = tasks.load_task(task, REPO / "resources" / "training" / name)
@@ -73,12 +79,19 @@ def main():
         tokens_per_step = task["schedule"]["batch_size"] * task["data"]["length"]
         default = stats.median(timings["default"])
         results["tasks"][name] = {
-            variant: {"id": VARIANTS[variant][0], "seconds_per_step": stats.median(t), "tokens_per_second": tokens_per_step / stats.median(t),
-                      "relative_to_default": default / stats.median(t), "rounds": t}
+            variant: {
+                "id": VARIANTS[variant][0],
+                "seconds_per_step": stats.median(t),
+                "tokens_per_second": tokens_per_step / stats.median(t),
+                "relative_to_default": default / stats.median(t),
+                "rounds": t,
+            }
             for variant, t in timings.items()
         }
         for variant, row in results["tasks"][name].items():
-            print(f"{name:10s} {row['id']} {variant:15s} {row['tokens_per_second']:10,.0f} tokens/s  {row['relative_to_default']:.2f} × (a)")
+            print(
+                f"{name:10s} {row['id']} {variant:15s} {row['tokens_per_second']:10,.0f} tokens/s  {row['relative_to_default']:.2f} × (a)"
+            )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 

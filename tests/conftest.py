@@ -19,7 +19,18 @@ TINY_CONFIGS = {
     "gpt2": ("GPT2Config", dict(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=128)),
     "gpt_neox": ("GPTNeoXConfig", TINY),
     "mpt": ("MptConfig", dict(d_model=32, n_heads=4, n_layers=2, vocab_size=96, max_seq_len=128, expansion_ratio=2)),
-    "opt": ("OPTConfig", dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, max_position_embeddings=128, word_embed_proj_dim=32)),
+    "opt": (
+        "OPTConfig",
+        dict(
+            vocab_size=96,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            ffn_dim=64,
+            max_position_embeddings=128,
+            word_embed_proj_dim=32,
+        ),
+    ),
 }
 
 
@@ -74,7 +85,6 @@ class PromptTokenizer:
 def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> dict:
     """Corpus statistics, prompt dump, weight statistics and interventions of `model`, as the rules write them."""
     from safetensors.torch import save_file
-
     from systematic_outliers import interventions, passes
     from systematic_outliers.readers import Evidence
     from systematic_outliers.weights import weight_statistics
@@ -88,8 +98,12 @@ def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> d
     weight_statistics(folder / "model").to_parquet(folder / "weights.parquet")
     evidence = Evidence.load(folder.name, folder / "stats", folder / "weights.parquet")
     interventions.intervene(folder.name, model, evidence, windows, [0, 1, 2], folder / "interventions.parquet")
-    return {"stats_dir": folder / "stats", "prompt_path": folder / "prompt.safetensors", "weights_path": folder / "weights.parquet",
-            "interventions_path": folder / "interventions.parquet"}
+    return {
+        "stats_dir": folder / "stats",
+        "prompt_path": folder / "prompt.safetensors",
+        "weights_path": folder / "weights.parquet",
+        "interventions_path": folder / "interventions.parquet",
+    }
 
 
 @pytest.fixture(scope="session")

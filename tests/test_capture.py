@@ -9,9 +9,8 @@ import types
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import REPO, TINY_CONFIGS, tiny_model
+from safetensors.torch import load_file, save_file
 from systematic_outliers import capture, passes
 from systematic_outliers.statistics import token_class
 from systematic_outliers.weights import weight_statistics
@@ -81,7 +80,7 @@ def test_value_and_probabilities_are_what_attention_combines(architecture):
     projection = model.get_submodule(capture.architecture_of(model).layers)[1].get_submodule(OUTPUT_PROJECTION[architecture])
     merged = []
     handle = projection.register_forward_pre_hook(lambda module, args: merged.append(args[0][0].clone()))
-    with capture.hooks(model, ("value", "attn_probs"), lambda s, l, t: seen.setdefault((s, l), t.clone())), torch.no_grad():
+    with capture.hooks(model, ("value", "attn_probs"), lambda s, layer, t: seen.setdefault((s, layer), t.clone())), torch.no_grad():
         model(PROMPT_IDS)
     handle.remove()
     probs, value = seen["attn_probs", 1], seen["value", 1].transpose(0, 1)  # [heads, tokens, head_dim]
@@ -237,8 +236,10 @@ def test_prompt_dump_holds_every_site_in_full(tmp_path):
     tensors = load_file(tmp_path / "prompt.safetensors")
     assert json.loads((tmp_path / "prompt.json").read_text()) == record
     assert record["tokens"] == ["w61", "w5", ".", "the", "\\n"] and record["layers"] == 4
-    weight_slices = {f"{name}.{l}" for name in ("weight_channels", "gate_proj_weight", "up_proj_weight", "down_proj_weight") for l in range(4)}
-    assert set(tensors) == {f"{s}.{l}" for s in record["sites"] for l in range(4)} | {"logits"} | weight_slices
+    weight_slices = {
+        f"{name}.{layer}" for name in ("weight_channels", "gate_proj_weight", "up_proj_weight", "down_proj_weight") for layer in range(4)
+    }
+    assert set(tensors) == {f"{s}.{layer}" for s in record["sites"] for layer in range(4)} | {"logits"} | weight_slices
     assert tensors["layer_output.1"].shape == (5, 32) and tensors["attn_probs.2"].shape == (4, 5, 5)
     h = tensors[f"layer_output.{MLP_LAYER}"].abs()
     assert divmod(int(h.argmax()), h.shape[1]) == (0, OUTPUT_CHANNEL)
@@ -276,7 +277,9 @@ def test_memory_is_bounded_by_one_window(tmp_path):
     for windows in (4, 40):
         folder = tmp_path / str(windows)
         folder.mkdir()
-        done = subprocess.run([sys.executable, "-c", script, str(windows), str(folder)], capture_output=True, text=True, check=True, env=env)
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(windows), str(folder)], capture_output=True, text=True, check=True, env=env
+        )
         peak[windows] = int(done.stdout.split()[-1])
     assert peak[40] <= 1.10 * peak[4], peak
 

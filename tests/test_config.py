@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import yaml
-
 from conftest import REPO
 from systematic_outliers.config import ConfigError, check_window_length, validate_config
 
@@ -99,7 +98,9 @@ def test_figure_overrides_name_defined_models_and_known_choices():
 def test_window_longer_than_context_names_the_key_that_set_it():
     config = validate_config(DEFAULT)
     check_window_length(config, "smollm2-135m", "shakespeare", {"max_position_embeddings": 512})
-    with pytest.raises(ConfigError, match=r"^corpora.shakespeare.window_length: 512 tokens is longer than the context of model 'smollm2-135m' \(256\)"):
+    with pytest.raises(
+        ConfigError, match=r"^corpora.shakespeare.window_length: 512 tokens is longer than the context of model 'smollm2-135m' \(256\)"
+    ):
         check_window_length(config, "smollm2-135m", "shakespeare", {"max_position_embeddings": 256})
     config["models"]["smollm2-135m"]["window_length"] = 1024
     with pytest.raises(ConfigError, match=r"^models.smollm2-135m.window_length: 1024 tokens"):

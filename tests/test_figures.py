@@ -4,7 +4,6 @@ import os
 
 import papermill
 import pytest
-
 from conftest import REPO
 from systematic_outliers import choices, readers
 from systematic_outliers.readers import FigureDataError
@@ -35,8 +34,14 @@ def test_emergence_layer_is_the_planted_layer(planted_capture):
 
 def test_fig03_runs_standalone_and_says_what_it_chose(planted_capture, tmp_path):
     stem = tmp_path / "fig03"
-    run_notebook("fig03_activation_positions", tmp_path, stats_dir=planted_capture["stats_dir"], weights_path=planted_capture["weights_path"],
-                 model="planted", output_stem=str(stem))
+    run_notebook(
+        "fig03_activation_positions",
+        tmp_path,
+        stats_dir=planted_capture["stats_dir"],
+        weights_path=planted_capture["weights_path"],
+        model="planted",
+        output_stem=str(stem),
+    )
     assert stem.with_suffix(".png").stat().st_size > 10_000 and stem.with_suffix(".pdf").exists()
     caption = caption_of(tmp_path, "fig03")
     assert f"at layer {MLP_LAYER + 1} (layer {MLP_LAYER + 1} is the first where 3 of 3 windows" in caption
@@ -50,18 +55,32 @@ def test_a_figure_from_broken_statistics_fails_naming_the_file(planted_capture, 
         (broken / table.name).write_bytes(table.read_bytes())
     (broken / "topk.parquet").write_bytes(b"not parquet")
     with pytest.raises(papermill.PapermillExecutionError) as caught:
-        run_notebook("fig03_activation_positions", tmp_path, stats_dir=broken, weights_path=planted_capture["weights_path"], model="x",
-                     output_stem=str(tmp_path / "fig"))
+        run_notebook(
+            "fig03_activation_positions",
+            tmp_path,
+            stats_dir=broken,
+            weights_path=planted_capture["weights_path"],
+            model="x",
+            output_stem=str(tmp_path / "fig"),
+        )
     assert caught.value.ename == FigureDataError.__name__ and f"{broken}/topk.parquet: cannot be read" in caught.value.evalue
     assert not (tmp_path / "fig.png").exists()
 
 
 def test_fig06_runs_standalone_and_finds_the_planted_sink(planted_capture, tmp_path):
     stem = tmp_path / "fig06"
-    run_notebook("fig06_attention_positions", tmp_path, stats_dir=planted_capture["stats_dir"], weights_path=planted_capture["weights_path"],
-                 model="planted", output_stem=str(stem))
+    run_notebook(
+        "fig06_attention_positions",
+        tmp_path,
+        stats_dir=planted_capture["stats_dir"],
+        weights_path=planted_capture["weights_path"],
+        model="planted",
+        output_stem=str(stem),
+    )
     assert stem.with_suffix(".png").stat().st_size > 10_000
-    assert f"at layer {SINK_LAYER + 1} (layer {SINK_LAYER + 1} is the first where 3 of 3 windows have outlier keys)" in caption_of(tmp_path, "fig06")
+    assert f"at layer {SINK_LAYER + 1} (layer {SINK_LAYER + 1} is the first where 3 of 3 windows have outlier keys)" in caption_of(
+        tmp_path, "fig06"
+    )
 
 
 def test_fig04_shows_the_planted_down_projection_column(planted_capture, tmp_path):
@@ -96,8 +115,14 @@ def test_fig01_marks_the_planted_column_rows_and_channel(planted_capture, tmp_pa
 
 
 def test_fig05_shows_the_planted_weight_outlier(planted_capture, tmp_path):
-    run_notebook("fig05_weight_positions", tmp_path, weights_path=planted_capture["weights_path"], prompt_path=planted_capture["prompt_path"],
-                 model="planted", output_stem=str(tmp_path / "fig05"))
+    run_notebook(
+        "fig05_weight_positions",
+        tmp_path,
+        weights_path=planted_capture["weights_path"],
+        prompt_path=planted_capture["prompt_path"],
+        model="planted",
+        output_stem=str(tmp_path / "fig05"),
+    )
     caption = caption_of(tmp_path, "fig05")
     assert f"stand out in layers {MLP_LAYER + 1} (" in caption
     assert f"|W_down| of layer {MLP_LAYER + 1}, one of the two largest column ratios" in caption
@@ -119,8 +144,15 @@ def test_lifecycle_follows_the_planted_channel_and_draws_a_cancellation_that_nev
 
 
 def test_spread_marks_the_planted_sink_dim(planted_capture, tmp_path):
-    run_notebook("fig08_spread", tmp_path, **planted_capture, model="planted", output_stem=str(tmp_path / "fig08"),
-                 spread_layer=SINK_LAYER, spread_head=0)
+    run_notebook(
+        "fig08_spread",
+        tmp_path,
+        **planted_capture,
+        model="planted",
+        output_stem=str(tmp_path / "fig08"),
+        spread_layer=SINK_LAYER,
+        spread_head=0,
+    )
     caption = caption_of(tmp_path, "fig08")
     low_frequency = 32 // 4 // 2 - 1  # the dim the planted query bias and key weight use
     assert f"layer {SINK_LAYER + 1}, head 1 (layer {SINK_LAYER + 1}, head 1 were set in the config" in caption

@@ -4,8 +4,7 @@ import math
 
 import pytest
 import torch
-
-from systematic_outliers.gpt2 import VARIANTS, GPT, CausalSelfAttention, GPTConfig
+from systematic_outliers.gpt2 import GPT, VARIANTS, CausalSelfAttention, GPTConfig
 
 SMALL = dict(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=8)
 
@@ -108,8 +107,10 @@ def test_every_variant_is_causal_and_its_weights_are_what_it_uses(variant):
         torch.testing.assert_close(weights.sum(-1), torch.ones(3, 2, 7))
 
 
-@pytest.mark.parametrize("variant, per_layer", [("default", 0), ("fixed_bias", 768), ("context_bias", 1536),
-                                                ("attention_bias", 1536), ("context_scale", 9228), ("sigmoid", 0)])
+@pytest.mark.parametrize(
+    "variant, per_layer",
+    [("default", 0), ("fixed_bias", 768), ("context_bias", 1536), ("attention_bias", 1536), ("context_scale", 9228), ("sigmoid", 0)],
+)
 def test_extra_parameters_of_gpt2_small_are_the_papers(variant, per_layer):
     with torch.device("meta"):  # the count needs shapes only
         model = GPT(GPTConfig(vocab_size=64, n_layer=12, n_head=12, n_embd=768, attention=variant))

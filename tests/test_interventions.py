@@ -3,16 +3,14 @@ seed, the loss against plain transformers, and every verdict of the intervention
 
 import types
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_model
 from systematic_outliers import architectures, capture, choices, intervention_report, interventions, readers
 from systematic_outliers.interventions import BASELINE, KEYS_REMOVED, MEAN, RANDOM_KEYS_REMOVED, RANDOM_ZEROED, ZEROED
 from systematic_outliers.verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY
-from test_capture import MASSIVE_TOKEN, MLP_LAYER, OUTPUT_CHANNEL, PROMPT_IDS, SINK_LAYER, capturing
+from test_capture import MLP_LAYER, OUTPUT_CHANNEL, PROMPT_IDS, SINK_LAYER, capturing
 
 EDITABLE = ("gemma3_text", "gpt2", "gpt_neox", "llama", "opt", "qwen2")
 
@@ -23,8 +21,10 @@ def test_with_nothing_edited_the_logits_are_the_plain_models_bit_for_bit(archite
     layers = len(capture.decoder_layers(model, capture.architecture_of(model)))
     with torch.no_grad():
         plain = model(PROMPT_IDS).logits
-        with capture.attention_edits(model, range(layers), remove_keys=lambda: [], observe=lambda *seen: None), \
-                capture.replace_layer_output(model, 0, lambda hidden: interventions.set_entries(hidden, [], [], 0.0)):
+        with (
+            capture.attention_edits(model, range(layers), remove_keys=lambda: [], observe=lambda *seen: None),
+            capture.replace_layer_output(model, 0, lambda hidden: interventions.set_entries(hidden, [], [], 0.0)),
+        ):
             hooked = model(PROMPT_IDS).logits
     assert torch.equal(plain, hooked)
 
@@ -41,8 +41,10 @@ def test_the_activation_ablation_sets_exactly_the_targeted_entries():
         with capture.hooks(model, ["layer_input"], keep):
             model(PROMPT_IDS)
         before = seen["layer_input", 2]
-        with capture.replace_layer_output(model, 1, lambda h: interventions.set_entries(h, tokens, channels, values)), \
-                capture.hooks(model, ["layer_input"], keep):
+        with (
+            capture.replace_layer_output(model, 1, lambda h: interventions.set_entries(h, tokens, channels, values)),
+            capture.hooks(model, ["layer_input"], keep),
+        ):
             model(PROMPT_IDS)
     after = seen["layer_input", 2]  # what layer 2 receives: layer 1's edited output
     index = (torch.tensor(tokens)[:, None], torch.tensor(channels)[None, :])
@@ -134,53 +136,100 @@ def test_a_model_without_outliers_gets_every_pass_on_its_largest_entries(random_
 # ---------------------------------------------------------------------------------------------
 # Every verdict from synthetic results: the thresholds, not the models, decide.
 
-def synthetic(zeroed=4.0, mean=2.0, random=(2.0, 2.001, 2.002), removed=3.0, random_keys=(2.0, 2.0, 2.001), found=True,
-              sink=True, correlations=None, value_ratio=0.2, windows=4):
+
+def synthetic(
+    zeroed=4.0,
+    mean=2.0,
+    random=(2.0, 2.001, 2.002),
+    removed=3.0,
+    random_keys=(2.0, 2.0, 2.001),
+    found=True,
+    sink=True,
+    correlations=None,
+    value_ratio=0.2,
+    windows=4,
+):
     rows = [(BASELINE, -1, 2.0), (ZEROED, -1, zeroed), (MEAN, -1, mean)] + [(RANDOM_ZEROED, s, v) for s, v in enumerate(random)]
     if sink:
         rows += [(KEYS_REMOVED, -1, removed)] + [(RANDOM_KEYS_REMOVED, s, v) for s, v in enumerate(random_keys)]
-    losses = pd.DataFrame([(name, seed, window, loss) for name, seed, loss in rows for window in range(4)],
-                          columns=["intervention", "seed", "window", "loss"])
+    losses = pd.DataFrame(
+        [(name, seed, window, loss) for name, seed, loss in rows for window in range(4)], columns=["intervention", "seed", "window", "loss"]
+    )
     correlations = [-0.8, -0.7, -0.9] if correlations is None else correlations
-    scaling = pd.DataFrame([{"window": w, "layer": layer, "correlation": c + 0.01 * w, "points": 10, "mean_share": 0.5,
-                             "value_norm_ratio": value_ratio} for layer, c in enumerate(correlations) for w in range(windows)])
-    record = {"activation": {"layer": 1, "channels": [5], "tokens": {}, "found": found, "why": ""}, "mean_values": [100.0],
-              "sink": {"first_layer": 0, "keys": {}, "found": True, "why": ""} if sink else None,
-              "sink_not_measured": "" if sink else "falcon has no attention capture in the capture table"}
-    evidence = types.SimpleNamespace(has_attention=sink, windows=4,
-                                     attention_layers=pd.DataFrame({"window": [w for l in range(3) for w in range(4)],
-                                                                    "layer": [l for l in range(3) for w in range(4)],
-                                                                    "outlier_keys": 1}))
-    return types.SimpleNamespace(interventions=readers.InterventionResults(losses, scaling if sink else scaling.iloc[:0], pd.DataFrame(), record),
-                                 evidence=evidence)
+    scaling = pd.DataFrame(
+        [
+            {"window": w, "layer": layer, "correlation": c + 0.01 * w, "points": 10, "mean_share": 0.5, "value_norm_ratio": value_ratio}
+            for layer, c in enumerate(correlations)
+            for w in range(windows)
+        ]
+    )
+    record = {
+        "activation": {"layer": 1, "channels": [5], "tokens": {}, "found": found, "why": ""},
+        "mean_values": [100.0],
+        "sink": {"first_layer": 0, "keys": {}, "found": True, "why": ""} if sink else None,
+        "sink_not_measured": "" if sink else "falcon has no attention capture in the capture table",
+    }
+    evidence = types.SimpleNamespace(
+        has_attention=sink,
+        windows=4,
+        attention_layers=pd.DataFrame(
+            {
+                "window": [w for layer in range(3) for w in range(4)],
+                "layer": [layer for layer in range(3) for w in range(4)],
+                "outlier_keys": 1,
+            }
+        ),
+    )
+    return types.SimpleNamespace(
+        interventions=readers.InterventionResults(losses, scaling if sink else scaling.iloc[:0], pd.DataFrame(), record), evidence=evidence
+    )
 
 
 def verdicts_of(m):
     return {claim.key: claim.judge(m).verdict for claim in intervention_report.INTERVENTION_CLAIMS}
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
-    # a rise beyond the controls but short of far: partly; the mean takes back 60 %: partly
-    ({"zeroed": 2.2, "mean": 2.08, "removed": 2.1, "value_ratio": 0.8},
-     {"needed": PARTLY, "value": PARTLY, "sink_no_op": PARTLY, "scaling_factor": HOLDS, "small_values": PARTLY}),
-    # within the controls' spread (0.002): does not hold, and nothing for the mean to restore
-    ({"zeroed": 2.0015, "removed": 2.0005, "correlations": [0.5, 0.6, -0.8], "value_ratio": 1.5},
-     {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_no_op": DOES_NOT_HOLD, "scaling_factor": DOES_NOT_HOLD,
-      "small_values": DOES_NOT_HOLD}),
-    # the mean does not restore; one layer of three negative and none positive: partly
-    ({"mean": 3.9, "correlations": [-0.8, -0.015, -0.02]},
-     {"needed": HOLDS, "value": DOES_NOT_HOLD, "sink_no_op": HOLDS, "scaling_factor": PARTLY, "small_values": HOLDS}),
-    # no activation outlier: whatever zeroing the largest entry does, the outliers are not needed
-    ({"found": False}, {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
-    # zeroing overflowed the logits (a float16 model): read as an infinite loss, the model broke
-    ({"zeroed": float("nan")}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
-    # one window gives no interval over windows
-    ({"windows": 1}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": NOT_MEASURED, "small_values": HOLDS}),
-    # an architecture whose attention cannot be edited
-    ({"sink": False}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": NOT_MEASURED, "scaling_factor": NOT_MEASURED,
-                       "small_values": NOT_MEASURED}),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
+        # a rise beyond the controls but short of far: partly; the mean takes back 60 %: partly
+        (
+            {"zeroed": 2.2, "mean": 2.08, "removed": 2.1, "value_ratio": 0.8},
+            {"needed": PARTLY, "value": PARTLY, "sink_no_op": PARTLY, "scaling_factor": HOLDS, "small_values": PARTLY},
+        ),
+        # within the controls' spread (0.002): does not hold, and nothing for the mean to restore
+        (
+            {"zeroed": 2.0015, "removed": 2.0005, "correlations": [0.5, 0.6, -0.8], "value_ratio": 1.5},
+            {
+                "needed": DOES_NOT_HOLD,
+                "value": NOT_MEASURED,
+                "sink_no_op": DOES_NOT_HOLD,
+                "scaling_factor": DOES_NOT_HOLD,
+                "small_values": DOES_NOT_HOLD,
+            },
+        ),
+        # the mean does not restore; one layer of three negative and none positive: partly
+        (
+            {"mean": 3.9, "correlations": [-0.8, -0.015, -0.02]},
+            {"needed": HOLDS, "value": DOES_NOT_HOLD, "sink_no_op": HOLDS, "scaling_factor": PARTLY, "small_values": HOLDS},
+        ),
+        # no activation outlier: whatever zeroing the largest entry does, the outliers are not needed
+        (
+            {"found": False},
+            {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+        ),
+        # zeroing overflowed the logits (a float16 model): read as an infinite loss, the model broke
+        ({"zeroed": float("nan")}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
+        # one window gives no interval over windows
+        ({"windows": 1}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": NOT_MEASURED, "small_values": HOLDS}),
+        # an architecture whose attention cannot be edited
+        (
+            {"sink": False},
+            {"needed": HOLDS, "value": HOLDS, "sink_no_op": NOT_MEASURED, "scaling_factor": NOT_MEASURED, "small_values": NOT_MEASURED},
+        ),
+    ],
+)
 def test_every_intervention_verdict_is_reachable(changes, expected):
     assert verdicts_of(synthetic(**changes)) == expected
 
@@ -197,6 +246,7 @@ def test_without_the_interventions_their_claims_are_not_measured():
 # ---------------------------------------------------------------------------------------------
 # Fig 2: the diagram names modules that exist.
 
+
 @pytest.mark.parametrize("architecture", sorted({"llama", "gpt2", "gpt_neox", "mpt", "opt", "gemma3_text"}))
 def test_the_layer_diagram_names_this_architectures_modules_and_sites(architecture):
     model = capturing(tiny_model(architecture))
@@ -212,13 +262,15 @@ def test_the_layer_diagram_names_this_architectures_modules_and_sites(architectu
     assert any(block.intervention for block in attention) == (architecture != "mpt")
 
 
-@pytest.mark.parametrize("architecture, reason", [
-    ("falcon", "falcon has no attention capture in the capture table"),
-    ("mpt", "mpt runs attention code of its own: keys cannot be removed or head outputs read"),
-])
+@pytest.mark.parametrize(
+    "architecture, reason",
+    [
+        ("falcon", "falcon has no attention capture in the capture table"),
+        ("mpt", "mpt runs attention code of its own: keys cannot be removed or head outputs read"),
+    ],
+)
 def test_an_architecture_whose_attention_cannot_be_edited_gets_the_activation_ablation_and_a_reason(tmp_path, architecture, reason):
     import transformers
-
     from conftest import capture_everything
     from systematic_outliers import verdicts
 

@@ -7,10 +7,9 @@ import types
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM
-
 from systematic_outliers import models
 from systematic_outliers.models import SourceError, fetch_model
+from transformers import AutoModelForCausalLM
 
 PROMPT_IDS = torch.tensor([[5, 17, 42, 8, 63, 17, 30, 8, 2]])
 

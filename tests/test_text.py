@@ -3,11 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
-
 from systematic_outliers.models import SourceError
 from systematic_outliers.text import cut_windows, fetch_corpus
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 WORDS = "summer winter is warm cold the of and to a in that it was for on are with as his they be at one have this".split()
 

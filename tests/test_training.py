@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO
 from systematic_outliers.gpt2 import GPTConfig
 from systematic_outliers.tasks import BOS, BigramBackcopy, TextWindows
@@ -18,8 +17,23 @@ TINY = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=1, n_embd=16, t
 
 
 def schedule(**overrides):
-    return Schedule(**{**dict(steps=300, batch_size=8, learning_rate=3e-3, min_learning_rate=3e-4, warmup_steps=20, decay_steps=300,
-                              weight_decay=0.01, eval_interval=20, eval_batches=2, checkpoint_interval=50), **overrides})
+    return Schedule(
+        **{
+            **dict(
+                steps=300,
+                batch_size=8,
+                learning_rate=3e-3,
+                min_learning_rate=3e-4,
+                warmup_steps=20,
+                decay_steps=300,
+                weight_decay=0.01,
+                eval_interval=20,
+                eval_batches=2,
+                checkpoint_interval=50,
+            ),
+            **overrides,
+        }
+    )
 
 
 def test_backcopy_sequences_copy_after_triggers_and_follow_the_table_elsewhere():
@@ -73,6 +87,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(tm
     resumed, straight = load_trained(killed), load_trained(tmp_path / "straight")
     for (name, a), (_, b) in zip(resumed.state_dict().items(), straight.state_dict().items()):
         assert torch.equal(a, b), name
+
     def without_time(rows):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
@@ -88,3 +103,41 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     other = GPTConfig(**{**TINY.to_dict(), "attention": "default"})
     with pytest.raises(ValueError, match="checkpoint.pt was written for another model"):
         train(other, schedule(steps=60), BigramBackcopy(length=32), tmp_path)
+
+
+def test_torchruns_output_lands_in_the_rule_log(tmp_path):
+    """A multi-GPU task runs under torchrun; what its processes print (here: that this machine has
+    no NCCL to start them with) goes to the rule's log, not past it."""
+    import runpy
+    import types
+
+    log = tmp_path / "train.log"
+    task = {
+        "data": {"kind": "bigram_backcopy", "length": 16, "vocab_size": 16, "triggers": 2, "task_seed": 0},
+        "model": {"n_layer": 1, "n_head": 1, "n_embd": 16},
+        "gpus": 2,
+        "schedule": {
+            "steps": 2,
+            "batch_size": 2,
+            "learning_rate": 1e-3,
+            "min_learning_rate": 1e-4,
+            "warmup_steps": 1,
+            "decay_steps": 2,
+            "weight_decay": 0.0,
+            "eval_interval": 1,
+            "eval_batches": 1,
+            "checkpoint_interval": 2,
+        },
+    }
+    job = types.SimpleNamespace(
+        log=[str(log)],
+        threads=1,
+        params=types.SimpleNamespace(task=task),
+        input=types.SimpleNamespace(data=[]),
+        output=types.SimpleNamespace(model=str(tmp_path / "run" / "model.safetensors")),
+        wildcards=types.SimpleNamespace(variant="default", seed="0"),
+    )
+    with pytest.raises(subprocess.CalledProcessError):
+        runpy.run_path(str(REPO / "workflow" / "scripts" / "train_variant.py"), init_globals={"snakemake": job})
+    text = log.read_text()
+    assert "torch.distributed" in text and ("NCCL" in text or "nccl" in text), text[-2000:]

@@ -6,17 +6,25 @@ import pandas as pd
 import papermill
 import pytest
 import torch
-
 from conftest import REPO
-
 from systematic_outliers import tasks, training, variant_analysis, variant_report
 from systematic_outliers.gpt2 import GPT, GPTConfig
 
 TASK = {
     "data": {"kind": "bigram_backcopy", "length": 16, "vocab_size": 16, "triggers": 2, "task_seed": 0},
     "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "tie_weights": False},
-    "schedule": {"steps": 40, "batch_size": 8, "learning_rate": 3e-3, "min_learning_rate": 3e-4, "warmup_steps": 5,
-                 "decay_steps": 40, "weight_decay": 0.01, "eval_interval": 20, "eval_batches": 2, "checkpoint_interval": 100},
+    "schedule": {
+        "steps": 40,
+        "batch_size": 8,
+        "learning_rate": 3e-3,
+        "min_learning_rate": 3e-4,
+        "warmup_steps": 5,
+        "decay_steps": 40,
+        "weight_decay": 0.01,
+        "eval_interval": 20,
+        "eval_batches": 2,
+        "checkpoint_interval": 100,
+    },
     "seeds": [0],
 }
 
@@ -36,8 +44,12 @@ def analysis(tmp_path_factory):
 def test_every_table_covers_every_run_and_layer(analysis):
     runs = pd.read_parquet(analysis / "runs.parquet")
     assert list(runs.variant) == ["attention_bias", "context_scale", "default", "sigmoid"]
-    assert dict(zip(runs.variant, runs.extra_parameters)) == {"attention_bias": 2 * 2 * 2 * 8, "context_scale": 2 * (16 * 2 + 2),
-                                                             "default": 0, "sigmoid": 0}
+    assert dict(zip(runs.variant, runs.extra_parameters)) == {
+        "attention_bias": 2 * 2 * 2 * 8,
+        "context_scale": 2 * (16 * 2 + 2),
+        "default": 0,
+        "sigmoid": 0,
+    }
     layers = pd.read_parquet(analysis / "layerwise.parquet")
     assert sorted(layers.layer.unique()) == [0, 1, 2] and (layers.top1 >= layers.top2).all() and (layers.top3 >= layers["median"]).all()
     sink = pd.read_parquet(analysis / "sink.parquet")
@@ -73,19 +85,25 @@ def test_compression_changes_weights_only_inside_its_block():
             pass
 
 
-@pytest.mark.parametrize("notebook, parameters, says", [
-    ("gpt2_activations", {"panel": "3d"}, "|h| at the output of block 1 (the middle one)"),
-    ("gpt2_activations", {"panel": "layerwise"}, "layer 0 is the embedding output"),
-    ("gpt2_activations", {"panel": "sigmoid"}, "sigmoid attention (f) beside softmax (a)"),
-    ("gpt2_attention_sink", {}, "(e) context_scale: first key non-trigger"),
-    ("gpt2_convergence", {}, "Tokens to reach"),
-])
+@pytest.mark.parametrize(
+    "notebook, parameters, says",
+    [
+        ("gpt2_activations", {"panel": "3d"}, "|h| at the output of block 1 (the middle one)"),
+        ("gpt2_activations", {"panel": "layerwise"}, "layer 0 is the embedding output"),
+        ("gpt2_activations", {"panel": "sigmoid"}, "sigmoid attention (f) beside softmax (a)"),
+        ("gpt2_attention_sink", {}, "(e) context_scale: first key non-trigger"),
+        ("gpt2_convergence", {}, "Tokens to reach"),
+    ],
+)
 def test_gpt2_notebooks_draw_from_the_analysis_alone(analysis, tmp_path, notebook, parameters, says):
     os.environ["PYTHONPATH"] = str(REPO / "workflow" / "scripts")
     stem = tmp_path / "figure"
-    papermill.execute_notebook(REPO / "notebooks" / f"{notebook}.ipynb", tmp_path / "run.ipynb", progress_bar=False,
-                               parameters={"analysis_dir": str(analysis), "task": "tiny",
-                                           "output_stem": str(stem), **parameters})
+    papermill.execute_notebook(
+        REPO / "notebooks" / f"{notebook}.ipynb",
+        tmp_path / "run.ipynb",
+        progress_bar=False,
+        parameters={"analysis_dir": str(analysis), "task": "tiny", "output_stem": str(stem), **parameters},
+    )
     assert says in (tmp_path / "figure.caption.txt").read_text()
     assert stem.with_suffix(".png").stat().st_size > 10_000
 

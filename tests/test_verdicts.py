@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import capture_everything
 from systematic_outliers import choices, readers, variant_report, verdicts
 from systematic_outliers.verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, NOT_SHOWN, PARTLY
@@ -24,13 +23,19 @@ def verdicts_of(m):
 def test_the_planted_model_holds_where_it_was_planted(planted_capture):
     m = measured(planted_capture, "planted")
     assert verdicts_of(m) == {
-        "activation": HOLDS, "weight": HOLDS, "attention": HOLDS,
+        "activation": HOLDS,
+        "weight": HOLDS,
+        "attention": HOLDS,
         "positions": PARTLY,  # initial 67 %, and window 1's trigger at position 9 is neither first nor a delimiter
-        "channels": HOLDS, "weight_writes": HOLDS, "keys_are_tokens": HOLDS,
+        "channels": HOLDS,
+        "weight_writes": HOLDS,
+        "keys_are_tokens": HOLDS,
         "lifetime": PARTLY,  # emerges at layer 3 of 4, not in the first quarter; lasts to the end
         "cancellation": DOES_NOT_HOLD,  # the planted outlier is never cancelled
         # a random model around the planted outlier does not lean on it: zeroing it moves the loss by 0.001 nats
-        "needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_no_op": DOES_NOT_HOLD,
+        "needed": DOES_NOT_HOLD,
+        "value": NOT_MEASURED,
+        "sink_no_op": DOES_NOT_HOLD,
         "scaling_factor": DOES_NOT_HOLD,  # every query puts all its attention on the planted sink: no correlation defined
         "small_values": PARTLY,  # its value norm is 0.6 × the median key's
     }
@@ -45,11 +50,20 @@ def test_the_planted_model_holds_where_it_was_planted(planted_capture):
 def test_the_random_model_has_no_outlier_and_every_existence_claim_fails(random_capture):
     m = measured(random_capture, "random")
     assert verdicts_of(m) == {
-        "activation": DOES_NOT_HOLD, "weight": DOES_NOT_HOLD, "attention": DOES_NOT_HOLD,
+        "activation": DOES_NOT_HOLD,
+        "weight": DOES_NOT_HOLD,
+        "attention": DOES_NOT_HOLD,
         # nothing to locate, align or cancel
-        "positions": NOT_MEASURED, "channels": NOT_MEASURED, "lifetime": NOT_MEASURED, "weight_writes": NOT_MEASURED,
-        "keys_are_tokens": NOT_MEASURED, "cancellation": NOT_MEASURED,
-        "needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_no_op": DOES_NOT_HOLD, "scaling_factor": DOES_NOT_HOLD,
+        "positions": NOT_MEASURED,
+        "channels": NOT_MEASURED,
+        "lifetime": NOT_MEASURED,
+        "weight_writes": NOT_MEASURED,
+        "keys_are_tokens": NOT_MEASURED,
+        "cancellation": NOT_MEASURED,
+        "needed": DOES_NOT_HOLD,
+        "value": NOT_MEASURED,
+        "sink_no_op": DOES_NOT_HOLD,
+        "scaling_factor": DOES_NOT_HOLD,
         "small_values": DOES_NOT_HOLD,
     }
     assert not m.chosen.emergence.found and "no layer has an outlier token in 50% of the 3 windows; shown: layer" in m.chosen.emergence.why
@@ -74,10 +88,19 @@ def test_table1_and_the_summary_keep_a_model_without_outliers_beside_a_planted_o
     assert paper == "1415, 2533 (Figs 1c, 3c)" and "## Atlas" in text
 
 
-LLM_NOTEBOOKS = [("fig01_existence", {}), ("fig03_activation_positions", {}), ("fig04_down_proj_positions", {}),
-                 ("fig05_weight_positions", {}), ("fig06_attention_positions", {}), ("fig08_spread", {}),
-                 ("lifecycle_mlp", {"stage": "emergence"}), ("lifecycle_mlp", {"stage": "disappearance"}),
-                 ("fig02_layer", {}), ("interventions", {}), ("scaling_factor", {})]
+LLM_NOTEBOOKS = [
+    ("fig01_existence", {}),
+    ("fig03_activation_positions", {}),
+    ("fig04_down_proj_positions", {}),
+    ("fig05_weight_positions", {}),
+    ("fig06_attention_positions", {}),
+    ("fig08_spread", {}),
+    ("lifecycle_mlp", {"stage": "emergence"}),
+    ("lifecycle_mlp", {"stage": "disappearance"}),
+    ("fig02_layer", {}),
+    ("interventions", {}),
+    ("scaling_factor", {}),
+]
 
 
 @pytest.mark.parametrize("notebook, parameters", LLM_NOTEBOOKS)
@@ -86,16 +109,18 @@ def test_every_figure_of_a_model_without_outliers_is_drawn_and_says_so(random_ca
     run_notebook(notebook, tmp_path, **random_capture, model="random", output_stem=str(stem), **parameters)
     assert stem.with_suffix(".png").stat().st_size > 10_000
     caption = caption_of(tmp_path, "figure")
-    said = {"fig01_existence": "No activation outlier was found in the corpus",
-            "fig03_activation_positions": "no layer has an outlier token",
-            "fig04_down_proj_positions": "the prompt's outlier tokens (none)",
-            "fig05_weight_positions": "stand out in layers none",
-            "fig06_attention_positions": "no layer has outlier keys",
-            "fig08_spread": "No token of the prompt is an outlier",
-            "lifecycle_mlp": "No token of the prompt is an outlier",
-            "fig02_layer": "activation ablation at h_ℓ of the emergence layer and the sink ablation",
-            "interventions": "no activation outlier",
-            "scaling_factor": "the first, middle and last of the 4 layers (no attention-outlier layer)"}[notebook]
+    said = {
+        "fig01_existence": "No activation outlier was found in the corpus",
+        "fig03_activation_positions": "no layer has an outlier token",
+        "fig04_down_proj_positions": "the prompt's outlier tokens (none)",
+        "fig05_weight_positions": "stand out in layers none",
+        "fig06_attention_positions": "no layer has outlier keys",
+        "fig08_spread": "No token of the prompt is an outlier",
+        "lifecycle_mlp": "No token of the prompt is an outlier",
+        "fig02_layer": "activation ablation at h_ℓ of the emergence layer and the sink ablation",
+        "interventions": "no activation outlier",
+        "scaling_factor": "the first, middle and last of the 4 layers (no attention-outlier layer)",
+    }[notebook]
     assert said in caption
 
 
@@ -118,13 +143,22 @@ def test_the_dump_keeps_every_channel_a_figure_ticks_beyond_any_fixed_budget(tmp
         kept = set(prompt[f"weight_channels.{layer}"].tolist())
         assert set(choices.ticked_channels(prompt[f"down_proj_input.{layer}"], tokens)) <= kept
     for stage in ("emergence", "disappearance"):
-        run_notebook("lifecycle_mlp", tmp_path, **capture, model="many", output_stem=str(tmp_path / stage), stage=stage,
-                     emergence_layer=MLP_LAYER, disappearance_layer=MLP_LAYER)
+        run_notebook(
+            "lifecycle_mlp",
+            tmp_path,
+            **capture,
+            model="many",
+            output_stem=str(tmp_path / stage),
+            stage=stage,
+            emergence_layer=MLP_LAYER,
+            disappearance_layer=MLP_LAYER,
+        )
         assert f"Intermediate channels {', '.join(map(str, strong))} (" in caption_of(tmp_path, stage)
 
 
 # ---------------------------------------------------------------------------------------------
 # The engine and the GPT-2 claims on synthetic measures.
+
 
 def test_a_difference_counts_only_beyond_the_seed_spread():
     compare = verdicts.compare_over_seeds
@@ -146,12 +180,20 @@ def synthetic(ratio=None, sink=None, tokens=None, damage=None, seeds=(0, 1, 2)):
     for variant in ("default", "fixed_bias", "context_bias", "attention_bias", "context_scale", "sigmoid"):
         r = ratio.get(variant, 30.0)
         top1 = series(3000.0)  # well over Sun's floor of 100: only the ratio decides
-        out[variant] = {"ratio": series(r), "top1": top1,
-                        "massive": pd.Series([choices.is_massive(t, t / r) for t in top1], index=list(seeds)), "layer": 1,
-                        "sink": series(sink.get(variant, 0.8)), "extra": series(0.0), "scale": series(1.0),
-                        "effective": series(sink.get(variant, 0.8)), "value": series(0.1), "loss": series(1.0),
-                        "damage": {method: series(damage.get(variant, 0.001)) for method in ("w8", "w8a8", "prune50")},
-                        "tokens": series(tokens.get(variant, 10_000.0))}
+        out[variant] = {
+            "ratio": series(r),
+            "top1": top1,
+            "massive": pd.Series([choices.is_massive(t, t / r) for t in top1], index=list(seeds)),
+            "layer": 1,
+            "sink": series(sink.get(variant, 0.8)),
+            "extra": series(0.0),
+            "scale": series(1.0),
+            "effective": series(sink.get(variant, 0.8)),
+            "value": series(0.1),
+            "loss": series(1.0),
+            "damage": {method: series(damage.get(variant, 0.001)) for method in ("w8", "w8a8", "prune50")},
+            "tokens": series(tokens.get(variant, 10_000.0)),
+        }
     return out
 
 
@@ -168,8 +210,9 @@ def test_gpt2_ratios_of_thirty_are_not_massive_whatever_the_ordering():
     assert gpt2_verdicts(m)["massive"] == DOES_NOT_HOLD
     m = synthetic(ratio={"default": 3000.0, "fixed_bias": 20.0, "context_bias": 4000.0, "attention_bias": 8.0, "context_scale": 6.0})
     assert gpt2_verdicts(m)["massive"] == PARTLY  # (b) lacks them
-    m = synthetic(ratio={"default": 3000.0, "fixed_bias": 2500.0, "context_bias": 4000.0, "attention_bias": 8.0, "context_scale": 6.0},
-                  seeds=(0,))
+    m = synthetic(
+        ratio={"default": 3000.0, "fixed_bias": 2500.0, "context_bias": 4000.0, "attention_bias": 8.0, "context_scale": 6.0}, seeds=(0,)
+    )
     assert gpt2_verdicts(m)["massive"] == PARTLY  # one seed
 
 
@@ -193,7 +236,10 @@ def test_gpt2_convergence_and_compression_need_a_difference_beyond_the_seeds():
 def test_gpt2_sink_claims_need_a_sink_to_replace():
     no_sink = synthetic(sink={"default": 0.2})
     assert {k: v for k, v in gpt2_verdicts(no_sink).items() if k in ("attention_bias", "context_scale", "sigmoid")} == {
-        "attention_bias": NOT_SHOWN, "context_scale": NOT_SHOWN, "sigmoid": NOT_SHOWN}
+        "attention_bias": NOT_SHOWN,
+        "context_scale": NOT_SHOWN,
+        "sigmoid": NOT_SHOWN,
+    }
     m = synthetic(sink={"default": 0.9, "context_scale": 0.05, "sigmoid": 0.95})
     m["attention_bias"]["extra"] = pd.Series([0.8, 0.85, 0.9], index=[0, 1, 2])
     m["attention_bias"]["sink"] = pd.Series([0.05, 0.1, 0.08], index=[0, 1, 2])
@@ -233,8 +279,14 @@ def test_every_llm_verdict_is_reachable(planted_capture):
     assert judged("cancellation", chosen=cancelled, prompt=prompt).verdict == PARTLY
     shallow = curves.copy()
     shallow.loc[3, "top1"] = 0.8 * shallow.loc[2, "top1"]
-    assert judged("cancellation", chosen=replace(base.chosen, curves=shallow, disappearance=choices.disappearance_layer(shallow, MLP_LAYER)),
-                  prompt=prompt).verdict == DOES_NOT_HOLD
+    assert (
+        judged(
+            "cancellation",
+            chosen=replace(base.chosen, curves=shallow, disappearance=choices.disappearance_layer(shallow, MLP_LAYER)),
+            prompt=prompt,
+        ).verdict
+        == DOES_NOT_HOLD
+    )
 
     # lifetime: emerging at the first layer and lasting holds; emerging late and gone at once does not
     early = replace(base.chosen, emergence=choices.Choice(0, "set here"))

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "1"]
@@ -35,12 +34,27 @@ def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
     done = snakemake(tmp_path, "-n")
     assert done.returncode == 0, done.stderr
     assert planned_jobs(done.stdout) == {
-        "fetch_corpus": 1, "fetch_model": 1, "cut_windows": 1,
-        "dump_prompt": 1, "corpus_statistics": 1, "weight_statistics": 1, "figure": 9, "claims": 1, "claims_summary": 1, "table1_alignment": 1,
-        "interventions": 1, "intervention_figure": 2, "interventions_table": 1,
+        "fetch_corpus": 1,
+        "fetch_model": 1,
+        "cut_windows": 1,
+        "dump_prompt": 1,
+        "corpus_statistics": 1,
+        "weight_statistics": 1,
+        "figure": 9,
+        "claims": 1,
+        "claims_summary": 1,
+        "table1_alignment": 1,
+        "interventions": 1,
+        "intervention_figure": 2,
+        "interventions_table": 1,
         # the attention variants: 6 × 3 seeds on the testbed, 6 × 1 on characters, each task analysed and drawn
-        "prepare_training_text": 1, "train_variant": 24, "analyse_variants": 2, "gpt2_figure": 10, "variant_tables": 2,
-        "gpt2_claims": 1, "all": 1,
+        "prepare_training_text": 1,
+        "train_variant": 24,
+        "analyse_variants": 2,
+        "gpt2_figure": 10,
+        "variant_tables": 2,
+        "gpt2_claims": 1,
+        "all": 1,
     }
     assert "results/capture/smollm2-135m/stats/shakespeare" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == [".snakemake"]
@@ -50,11 +64,26 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
     done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "paper.yaml"))
     assert done.returncode == 0, done.stderr
     assert planned_jobs(done.stdout) == {
-        "fetch_corpus": 2, "fetch_model": 12, "cut_windows": 12,
-        "dump_prompt": 12, "corpus_statistics": 12, "weight_statistics": 12, "figure": 108, "claims": 12, "claims_summary": 1, "table1_alignment": 1,
-        "interventions": 12, "intervention_figure": 24, "interventions_table": 1,
+        "fetch_corpus": 2,
+        "fetch_model": 12,
+        "cut_windows": 12,
+        "dump_prompt": 12,
+        "corpus_statistics": 12,
+        "weight_statistics": 12,
+        "figure": 108,
+        "claims": 12,
+        "claims_summary": 1,
+        "table1_alignment": 1,
+        "interventions": 12,
+        "intervention_figure": 24,
+        "interventions_table": 1,
         # GPT-2 124M on OpenWebText, one seed per variant, 8 GPUs each
-        "prepare_training_text": 1, "train_variant": 6, "analyse_variants": 1, "gpt2_figure": 5, "variant_tables": 1, "gpt2_claims": 1,
+        "prepare_training_text": 1,
+        "train_variant": 6,
+        "analyse_variants": 1,
+        "gpt2_figure": 5,
+        "variant_tables": 1,
+        "gpt2_claims": 1,
         "all": 1,
     }
     assert "results/training/paper/context_scale/seed1337/model.safetensors" in done.stdout
@@ -62,8 +91,16 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
 
 
 def test_the_slurm_profile_plans_the_paper_with_each_rules_gpus_memory_and_runtime(tmp_path):
-    done = snakemake(tmp_path, "-n", "--workflow-profile", "none", "--profile", str(REPO / "profiles" / "slurm"),
-                     "--configfile", str(REPO / "config" / "paper.yaml"))
+    done = snakemake(
+        tmp_path,
+        "-n",
+        "--workflow-profile",
+        "none",
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--configfile",
+        str(REPO / "config" / "paper.yaml"),
+    )
     assert done.returncode == 0, done.stderr
     jobs = re.split(r"\n(?=\[\w{3} \w{3} )", done.stdout)  # each job starts with its timestamp
     training = [job for job in jobs if "rule train_variant:" in job]
@@ -80,12 +117,19 @@ def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tm
         (folder / "config.json").write_text(json.dumps({"model_type": model_type, "max_position_embeddings": 4096}))
     done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "paper.yaml"))
     assert done.returncode == 0, done.stderr
+
     def planned(model):
         return set(re.findall(rf"results/figures/{model}/(\w+)\.png", done.stdout))
 
     # every model gets Fig 2 and the interventions' figures, which say what its architecture lacks
-    assert planned("falcon-7b") == {"fig02_layer", "fig03_activation_positions", "fig04_down_proj_positions", "fig05_weight_positions",
-                                    "interventions", "scaling_factor"}
+    assert planned("falcon-7b") == {
+        "fig02_layer",
+        "fig03_activation_positions",
+        "fig04_down_proj_positions",
+        "fig05_weight_positions",
+        "interventions",
+        "scaling_factor",
+    }
     assert planned("mpt-7b") == planned("falcon-7b") | {"fig01_existence", "fig06_attention_positions"}
     assert len(planned("llama2-7b")) == 11
     assert planned_jobs(done.stdout)["figure"] == 108 - 5 - 3  # MPT: no logits (Fig 8), no gate (Figs 7, 9)
@@ -100,11 +144,18 @@ def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tm
         ({"targets": {"models": ["llama2-7b"]}}, "targets.models[0]: unknown model 'llama2-7b'; defined under models: smollm2-135m"),
         ({"training": {"run": ["big"]}}, "training.run[0]: unknown task 'big'; defined under training.tasks: backcopy, mini"),
         ({"training": {"variants": ["flash"]}}, "training.variants[0]: 'flash' is not allowed; use one of default, fixed_bias"),
-        ({"training": {"tasks": {"mini": {"data": {"corpus": "wiki"}}}}},
-         "training.tasks.mini.data.corpus: unknown corpus 'wiki'; defined under corpora: shakespeare"),
-        ({"training": {"tasks": {"backcopy": {"data": {"prompt": "hi"}}}}},
-         "training.tasks.backcopy.data: prompt not used by kind 'bigram_backcopy'; remove it"),
-        ({"training": {"tasks": {"mini": {"model": {"n_head": 3}}}}}, "training.tasks.mini.model: n_embd 128 is not a multiple of n_head 3"),
+        (
+            {"training": {"tasks": {"mini": {"data": {"corpus": "wiki"}}}}},
+            "training.tasks.mini.data.corpus: unknown corpus 'wiki'; defined under corpora: shakespeare",
+        ),
+        (
+            {"training": {"tasks": {"backcopy": {"data": {"prompt": "hi"}}}}},
+            "training.tasks.backcopy.data: prompt not used by kind 'bigram_backcopy'; remove it",
+        ),
+        (
+            {"training": {"tasks": {"mini": {"model": {"n_head": 3}}}}},
+            "training.tasks.mini.model: n_embd 128 is not a multiple of n_head 3",
+        ),
     ],
 )
 def test_bad_config_gives_one_line_and_writes_nothing(tmp_path, config, message):
@@ -135,12 +186,15 @@ def test_window_longer_than_a_known_context_stops_before_running(tmp_path):
     assert not (tmp_path / ".snakemake").exists()
 
 
-def test_lint_is_clean_and_rules_are_formatted():
+def test_lint_is_clean_and_code_and_rules_are_formatted():
     lint = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
     assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout + lint.stderr
     rule_files = ["Snakefile", *map(str, sorted((REPO / "workflow" / "rules").glob("*.smk")))]
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *rule_files], capture_output=True, text=True, cwd=REPO)
     assert fmt.returncode == 0, fmt.stderr
+    for command in (["check"], ["format", "--check"]):  # the Python code, by pyproject.toml's [tool.ruff]
+        ruff = subprocess.run([sys.executable, "-m", "ruff", *command], capture_output=True, text=True, cwd=REPO)
+        assert ruff.returncode == 0, ruff.stdout + ruff.stderr
 
 
 def _job_process(session: int, script: str) -> int | None:
@@ -175,12 +229,16 @@ def test_a_run_whose_capture_job_is_killed_finishes_with_the_same_command_and_re
     folder, _ = smollm2_dir
     text = small_corpus(tmp_path / "text")
     config = tmp_path / "small.yaml"
-    config.write_text(json.dumps({
-        "models": {"small": {"source": f"path:{folder}", "dtype": "float32"}},
-        "corpora": {"text": {"source": f"path:{text}", "include": "*.txt", "window_length": 128, "windows": 6}},
-        "targets": {"models": ["small"], "corpus": "text"},
-        "training": {"run": []},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "models": {"small": {"source": f"path:{folder}", "dtype": "float32"}},
+                "corpora": {"text": {"source": f"path:{text}", "include": "*.txt", "window_length": 128, "windows": 6}},
+                "targets": {"models": ["small"], "corpus": "text"},
+                "training": {"run": []},
+            }
+        )
+    )
     target = "results/capture/small/stats/text"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     runs = {}
@@ -189,8 +247,9 @@ def test_a_run_whose_capture_job_is_killed_finishes_with_the_same_command_and_re
         workdir.mkdir()
         command = [*SNAKEMAKE, target, "--directory", str(workdir), "--configfile", str(config)]  # --configfile takes many
         if name == "killed":
-            child = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            child = subprocess.Popen(
+                command, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             log = workdir / "results" / "logs" / "corpus_statistics" / "small" / "text.log"
             deadline = time.time() + 300
             while not (log.exists() and "windows:" in log.read_text(errors="ignore")):
@@ -217,7 +276,6 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(smollm2
     import shutil
 
     import pandas as pd
-
     from conftest import tiny_model
 
     folder, _ = smollm2_dir
@@ -228,13 +286,19 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(smollm2
             shutil.copy(folder / name, random_dir / name)
     text = small_corpus(tmp_path / "text")
     config = tmp_path / "control.yaml"
-    config.write_text(json.dumps({
-        "models": {"smollm2": {"source": f"path:{folder}", "dtype": "float32"},
-                   "random-llama": {"source": f"path:{random_dir}", "dtype": "float32"}},
-        "corpora": {"text": {"source": f"path:{text}", "include": "*.txt", "window_length": 128, "windows": 4}},
-        "targets": {"models": ["smollm2", "random-llama"], "corpus": "text"},
-        "training": {"run": []},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "models": {
+                    "smollm2": {"source": f"path:{folder}", "dtype": "float32"},
+                    "random-llama": {"source": f"path:{random_dir}", "dtype": "float32"},
+                },
+                "corpora": {"text": {"source": f"path:{text}", "include": "*.txt", "window_length": 128, "windows": 4}},
+                "targets": {"models": ["smollm2", "random-llama"], "corpus": "text"},
+                "training": {"run": []},
+            }
+        )
+    )
     workdir = tmp_path / "run"
     workdir.mkdir()
     done = snakemake(workdir, "--configfile", str(config))

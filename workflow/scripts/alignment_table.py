@@ -1,7 +1,6 @@
 """Rule table1_alignment: Table 1, how far weight, activation and attention outliers coincide, per model."""
 
 import pandas as pd
-
 from systematic_outliers import choices, verdicts
 from systematic_outliers.io import atomic_file
 from systematic_outliers.readers import Evidence

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import torch
-
 from systematic_outliers import tasks, variant_analysis
 from systematic_outliers.rules import run_rule
 
@@ -12,8 +11,10 @@ def main(snakemake):
     torch.set_num_threads(snakemake.threads)
     task = snakemake.params.task
     data, _, prompt_ids, prompt_labels = tasks.load_task(task, snakemake.input.data or None)
-    runs = {(variant, int(seed)): Path(model).parent
-            for variant, seed, model in zip(snakemake.params.variants, snakemake.params.seeds, snakemake.input.models)}
+    runs = {
+        (variant, int(seed)): Path(model).parent
+        for variant, seed, model in zip(snakemake.params.variants, snakemake.params.seeds, snakemake.input.models)
+    }
     variant_analysis.analyse(task, runs, data, prompt_ids, prompt_labels, Path(snakemake.output[0]))
 
 

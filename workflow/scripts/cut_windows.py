@@ -4,11 +4,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from transformers import AutoTokenizer
-
 from systematic_outliers.config import check_window_length, window_length
 from systematic_outliers.rules import run_rule
 from systematic_outliers.text import cut_windows, write_windows
+from transformers import AutoTokenizer
 
 
 def main(snakemake):
@@ -20,10 +19,17 @@ def main(snakemake):
     documents = pd.read_parquet(Path(snakemake.input.text) / "documents.parquet")
     entry, length = config["corpora"][corpus], window_length(config, model, corpus)
     input_ids, provenance = cut_windows(corpus, entry, documents, tokenizer, length, model)
-    manifest = {"corpus": corpus, "model": model, "window_length": length, "windows": entry["windows"],
-                "seed": entry["seed"], "separator": entry["separator"], "documents_drawn": entry.get("documents"),
-                "add_special_tokens": entry["add_special_tokens"],
-                "bos_token": tokenizer.bos_token if entry["add_special_tokens"] else None}
+    manifest = {
+        "corpus": corpus,
+        "model": model,
+        "window_length": length,
+        "windows": entry["windows"],
+        "seed": entry["seed"],
+        "separator": entry["separator"],
+        "documents_drawn": entry.get("documents"),
+        "add_special_tokens": entry["add_special_tokens"],
+        "bos_token": tokenizer.bos_token if entry["add_special_tokens"] else None,
+    }
     write_windows(snakemake.output[0], input_ids, provenance, manifest)
     print(f"{input_ids.shape[0]} windows of {length} tokens from {provenance.document.nunique()} documents")
 

@@ -12,8 +12,9 @@ def main(snakemake):
     model, tokenizer = passes.load(snakemake.wildcards.model, snakemake.params.entry, Path(snakemake.input.model), attention=True)
     prompt = snakemake.params.prompt
     manifest = json.loads((Path(snakemake.input.model) / "manifest.json").read_text())
-    record = passes.dump_prompt(model, tokenizer, prompt["text"], prompt["add_special_tokens"], Path(snakemake.output.tensors),
-                                weights=weights_provenance(manifest))
+    record = passes.dump_prompt(
+        model, tokenizer, prompt["text"], prompt["add_special_tokens"], Path(snakemake.output.tensors), weights=weights_provenance(manifest)
+    )
     print(f"{len(record['sites'])} sites × {record['layers']} layers on {record['device']}: {record['tokens']}")
 
 

@@ -8,10 +8,13 @@ from systematic_outliers.rules import run_rule
 
 def main(snakemake):
     results, scaling = {}, {}
-    for model, losses, stats, weights in zip(snakemake.params.models, snakemake.input.interventions, snakemake.input.stats,
-                                             snakemake.input.weights):
+    for model, losses, stats, weights in zip(
+        snakemake.params.models, snakemake.input.interventions, snakemake.input.stats, snakemake.input.weights
+    ):
         results[model] = InterventionResults.load(losses)
-        finding = intervention_report.scaling_finding(results[model], intervention_report.evidence_sink_layers(Evidence.load(model, stats, weights)))
+        finding = intervention_report.scaling_finding(
+            results[model], intervention_report.evidence_sink_layers(Evidence.load(model, stats, weights))
+        )
         scaling[model] = f"{finding.measured} (**{finding.verdict}**)"
     table = intervention_report.table(results)
     text = intervention_report.table_markdown(table, scaling)

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pandas as pd
-
 from systematic_outliers.rules import run_rule
 from systematic_outliers.tasks import prepare_text
 
@@ -11,7 +10,9 @@ from systematic_outliers.tasks import prepare_text
 def main(snakemake):
     documents = pd.read_parquet(Path(snakemake.input.corpus) / "documents.parquet").text.tolist()
     vocabulary = prepare_text(snakemake.params.task["data"], documents, snakemake.params.separator, Path(snakemake.output[0]))
-    print(f"{vocabulary['train_tokens']:,} training and {vocabulary['validation_tokens']:,} validation tokens, vocabulary {vocabulary['vocab_size']}")
+    print(
+        f"{vocabulary['train_tokens']:,} training and {vocabulary['validation_tokens']:,} validation tokens, vocabulary {vocabulary['vocab_size']}"
+    )
 
 
 run_rule(snakemake, main)

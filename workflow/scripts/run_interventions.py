@@ -4,7 +4,6 @@ the scaling factor, on the windows the statistics saw."""
 from pathlib import Path
 
 from safetensors.torch import load_file
-
 from systematic_outliers import interventions, passes
 from systematic_outliers.readers import Evidence
 from systematic_outliers.rules import run_rule

@@ -4,9 +4,8 @@ import os
 from pathlib import Path
 
 import papermill
-
-from systematic_outliers.readers import FigureDataError
 from systematic_outliers.io import atomic_file
+from systematic_outliers.readers import FigureDataError
 from systematic_outliers.rules import run_rule
 
 

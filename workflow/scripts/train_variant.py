@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from systematic_outliers import tasks, training
 from systematic_outliers.rules import run_rule
 
@@ -26,8 +25,14 @@ def main(snakemake):
     task, folder = snakemake.params.task, Path(snakemake.output.model).parent
     arguments = [json.dumps(task), snakemake.wildcards.variant, snakemake.wildcards.seed, snakemake.input.data or "", str(folder)]
     if task.get("gpus", 0) > 1:
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={task['gpus']}", __file__, *arguments],
-                       check=True)
+        # every process's output into the rule's log, where run_rule has pointed sys.stdout and sys.stderr
+        sys.stdout.flush()
+        subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={task['gpus']}", __file__, *arguments],
+            check=True,
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+        )
     else:
         run(task, snakemake.wildcards.variant, int(snakemake.wildcards.seed), snakemake.input.data or None, folder)
 

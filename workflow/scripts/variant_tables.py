@@ -14,10 +14,18 @@ def main(snakemake):
     compression = variant_report.compression_table(read_table(analysis, "compression"))
     task = snakemake.wildcards.task
     for table, csv_path, markdown_path, text in (
-        (table2, snakemake.output.table2_csv, snakemake.output.table2_md,
-         variant_report.markdown(table2, f"Table 2: variants of the attention mechanism, task {task}", variant_report.TABLE2_NOTE)),
-        (compression, snakemake.output.compression_csv, snakemake.output.compression_md,
-         variant_report.markdown(compression, f"Compression of the attention variants, task {task}", variant_report.COMPRESSION_NOTE)),
+        (
+            table2,
+            snakemake.output.table2_csv,
+            snakemake.output.table2_md,
+            variant_report.markdown(table2, f"Table 2: variants of the attention mechanism, task {task}", variant_report.TABLE2_NOTE),
+        ),
+        (
+            compression,
+            snakemake.output.compression_csv,
+            snakemake.output.compression_md,
+            variant_report.markdown(compression, f"Compression of the attention variants, task {task}", variant_report.COMPRESSION_NOTE),
+        ),
     ):
         with atomic_file(csv_path) as scratch:
             table.to_csv(scratch, index=False)

@@ -6,8 +6,9 @@ from systematic_outliers.rules import run_rule
 
 
 def main(snakemake):
-    measured = verdicts.measure(snakemake.wildcards.model, snakemake.input.stats, snakemake.input.weights, snakemake.input.prompt,
-                                 snakemake.input.interventions)
+    measured = verdicts.measure(
+        snakemake.wildcards.model, snakemake.input.stats, snakemake.input.weights, snakemake.input.prompt, snakemake.input.interventions
+    )
     text = verdicts.claims_file(measured)
     with atomic_file(snakemake.output[0]) as scratch:
         scratch.write_text(text)

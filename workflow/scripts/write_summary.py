@@ -8,13 +8,16 @@ from systematic_outliers.rules import run_rule
 def main(snakemake):
     measured = [
         verdicts.measure(model, stats, weights, prompt, interventions)
-        for model, stats, weights, prompt, interventions in zip(snakemake.params.models, snakemake.input.stats, snakemake.input.weights,
-                                                                snakemake.input.prompts, snakemake.input.interventions)
+        for model, stats, weights, prompt, interventions in zip(
+            snakemake.params.models, snakemake.input.stats, snakemake.input.weights, snakemake.input.prompts, snakemake.input.interventions
+        )
     ]
     scorecard, atlas, text = verdicts.summary(measured)
-    for path, write in ((snakemake.output.csv, lambda p: scorecard.to_csv(p, index=False)),
-                        (snakemake.output.atlas, lambda p: atlas.to_csv(p, index=False)),
-                        (snakemake.output.markdown, lambda p: p.write_text(text))):
+    for path, write in (
+        (snakemake.output.csv, lambda p: scorecard.to_csv(p, index=False)),
+        (snakemake.output.atlas, lambda p: atlas.to_csv(p, index=False)),
+        (snakemake.output.markdown, lambda p: p.write_text(text)),
+    ):
         with atomic_file(path) as scratch:
             write(scratch)
     print(text)

@@ -128,8 +128,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gpt_neox": Architecture(
         "gpt_neox.layers",
         _ungated(
-            "input_layernorm", _fused("attention.query_key_value", "head_part"), "mlp.dense_h_to_4h", "mlp.act",
-            "mlp.dense_4h_to_h", mlp_norm="post_attention_layernorm", parallel=True,
+            "input_layernorm",
+            _fused("attention.query_key_value", "head_part"),
+            "mlp.dense_h_to_4h",
+            "mlp.act",
+            "mlp.dense_4h_to_h",
+            mlp_norm="post_attention_layernorm",
+            parallel=True,
         ),
         attention="attention",
     ),
@@ -152,9 +157,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     ),
     # Falcon has its own attention code (no eager_attention_forward) and a fused multi-query
     # projection; its residual, norm and MLP sites are captured, attention is not.
-    "falcon": Architecture(
-        "transformer.h", _ungated("input_layernorm", None, "mlp.dense_h_to_4h", "mlp.act", "mlp.dense_4h_to_h")
-    ),
+    "falcon": Architecture("transformer.h", _ungated("input_layernorm", None, "mlp.dense_h_to_4h", "mlp.act", "mlp.dense_4h_to_h")),
 }
 
 
@@ -171,6 +174,7 @@ def available_sites(architecture: Architecture) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------------
 # One decoder layer as the paper's Fig 2 draws it, in this architecture's own module names.
+
 
 @dataclass(frozen=True)
 class Block:
@@ -198,8 +202,15 @@ def layer_diagram(architecture: Architecture) -> tuple[list[Block], list[Block],
         attention.append(Block("q, k, v projections", modules("query", "key", "value"), ("query", "key", "value")))
     if architecture.attention:
         edits = not architecture.probs_from_output  # through transformers' eager code, which the interventions edit
-        attention.append(Block("softmax($q k^T / \\sqrt{d}$)", (architecture.attention,),
-                               tuple(s for s in ATTENTION_SITES if s in have), "$A_\\ell^i$", SINK_ABLATION if edits else ""))
+        attention.append(
+            Block(
+                "softmax($q k^T / \\sqrt{d}$)",
+                (architecture.attention,),
+                tuple(s for s in ATTENTION_SITES if s in have),
+                "$A_\\ell^i$",
+                SINK_ABLATION if edits else "",
+            )
+        )
         attention.append(Block("$A V$, output projection", (architecture.attention,), ()))
     else:
         attention.append(Block("self-attention (not captured)", (), ()))
@@ -212,9 +223,15 @@ def layer_diagram(architecture: Architecture) -> tuple[list[Block], list[Block],
         return attention, mlp, parallel
     gated = "gate_output" in taps
     shared_norm = "" if mlp or "attn_norm_output" not in taps else " (on the attention norm)"  # Phi, Falcon
-    mlp.append(Block(("gate, up projections" if gated else "up projection") + shared_norm, modules("gate_output", "up_output"),
-                     ("gate_output", "up_output") if gated else ("up_output",)))
-    mlp.append(Block("activation" + (" × up" if gated else ""), modules("act_output"), ("act_output", "down_proj_input"),
-                     "$x_\\ell^{down}$"))
+    mlp.append(
+        Block(
+            ("gate, up projections" if gated else "up projection") + shared_norm,
+            modules("gate_output", "up_output"),
+            ("gate_output", "up_output") if gated else ("up_output",),
+        )
+    )
+    mlp.append(
+        Block("activation" + (" × up" if gated else ""), modules("act_output"), ("act_output", "down_proj_input"), "$x_\\ell^{down}$")
+    )
     mlp.append(Block("down projection", modules("down_proj_output"), ("down_proj_output",), "$W_\\ell^{down}$"))
     return attention, mlp, parallel

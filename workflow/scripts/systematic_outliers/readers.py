@@ -90,8 +90,10 @@ def weight_slice(prompt: dict, layer: int, name: str, focus: list[int] | None = 
     if focus is not None:
         missing = sorted(set(focus) - set(channels.tolist()))
         if missing:
-            raise FigureDataError(f"the prompt dump keeps no {name} weights of layer {layer + 1} at channels "
-                                  f"{', '.join(map(str, missing))}; rerun rule dump_prompt")
+            raise FigureDataError(
+                f"the prompt dump keeps no {name} weights of layer {layer + 1} at channels "
+                f"{', '.join(map(str, missing))}; rerun rule dump_prompt"
+            )
         wanted = {0, 1, 2, int(channels[-1])} | {c + d for c in focus for d in (-1, 0, 1)}
         keep = np.isin(channels, sorted(wanted))
         channels, matrix = channels[keep], matrix[keep]
@@ -123,7 +125,7 @@ class Evidence:
         return self.attention_layers is not None
 
     @classmethod
-    def load(cls, model: str, stats_dir, weights_path) -> "Evidence":
+    def load(cls, model: str, stats_dir, weights_path) -> Evidence:
         weights_path = Path(weights_path)
         manifest = read_manifest(stats_dir)
         attention = "attn_probs" in manifest["sites"]
@@ -137,14 +139,22 @@ class Evidence:
             manifest=manifest,
             sites=read_table(stats_dir, "sites", ("window", "layer", "site", "mean_abs", "median_abs")),
             topk=read_table(stats_dir, "topk", ("window", "layer", "site", "rank", "value", "channel")),
-            outliers=read_table(stats_dir, "activation_outliers", ("window", "layer", "site", "position", "channel",
-                                                                   "token_class", "paper_rule", "sun_rule", "max_abs")),
+            outliers=read_table(
+                stats_dir,
+                "activation_outliers",
+                ("window", "layer", "site", "position", "channel", "token_class", "paper_rule", "sun_rule", "max_abs"),
+            ),
             channel_max=read_table(stats_dir, "channel_max", ("layer", "site", "max_abs")),
-            attention_layers=attention_table("attention_layers", ("window", "layer", "top1", "top2", "median", "threshold", "outlier_keys")),
+            attention_layers=attention_table(
+                "attention_layers", ("window", "layer", "top1", "top2", "median", "threshold", "outlier_keys")
+            ),
             attention_keys=attention_table("attention_keys", ("window", "layer", "position", "token_class", "is_outlier")),
             attention_heads=attention_table("attention_heads", ("window", "layer", "head", "outlier_share")),
-            weights=read_table(weights_path.parent, weights_path.stem, ("layer", "module", "max_ratio", "column_ratio",
-                                                                        "top_columns", "top_column_rows", "mlp_down")),
+            weights=read_table(
+                weights_path.parent,
+                weights_path.stem,
+                ("layer", "module", "max_ratio", "column_ratio", "top_columns", "top_column_rows", "mlp_down"),
+            ),
         )
 
 
@@ -158,7 +168,7 @@ class InterventionResults:
     record: dict
 
     @classmethod
-    def load(cls, losses_path) -> "InterventionResults":
+    def load(cls, losses_path) -> InterventionResults:
         """From results/interventions/{model}/{corpus}.parquet and the files beside it."""
         path = Path(losses_path)
         record_path = path.with_suffix(".json")
@@ -170,6 +180,7 @@ class InterventionResults:
             if record.get(part):
                 key = "tokens" if part == "activation" else "keys"
                 record[part][key] = {int(window): positions for window, positions in record[part][key].items()}
+
         def beside(part):  # empty where the attention cannot be read
             part_path = path.with_name(f"{path.stem}.{part}.parquet")
             try:

@@ -28,7 +28,9 @@ ATTENTION_SHARE = 0.1  # × window length
 TOKEN_SITES = ("attn_residual", "down_proj_input", "layer_output")
 
 STRONG_DELIMITERS = set(". <0x0A> , ; : ! ? - -- --- ' \" ( ) [ ] { } / \\ | * & ^ % $ # @ ~ `".split())
-WEAK_SEMANTIC = set("and from of 1 2 3 4 5 6 7 8 9 the a an in on at for with is was are were to by as that this it but or if not".split()) | {""}
+WEAK_SEMANTIC = set(
+    "and from of 1 2 3 4 5 6 7 8 9 the a an in on at for with is was are were to by as that this it but or if not".split()
+) | {""}
 
 TOKEN_CLASSES = ("initial", "strong_delimiter", "weak_semantic", "other")
 
@@ -43,7 +45,9 @@ COLUMNS = {
         "max_abs": "max |x|",
     },
     "topk": {
-        "window": "", "layer": "", "site": "",
+        "window": "",
+        "layer": "",
+        "site": "",
         "rank": "1 = largest |x| of this window, layer and site",
         "value": "|x|",
         "position": "token position in the window",
@@ -51,15 +55,22 @@ COLUMNS = {
         "token_id": "token id at that position",
     },
     "channel_max": {
-        "layer": "", "site": "",
+        "layer": "",
+        "site": "",
         "max_abs": "list: max_abs[channel] is the max |x| of that channel over every token of every window",
     },
     "token_max": {
-        "window": "", "layer": "", "site": f"one of {', '.join(TOKEN_SITES)}",
+        "window": "",
+        "layer": "",
+        "site": f"one of {', '.join(TOKEN_SITES)}",
         "max_abs": "list: max_abs[position] is the max |x| over channels at that token",
     },
     "activation_outliers": {
-        "window": "", "layer": "", "site": "", "position": "", "token_id": "",
+        "window": "",
+        "layer": "",
+        "site": "",
+        "position": "",
+        "token_id": "",
         "token": "the token decoded alone",
         "token_class": f"one of {', '.join(TOKEN_CLASSES)}",
         "max_abs": "max |x| over channels at this token",
@@ -70,7 +81,8 @@ COLUMNS = {
         "sun_rule": f"max_abs > {SUN_FLOOR:g} and ratio_to_median > {SUN_RATIO:g} (Sun et al.)",
     },
     "attention_layers": {
-        "window": "", "layer": "",
+        "window": "",
+        "layer": "",
         "top1": "largest cumulative head-averaged attention received by a key",
         "top2": "second largest",
         "median": "median over keys",
@@ -78,14 +90,20 @@ COLUMNS = {
         "outlier_keys": "number of keys at or above the threshold in this layer",
     },
     "attention_keys": {
-        "window": "", "layer": "",
+        "window": "",
+        "layer": "",
         "rank": "1 = the key that receives the most attention",
-        "position": "", "token_id": "", "token": "", "token_class": "",
+        "position": "",
+        "token_id": "",
+        "token": "",
+        "token_class": "",
         "cumulative": "sum over queries of the head-averaged attention probability on this key",
         "is_outlier": "cumulative >= threshold in this layer",
     },
     "attention_heads": {
-        "window": "", "layer": "", "head": "",
+        "window": "",
+        "layer": "",
+        "head": "",
         "outlier_share": "share of this head's attention that goes to the window's outlier keys",
         "outlier_keys": "the window's outlier keys: positions over the threshold in any layer",
     },
@@ -223,9 +241,21 @@ class CorpusStatistics:
         for position, channel in zip(reduced["flagged"].tolist(), reduced["flagged_channel"].tolist()):
             text, value = self.label(ids[position]), token_max[position].item()
             self.rows["activation_outliers"].append(
-                (window, layer, site, position, ids[position], text, token_class(position, text), value, channel,
-                 value / mean if mean else float("inf"), value / median if median else float("inf"),
-                 value > PAPER_RATIO * mean, value > SUN_FLOOR and value > SUN_RATIO * median)
+                (
+                    window,
+                    layer,
+                    site,
+                    position,
+                    ids[position],
+                    text,
+                    token_class(position, text),
+                    value,
+                    channel,
+                    value / mean if mean else float("inf"),
+                    value / median if median else float("inf"),
+                    value > PAPER_RATIO * mean,
+                    value > SUN_FLOOR and value > SUN_RATIO * median,
+                )
             )
 
     def _attention_rows(self, received: dict[int, torch.Tensor], ids) -> None:
@@ -260,7 +290,11 @@ class CorpusStatistics:
             tables[name] = pd.DataFrame(rows, columns=list(COLUMNS[name]))
         # one list per row keeps these tables small (the paper's setup has ~40M token maxima)
         tables["token_max"] = pd.DataFrame(
-            [(window, layer, site, maxima[window]) for (layer, site), maxima in sorted(self.token_max.items()) for window in range(self.windows)],
+            [
+                (window, layer, site, maxima[window])
+                for (layer, site), maxima in sorted(self.token_max.items())
+                for window in range(self.windows)
+            ],
             columns=list(COLUMNS["token_max"]),
         ).sort_values(["window", "layer", "site"], kind="stable", ignore_index=True)
         tables["channel_max"] = pd.DataFrame(

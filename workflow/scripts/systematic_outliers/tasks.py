@@ -130,8 +130,15 @@ def prepare_text(data_config: dict, documents: list[str], separator: str, target
                 ids = np.asarray(encode(document) + separator_ids, dtype=dtype)
                 ids.tofile(train if split == "train" else validation)
                 counts[split] += len(ids)
-        vocabulary.update(vocab_size=vocab_size, dtype=np.dtype(dtype).name, prompt=prompt, prompt_ids=encode(prompt),
-                          prompt_tokens=labels, train_tokens=counts["train"], validation_tokens=counts["validation"])
+        vocabulary.update(
+            vocab_size=vocab_size,
+            dtype=np.dtype(dtype).name,
+            prompt=prompt,
+            prompt_ids=encode(prompt),
+            prompt_tokens=labels,
+            train_tokens=counts["train"],
+            validation_tokens=counts["validation"],
+        )
         write_json(staging / "vocabulary.json", vocabulary)
     return vocabulary
 
@@ -141,7 +148,9 @@ def load_task(task: dict, data_dir: Path | None = None):
     data_config = task["data"]
     if data_config["kind"] == "bigram_backcopy":
         data = BigramBackcopy(data_config["vocab_size"], data_config["length"], data_config["triggers"], data_config["task_seed"])
-        prompt = data.sequences(1, torch.Generator().manual_seed(20_000))[0, : min(16, data.length)]  # a fixed sequence, short enough to label
+        prompt = data.sequences(1, torch.Generator().manual_seed(20_000))[
+            0, : min(16, data.length)
+        ]  # a fixed sequence, short enough to label
         labels = ["BOS" if t == BOS else f"T{t}" if data.is_trigger[t] else str(int(t)) for t in prompt]
         return data, data.vocab_size, prompt.tolist(), labels
     import json
@@ -149,7 +158,9 @@ def load_task(task: dict, data_dir: Path | None = None):
     import numpy as np
 
     vocabulary = json.loads((Path(data_dir) / "vocabulary.json").read_text())
-    train, validation = (np.memmap(Path(data_dir) / f"{split}.bin", dtype=vocabulary["dtype"], mode="r") for split in ("train", "validation"))
+    train, validation = (
+        np.memmap(Path(data_dir) / f"{split}.bin", dtype=vocabulary["dtype"], mode="r") for split in ("train", "validation")
+    )
     data = TextWindows(train, validation, data_config["length"])
     return data, vocabulary["vocab_size"], vocabulary["prompt_ids"], vocabulary["prompt_tokens"]
 

@@ -122,8 +122,10 @@ def cut_windows(name: str, entry: dict, documents: pd.DataFrame, tokenizer, wind
         raise SourceError(f"{where}: the tokenizer of this model is not a fast tokenizer; offsets are needed to record provenance")
     bos = entry.get("add_special_tokens", False)
     if bos and tokenizer.bos_token_id is None:
-        raise SourceError(f"{where}.add_special_tokens: the tokenizer of models.{model} has no BOS token to start the windows "
-                          f"with; set it to false, or target a model whose tokenizer has one")
+        raise SourceError(
+            f"{where}.add_special_tokens: the tokenizer of models.{model} has no BOS token to start the windows "
+            f"with; set it to false, or target a model whose tokenizer has one"
+        )
     body = window_length - 1 if bos else window_length
     order = draw_documents(len(documents), entry.get("documents"), entry["seed"], where)
     texts = documents["text"].to_numpy()[order]

@@ -144,8 +144,15 @@ def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_
     model.train()
     micro_steps = schedule.gradient_accumulation // world
     tokens_per_step = schedule.batch_size * schedule.gradient_accumulation * data.length
-    progress = tqdm(range(step, schedule.steps), initial=step, total=schedule.steps, desc=model_config.attention, unit="step",
-                    disable=rank > 0, mininterval=0.1 if sys.stderr.isatty() else 10)  # a log file gets a line per 10 s
+    progress = tqdm(
+        range(step, schedule.steps),
+        initial=step,
+        total=schedule.steps,
+        desc=model_config.attention,
+        unit="step",
+        disable=rank > 0,
+        mininterval=0.1 if sys.stderr.isatty() else 10,
+    )  # a log file gets a line per 10 s
     started = time.perf_counter() - seconds
     for step in progress:
         if stop_after is not None and step >= stop_after:
@@ -170,8 +177,14 @@ def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_
         if rank > 0:
             continue
         if done % schedule.eval_interval == 0 or done == schedule.steps:
-            row = {"step": done, "tokens": done * tokens_per_step, "train_loss": train_loss.item(), **evaluate(model, validation, data),
-                   "learning_rate": learning_rate, "seconds": time.perf_counter() - started}
+            row = {
+                "step": done,
+                "tokens": done * tokens_per_step,
+                "train_loss": train_loss.item(),
+                **evaluate(model, validation, data),
+                "learning_rate": learning_rate,
+                "seconds": time.perf_counter() - started,
+            }
             rows.append(row)
             _write_log(folder / "log.csv", rows)  # rewritten whole at each evaluation: follow it while it trains
             progress.set_postfix(val_loss=f"{row['val_loss']:.3f}")
@@ -185,8 +198,17 @@ def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_
 
 def _save_checkpoint(path, model, optimizer, model_config, step, seconds, rows) -> None:
     with atomic_file(path) as scratch:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "model_config": model_config.to_dict(),
-                    "step": step, "seconds": seconds, "rows": rows}, scratch)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "model_config": model_config.to_dict(),
+                "step": step,
+                "seconds": seconds,
+                "rows": rows,
+            },
+            scratch,
+        )
 
 
 def _write_log(path: Path, rows) -> None:
@@ -202,8 +224,15 @@ def _save_result(folder: Path, model, model_config, schedule, rows) -> None:
     with atomic_file(folder / "model.safetensors") as scratch:
         save_model(model, str(scratch))  # handles the tied embedding
     with atomic_file(folder / "config.json") as scratch:
-        write_json(scratch, {"model": model_config.to_dict(), "schedule": schedule.__dict__,
-                             "extra_parameters": model.extra_parameters(), "parameters": sum(p.numel() for p in model.parameters())})
+        write_json(
+            scratch,
+            {
+                "model": model_config.to_dict(),
+                "schedule": schedule.__dict__,
+                "extra_parameters": model.extra_parameters(),
+                "parameters": sum(p.numel() for p in model.parameters()),
+            },
+        )
     _write_log(folder / "log.csv", rows)
 
 

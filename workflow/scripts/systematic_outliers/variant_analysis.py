@@ -15,28 +15,29 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from .gpt2 import VARIANTS, GPT
+from .gpt2 import GPT, VARIANTS
 from .io import atomic_directory, write_json
 from .tasks import BigramBackcopy
 from .training import evaluate, load_trained, schedule, validation_batches
 
 COLUMNS = {
     "runs": "variant, seed, id (the paper's letter), name, formulation, parameters, extra_parameters, final val_loss (and "
-            "backcopy_accuracy for the testbed), steps, tokens, seconds, tokens_per_second",
+    "backcopy_accuracy for the testbed), steps, tokens, seconds, tokens_per_second",
     "layerwise": "variant, seed, layer (0 = embedding output, l = block l), top1/top2/top3/median of |h| over the "
-                 "validation batches (mean over batches), top1_position: the sequence position of the largest |h|",
+    "validation batches (mean over batches), top1_position: the sequence position of the largest |h|",
     "sink": "variant, seed, layer, positions ('all', or for the testbed 'trigger'/'non_trigger'), first_key: mean weight "
-            "on the first key, extra_key: mean weight on k′ (variants c, d), scale: mean S_c (variant e), first_value: the "
-            "first token's value norm over the median token's (mean over heads and batches)",
+    "on the first key, extra_key: mean weight on k′ (variants c, d), scale: mean S_c (variant e), first_value: the "
+    "first token's value norm over the median token's (mean over heads and batches)",
     "compression": "variant, seed, method (full, w8, w8a8, prune50), val_loss, perplexity (exp val_loss), backcopy_accuracy",
     "curves": "variant, seed and each row of the run's log.csv: step, tokens, train_loss, val_loss, backcopy_accuracy, "
-              "learning_rate, seconds",
+    "learning_rate, seconds",
 }
 
 
 @contextmanager
 def _block_outputs(model: GPT, keep: dict):
     """keep[layer] = output of block `layer` (1-based; the embedding output as 0) after each forward."""
+
     def embedding_hook(module, args, output):
         positions = model.wpe(torch.arange(output.shape[1], device=output.device))
         keep[0] = (output + positions).detach()
@@ -67,8 +68,14 @@ def layerwise(model: GPT, batches) -> list[dict]:
                     row[f"top{rank + 1}"] += top.values[rank].item() / len(batches)
                 row["median"] += magnitude.median().item() / len(batches)
                 row["positions"].append(int(top.indices[0]) // h.shape[-1] % h.shape[1])
-    return [{"layer": layer, **{k: v for k, v in row.items() if k != "positions"},
-             "top1_position": max(set(row["positions"]), key=row["positions"].count)} for layer, row in sorted(sums.items())]
+    return [
+        {
+            "layer": layer,
+            **{k: v for k, v in row.items() if k != "positions"},
+            "top1_position": max(set(row["positions"]), key=row["positions"].count),
+        }
+        for layer, row in sorted(sums.items())
+    ]
 
 
 @torch.no_grad()
@@ -95,13 +102,16 @@ def sinks(model: GPT, batches, data) -> list[dict]:
                 value_norm = block.attn._heads(normed)[2].norm(dim=-1).mean(dim=1)  # [B, T], mean over heads
                 value_ratio = (value_norm[:, 0] / value_norm[:, 1:].median(dim=1).values).mean().item()
                 for name, positions in groups.items():
-                    rows.append({
-                        "layer": layer, "positions": name,
-                        "first_key": weights[..., int(extra)][positions].mean().item(),
-                        "extra_key": weights[..., 0][positions].mean().item() if extra else float("nan"),
-                        "scale": scale[positions].mean().item() if scale is not None else float("nan"),
-                        "first_value": value_ratio,
-                    })
+                    rows.append(
+                        {
+                            "layer": layer,
+                            "positions": name,
+                            "first_key": weights[..., int(extra)][positions].mean().item(),
+                            "extra_key": weights[..., 0][positions].mean().item() if extra else float("nan"),
+                            "scale": scale[positions].mean().item() if scale is not None else float("nan"),
+                            "first_value": value_ratio,
+                        }
+                    )
     table = pd.DataFrame(rows)
     return table.groupby(["layer", "positions"], as_index=False).mean().to_dict("records")
 
@@ -162,20 +172,38 @@ def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: lis
         tables["curves"] += log.assign(variant=variant, seed=seed).to_dict("records")
         last = log.iloc[-1]
         letter, name, formulation = VARIANTS[variant]
-        tables["runs"].append({
-            "variant": variant, "seed": seed, "id": letter, "name": name, "formulation": formulation,
-            "parameters": config["parameters"], "extra_parameters": config["extra_parameters"],
-            "val_loss": last.val_loss, "backcopy_accuracy": last.get("backcopy_accuracy", float("nan")),
-            "steps": int(last.step), "tokens": int(last.tokens), "seconds": last.seconds, "tokens_per_second": last.tokens / last.seconds,
-        })
+        tables["runs"].append(
+            {
+                "variant": variant,
+                "seed": seed,
+                "id": letter,
+                "name": name,
+                "formulation": formulation,
+                "parameters": config["parameters"],
+                "extra_parameters": config["extra_parameters"],
+                "val_loss": last.val_loss,
+                "backcopy_accuracy": last.get("backcopy_accuracy", float("nan")),
+                "steps": int(last.step),
+                "tokens": int(last.tokens),
+                "seconds": last.seconds,
+                "tokens_per_second": last.tokens / last.seconds,
+            }
+        )
         tables["layerwise"] += [{"variant": variant, "seed": seed, **row} for row in layerwise(model, batches)]
         tables["sink"] += [{"variant": variant, "seed": seed, **row} for row in sinks(model, batches, data)]
         for method in METHODS:
             with compressed(model, method):
                 result = evaluate(model, batches, data)
-            tables["compression"].append({"variant": variant, "seed": seed, "method": method, "val_loss": result["val_loss"],
-                                          "perplexity": float(torch.tensor(result["val_loss"]).exp()),
-                                          "backcopy_accuracy": result.get("backcopy_accuracy", float("nan"))})
+            tables["compression"].append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "method": method,
+                    "val_loss": result["val_loss"],
+                    "perplexity": float(torch.tensor(result["val_loss"]).exp()),
+                    "backcopy_accuracy": result.get("backcopy_accuracy", float("nan")),
+                }
+            )
         if seed == first_seed:
             keep: dict[int, torch.Tensor] = {}
             with _block_outputs(model, keep), torch.no_grad():
@@ -187,6 +215,15 @@ def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: lis
         for name, rows in tables.items():
             pd.DataFrame(rows).to_parquet(staging / f"{name}.parquet", index=False)
         save_file(prompt_h, staging / "prompt.safetensors")
-        write_json(staging / "manifest.json", {"prompt_ids": prompt_ids, "prompt_tokens": prompt_labels, "tables": COLUMNS,
-                                                "layers": task["model"]["n_layer"], "kind": task["data"]["kind"],
-                                                "seeds": sorted({seed for _, seed in runs}), "validation_batches": len(batches)})
+        write_json(
+            staging / "manifest.json",
+            {
+                "prompt_ids": prompt_ids,
+                "prompt_tokens": prompt_labels,
+                "tables": COLUMNS,
+                "layers": task["model"]["n_layer"],
+                "kind": task["data"]["kind"],
+                "seeds": sorted({seed for _, seed in runs}),
+                "validation_batches": len(batches),
+            },
+        )

@@ -10,8 +10,8 @@ The GPT-2 claims (variant_report.py) use the same engine, with comparisons over 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -67,8 +67,9 @@ class Comparison:
     text: str
 
 
-def compare_over_seeds(claimed: list[float], other: list[float], lower_is_better: bool, margin: float, floor: float = 0.0,
-                       unit: str = "", digits: int = 4) -> Comparison:
+def compare_over_seeds(
+    claimed: list[float], other: list[float], lower_is_better: bool, margin: float, floor: float = 0.0, unit: str = "", digits: int = 4
+) -> Comparison:
     """Is `claimed` better than `other` (per-seed values)? Only a difference of the means larger
     than the noise counts: the larger range over seeds of the two (at least `floor`, the
     measurement's resolution). With one seed in either, the noise is the stated `margin` and the
@@ -86,8 +87,11 @@ def compare_over_seeds(claimed: list[float], other: list[float], lower_is_better
         verdict = DOES_NOT_HOLD
     else:
         verdict = NOT_SHOWN
-    noise_text = (f"one seed, so the stated margin {noise:,.{digits}g}{unit} and at most partly" if single
-                  else f"seed spread {noise:,.{digits}g}{unit} over {len(claimed)} and {len(other)} seeds")
+    noise_text = (
+        f"one seed, so the stated margin {noise:,.{digits}g}{unit} and at most partly"
+        if single
+        else f"seed spread {noise:,.{digits}g}{unit} over {len(claimed)} and {len(other)} seeds"
+    )
     return Comparison(verdict, f"difference {gain:+,.{digits}g}{unit} in the claimed direction; {noise_text}")
 
 
@@ -109,6 +113,7 @@ def claims_markdown(title: str, intro: list[str], judged: list[tuple[Claim, Find
 
 # ---------------------------------------------------------------------------------------------
 # The LLM claims.
+
 
 @dataclass
 class Measured:
@@ -137,7 +142,9 @@ def alignment(evidence: Evidence, chosen: choices.ModelChoices) -> dict:
     """
     standing_out = chosen.weight_columns
     down_channels = choices.residual_outlier_channels(evidence.channel_max, evidence.sites, "down_proj_input")
-    residual = sorted({c for cs in choices.residual_outlier_channels(evidence.channel_max, evidence.sites, "layer_output").values() for c in cs})
+    residual = sorted(
+        {c for cs in choices.residual_outlier_channels(evidence.channel_max, evidence.sites, "layer_output").values() for c in cs}
+    )
     columns_matched = sum(int(row.top_columns[0]) in down_channels.get(int(row.layer), ()) for row in standing_out.itertuples())
     written = [int(r) for row in standing_out.itertuples() for r in row.top_column_rows]
     rows_matched = sum(r in residual for r in written)
@@ -172,8 +179,12 @@ def _no_attention(m: Measured) -> Finding:
 
 
 def _no_tokens(m: Measured) -> Finding:
-    return Finding(f"no activation-outlier token (max |h| > {PAPER_RATIO:g} × the window's mean |h|) in any layer output of "
-                   f"{m.evidence.windows} windows: nothing to locate", NOT_MEASURED, "no outlier")
+    return Finding(
+        f"no activation-outlier token (max |h| > {PAPER_RATIO:g} × the window's mean |h|) in any layer output of "
+        f"{m.evidence.windows} windows: nothing to locate",
+        NOT_MEASURED,
+        "no outlier",
+    )
 
 
 def judge_activation(m: Measured) -> Finding:
@@ -182,7 +193,9 @@ def judge_activation(m: Measured) -> Finding:
     layer = m.chosen.peak.value + 1
     near = bool(((curves.top1 > SUN_FLOOR) & (curves.ratio >= MASSIVE_PARTLY)).any())
     verdict = HOLDS if m.chosen.peak.found else PARTLY if near else DOES_NOT_HOLD
-    return Finding(f"over {m.layers} layers, {m.chosen.peak.why}", verdict, f"{_magnitude(peak.top1)} ({peak.ratio:,.0f}× median) at layer {layer}")
+    return Finding(
+        f"over {m.layers} layers, {m.chosen.peak.why}", verdict, f"{_magnitude(peak.top1)} ({peak.ratio:,.0f}× median) at layer {layer}"
+    )
 
 
 def judge_weight(m: Measured) -> Finding:
@@ -192,9 +205,12 @@ def judge_weight(m: Measured) -> Finding:
     top = down.loc[down.column_ratio.idxmax()]
     reference = choices.reference_median(m.evidence.weights)
     factor = top.column_ratio / reference
-    return Finding(f"column {int(top.top_columns[0])} of layer {int(top.layer) + 1}: max/mean {top.column_ratio:,.0f}, {factor:.1f}× the "
-                   f"median over all matrices ({reference:.0f})", graded(factor, WEIGHT_OUTLIER_FACTOR, WEIGHT_PARTLY),
-                   f"column {int(top.top_columns[0])}, layer {int(top.layer) + 1}: {top.column_ratio:,.0f} ({factor:.1f}× median)")
+    return Finding(
+        f"column {int(top.top_columns[0])} of layer {int(top.layer) + 1}: max/mean {top.column_ratio:,.0f}, {factor:.1f}× the "
+        f"median over all matrices ({reference:.0f})",
+        graded(factor, WEIGHT_OUTLIER_FACTOR, WEIGHT_PARTLY),
+        f"column {int(top.top_columns[0])}, layer {int(top.layer) + 1}: {top.column_ratio:,.0f} ({factor:.1f}× median)",
+    )
 
 
 def judge_attention(m: Measured) -> Finding:
@@ -205,10 +221,14 @@ def judge_attention(m: Measured) -> Finding:
     top = int(curves.top1.idxmax())
     share = len(layers) / m.layers
     verdict = HOLDS if share >= ATTENTION_LAYERS_HOLDS else PARTLY if layers else DOES_NOT_HOLD
-    return Finding(f"keys receiving ≥ {ATTENTION_SHARE:g} × the window length in most of {m.evidence.windows} windows at "
-                   f"{len(layers)} of {m.layers} layers" + (f" (from layer {layers[0] + 1})" if layers else "")
-                   + f"; the largest mean top-1 is {curves.top1[top]:.1f} at layer {top + 1} (threshold {curves.threshold[top]:.1f})",
-                   verdict, f"{len(layers)} of {m.layers} layers, top-1 {curves.top1[top]:.0f} of {m.evidence.manifest['window_length']}")
+    return Finding(
+        f"keys receiving ≥ {ATTENTION_SHARE:g} × the window length in most of {m.evidence.windows} windows at "
+        f"{len(layers)} of {m.layers} layers"
+        + (f" (from layer {layers[0] + 1})" if layers else "")
+        + f"; the largest mean top-1 is {curves.top1[top]:.1f} at layer {top + 1} (threshold {curves.threshold[top]:.1f})",
+        verdict,
+        f"{len(layers)} of {m.layers} layers, top-1 {curves.top1[top]:.0f} of {m.evidence.manifest['window_length']}",
+    )
 
 
 def judge_positions(m: Measured) -> Finding:
@@ -224,8 +244,9 @@ def judge_positions(m: Measured) -> Finding:
     if verdict == HOLDS and not both:
         verdict = PARTLY
     split = ", ".join(f"{k.replace('_', ' ')} {v:.1%}" for k, v in classes.items())
-    return Finding(f"{len(tokens)} outlier tokens at the emergence layer {layer + 1}: {split}" + ("" if both else "; not both kinds"),
-                   verdict, split)
+    return Finding(
+        f"{len(tokens)} outlier tokens at the emergence layer {layer + 1}: {split}" + ("" if both else "; not both kinds"), verdict, split
+    )
 
 
 def judge_channels(m: Measured) -> Finding:
@@ -234,9 +255,12 @@ def judge_channels(m: Measured) -> Finding:
         return _no_tokens(m)
     channels = tokens.channel.value_counts(normalize=True)
     share = channels.head(FEW_CHANNELS).sum()
-    return Finding(f"{len(channels)} channel(s) carry the outlier tokens' maxima; the top {FEW_CHANNELS} carry {share:.0%}: "
-                   + ", ".join(f"{c}: {v:.0%}" for c, v in channels.head(FEW_CHANNELS).items()),
-                   graded(share, SHARE_HOLDS, SHARE_PARTLY), " ".join(map(str, channels.head(FEW_CHANNELS).index)))
+    return Finding(
+        f"{len(channels)} channel(s) carry the outlier tokens' maxima; the top {FEW_CHANNELS} carry {share:.0%}: "
+        + ", ".join(f"{c}: {v:.0%}" for c, v in channels.head(FEW_CHANNELS).items()),
+        graded(share, SHARE_HOLDS, SHARE_PARTLY),
+        " ".join(map(str, channels.head(FEW_CHANNELS).index)),
+    )
 
 
 def judge_lifetime(m: Measured) -> Finding:
@@ -247,18 +271,24 @@ def judge_lifetime(m: Measured) -> Finding:
     last = first if last is None else last  # an override may name a layer without outlier tokens
     early, late = first + 1 <= EARLY * m.layers, last + 1 >= LATE * m.layers
     verdict = HOLDS if early and late else PARTLY if early or late else DOES_NOT_HOLD
-    return Finding(f"they emerge at layer {first + 1} of {m.layers} ({m.chosen.emergence.why}) and are in most windows until "
-                   f"layer {last + 1}", verdict, f"layers {first + 1}–{last + 1} of {m.layers}")
+    return Finding(
+        f"they emerge at layer {first + 1} of {m.layers} ({m.chosen.emergence.why}) and are in most windows until layer {last + 1}",
+        verdict,
+        f"layers {first + 1}–{last + 1} of {m.layers}",
+    )
 
 
 def judge_weight_writes(m: Measured) -> Finding:
     t = m.table1
     if not t["rows_written"]:
         return Finding("no W_down column stands out: nothing to compare", NOT_MEASURED, "–")
-    return Finding(f"{t['rows_on_residual_outlier_channels']} of {t['rows_written']} rows written by the {t['weight_outlier_columns']} "
-                   f"outstanding W_down columns are massive residual channels ({t['residual_outlier_channels'] or 'there are none'}); "
-                   f"{t['columns_on_down_input_outlier_channels']} of the columns are massive down-input channels of their layer",
-                   graded(t["row_share"], SHARE_HOLDS, SHARE_PARTLY), f"{t['row_share']:.0%} of rows")
+    return Finding(
+        f"{t['rows_on_residual_outlier_channels']} of {t['rows_written']} rows written by the {t['weight_outlier_columns']} "
+        f"outstanding W_down columns are massive residual channels ({t['residual_outlier_channels'] or 'there are none'}); "
+        f"{t['columns_on_down_input_outlier_channels']} of the columns are massive down-input channels of their layer",
+        graded(t["row_share"], SHARE_HOLDS, SHARE_PARTLY),
+        f"{t['row_share']:.0%} of rows",
+    )
 
 
 def judge_keys_are_tokens(m: Measured) -> Finding:
@@ -271,9 +301,12 @@ def judge_keys_are_tokens(m: Measured) -> Finding:
     keys_tokens = 0.0 if pd.isna(t["keys_that_are_outlier_tokens"]) else t["keys_that_are_outlier_tokens"]  # no outlier key at all
     low, high = min(tokens_keys, keys_tokens), max(tokens_keys, keys_tokens)
     verdict = HOLDS if low >= SHARE_HOLDS else PARTLY if high >= SHARE_HOLDS or low >= SHARE_PARTLY else DOES_NOT_HOLD
-    return Finding(f"{tokens_keys:.0%} of {t['activation_outlier_tokens']} activation-outlier tokens are outlier keys of their window; "
-                   f"{keys_tokens:.0%} of {t['attention_outlier_keys']} outlier keys are activation-outlier tokens",
-                   verdict, f"{tokens_keys:.0%} of tokens, {keys_tokens:.0%} of keys")
+    return Finding(
+        f"{tokens_keys:.0%} of {t['activation_outlier_tokens']} activation-outlier tokens are outlier keys of their window; "
+        f"{keys_tokens:.0%} of {t['attention_outlier_keys']} outlier keys are activation-outlier tokens",
+        verdict,
+        f"{tokens_keys:.0%} of tokens, {keys_tokens:.0%} of keys",
+    )
 
 
 def judge_cancellation(m: Measured) -> Finding:
@@ -292,8 +325,10 @@ def judge_cancellation(m: Measured) -> Finding:
         channel = int(np.abs(arriving[token]).argmax())
         written = m.prompt[f"down_proj_output.{layer}"][token, channel]
         opposite = bool(np.sign(written) == -np.sign(arriving[token, channel]))
-        measured += (f"; on the prompt its MLP writes {written:+,.0f} onto channel {channel} of {m.tokens[token]!r}, "
-                     f"which arrives at {arriving[token, channel]:+,.0f}")
+        measured += (
+            f"; on the prompt its MLP writes {written:+,.0f} onto channel {channel} of {m.tokens[token]!r}, "
+            f"which arrives at {arriving[token, channel]:+,.0f}"
+        )
     else:
         opposite = None
         measured += "; the MLP's own contribution is not captured (no MLP sites, or no outlier token on the prompt)"
@@ -302,42 +337,81 @@ def judge_cancellation(m: Measured) -> Finding:
 
 
 LLM_CLAIMS = [
-    Claim("activation", "Activation outliers exist: a few values thousands of times the median",
-          f"holds: the mean top-1 |h| of some layer is massive (> {SUN_FLOOR:g} and > {SUN_RATIO:g}× the layer's median, Sun et al.); "
-          f"partly: some layer > {SUN_FLOOR:g} and ≥ {MASSIVE_PARTLY:g}×; else does not hold",
-          "≈ 2,380 at layers 2–30 (Fig 3a)", judge_activation),
-    Claim("weight", "Weight outliers exist: single down-projection columns with a large max/mean ratio",
-          f"the largest W_down column max/mean over the median over all matrices: holds ≥ {WEIGHT_OUTLIER_FACTOR:g}×, partly ≥ "
-          f"{WEIGHT_PARTLY:g}×; not measured without an MLP down projection",
-          "column 7890 of layer 2, ≈ 1,170; layers 31/32 ≈ 565/585; others ≲ 200 (Fig 5)", judge_weight),
-    Claim("attention", "Attention outliers exist: keys that take much of the attention",
-          f"keys receiving ≥ {ATTENTION_SHARE:g} × the window length (head mean) in ≥ {MOST_WINDOWS:.0%} of the windows: holds in ≥ "
-          f"{ATTENTION_LAYERS_HOLDS:.0%} of the layers, partly in at least one",
-          "top-1 ≈ 520 of 1,024 at layer 3, ≈ 300–520 up to layer 32 (Fig 6a)", judge_attention),
-    Claim("positions", "They sit at the first token and at delimiters",
-          f"share of the outlier tokens at the emergence layer that are initial, strong-delimiter or weak-semantic: holds ≥ "
-          f"{SHARE_HOLDS:.0%} with both the initial token and delimiters or weak-semantic tokens among them, partly ≥ {SHARE_PARTLY:.0%}; "
-          "not measured without outlier tokens",
-          "initial 50.0 %, '.' 40.5 %, '_' 9.5 % at layer 2 (Fig 3b)", judge_positions),
-    Claim("channels", "… in a few fixed channels",
-          f"share of the outlier tokens whose largest channel is one of the {FEW_CHANNELS} most frequent: holds ≥ {SHARE_HOLDS:.0%}, "
-          f"partly ≥ {SHARE_PARTLY:.0%}", "1415, 2533 (Figs 1c, 3c)", judge_channels),
-    Claim("lifetime", "… from an early layer to a late one",
-          f"holds: they emerge (in ≥ {MOST_WINDOWS:.0%} of the windows) within the first {EARLY:.0%} of the layers and are still "
-          f"present at {LATE:.0%} of the depth; partly: one of the two", "layers 2–30 of 32 (Fig 3a)", judge_lifetime),
-    Claim("weight_writes", "The weight-outlier columns write the activation-outlier channels",
-          f"share of the rows written by outstanding W_down columns (≥ {WEIGHT_OUTLIER_FACTOR:g}× the median ratio; at most 3 "
-          f"rows with ≥ 0.5 × the column's largest) that are massive residual channels: holds ≥ {SHARE_HOLDS:.0%}, partly ≥ {SHARE_PARTLY:.0%}; not "
-          "measured when no column stands out",
-          "100 % (Table 1 as quoted by a third party; unconfirmed)", judge_weight_writes),
-    Claim("keys_are_tokens", "The attention-outlier keys are the activation-outlier tokens",
-          f"shares of the activation-outlier tokens that are outlier keys of their window and of the outlier keys that are "
-          f"activation-outlier tokens: holds when both are ≥ {SHARE_HOLDS:.0%}, partly when one is or both are ≥ {SHARE_PARTLY:.0%}", "95 % (Table 1 as quoted by a third party; unconfirmed)", judge_keys_are_tokens),
-    Claim("cancellation", "Late layers cancel them",
-          f"at the cancelling layer (the largest fall of the mean top-1 |h| after the emergence) holds: it falls by ≥ "
-          f"{CANCEL_FALL:.0%} and, on the prompt, that layer's MLP writes against the arriving outlier; partly: the fall without the "
-          "MLP's sign; does not hold: a smaller fall or none; not measured without outliers",
-          "layer 31: x_down channels 3721, 7006 cancel 1415, 2533 (Figs 4c, 9)", judge_cancellation),
+    Claim(
+        "activation",
+        "Activation outliers exist: a few values thousands of times the median",
+        f"holds: the mean top-1 |h| of some layer is massive (> {SUN_FLOOR:g} and > {SUN_RATIO:g}× the layer's median, Sun et al.); "
+        f"partly: some layer > {SUN_FLOOR:g} and ≥ {MASSIVE_PARTLY:g}×; else does not hold",
+        "≈ 2,380 at layers 2–30 (Fig 3a)",
+        judge_activation,
+    ),
+    Claim(
+        "weight",
+        "Weight outliers exist: single down-projection columns with a large max/mean ratio",
+        f"the largest W_down column max/mean over the median over all matrices: holds ≥ {WEIGHT_OUTLIER_FACTOR:g}×, partly ≥ "
+        f"{WEIGHT_PARTLY:g}×; not measured without an MLP down projection",
+        "column 7890 of layer 2, ≈ 1,170; layers 31/32 ≈ 565/585; others ≲ 200 (Fig 5)",
+        judge_weight,
+    ),
+    Claim(
+        "attention",
+        "Attention outliers exist: keys that take much of the attention",
+        f"keys receiving ≥ {ATTENTION_SHARE:g} × the window length (head mean) in ≥ {MOST_WINDOWS:.0%} of the windows: holds in ≥ "
+        f"{ATTENTION_LAYERS_HOLDS:.0%} of the layers, partly in at least one",
+        "top-1 ≈ 520 of 1,024 at layer 3, ≈ 300–520 up to layer 32 (Fig 6a)",
+        judge_attention,
+    ),
+    Claim(
+        "positions",
+        "They sit at the first token and at delimiters",
+        f"share of the outlier tokens at the emergence layer that are initial, strong-delimiter or weak-semantic: holds ≥ "
+        f"{SHARE_HOLDS:.0%} with both the initial token and delimiters or weak-semantic tokens among them, partly ≥ {SHARE_PARTLY:.0%}; "
+        "not measured without outlier tokens",
+        "initial 50.0 %, '.' 40.5 %, '_' 9.5 % at layer 2 (Fig 3b)",
+        judge_positions,
+    ),
+    Claim(
+        "channels",
+        "… in a few fixed channels",
+        f"share of the outlier tokens whose largest channel is one of the {FEW_CHANNELS} most frequent: holds ≥ {SHARE_HOLDS:.0%}, "
+        f"partly ≥ {SHARE_PARTLY:.0%}",
+        "1415, 2533 (Figs 1c, 3c)",
+        judge_channels,
+    ),
+    Claim(
+        "lifetime",
+        "… from an early layer to a late one",
+        f"holds: they emerge (in ≥ {MOST_WINDOWS:.0%} of the windows) within the first {EARLY:.0%} of the layers and are still "
+        f"present at {LATE:.0%} of the depth; partly: one of the two",
+        "layers 2–30 of 32 (Fig 3a)",
+        judge_lifetime,
+    ),
+    Claim(
+        "weight_writes",
+        "The weight-outlier columns write the activation-outlier channels",
+        f"share of the rows written by outstanding W_down columns (≥ {WEIGHT_OUTLIER_FACTOR:g}× the median ratio; at most 3 "
+        f"rows with ≥ 0.5 × the column's largest) that are massive residual channels: holds ≥ {SHARE_HOLDS:.0%}, partly ≥ {SHARE_PARTLY:.0%}; not "
+        "measured when no column stands out",
+        "100 % (Table 1 as quoted by a third party; unconfirmed)",
+        judge_weight_writes,
+    ),
+    Claim(
+        "keys_are_tokens",
+        "The attention-outlier keys are the activation-outlier tokens",
+        f"shares of the activation-outlier tokens that are outlier keys of their window and of the outlier keys that are "
+        f"activation-outlier tokens: holds when both are ≥ {SHARE_HOLDS:.0%}, partly when one is or both are ≥ {SHARE_PARTLY:.0%}",
+        "95 % (Table 1 as quoted by a third party; unconfirmed)",
+        judge_keys_are_tokens,
+    ),
+    Claim(
+        "cancellation",
+        "Late layers cancel them",
+        f"at the cancelling layer (the largest fall of the mean top-1 |h| after the emergence) holds: it falls by ≥ "
+        f"{CANCEL_FALL:.0%} and, on the prompt, that layer's MLP writes against the arriving outlier; partly: the fall without the "
+        "MLP's sign; does not hold: a smaller fall or none; not measured without outliers",
+        "layer 31: x_down channels 3721, 7006 cancel 1415, 2533 (Figs 4c, 9)",
+        judge_cancellation,
+    ),
 ]
 
 
@@ -367,19 +441,32 @@ def judge(m: Measured) -> list[tuple[Claim, Finding]]:
 def claims_file(m: Measured) -> str:
     """results/claims/{model}.md."""
     e = m.evidence
-    return claims_markdown(f"The paper's claims, checked on {e.model}", [
-        f"Measured on {windows_text(e.manifest)} ({e.stats_dir}) and the prompt {m.record['text']!r}, "
-        f"in {e.manifest['dtype']} on {e.manifest['device']}. Weight numbers: {m.record['weights']}.",
-        "The paper states its claims qualitatively; each criterion is ours and is printed beside its verdict. \"Massive\" is Sun et "
-        f"al.'s criterion (> {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median of the same layer); an activation-outlier token is the "
-        f"paper's (max |h| > {PAPER_RATIO:g} × the window's mean |h|); \"not measured\": the architecture lacks the sites, or there "
-        "is nothing to compare. The paper column is the paper's value for LLaMA-2-7B (from its text and figures; \"≈\": read off a plot).",
-        *([f"The last {len(all_claims()) - len(LLM_CLAIMS)} claims test what the outliers do by editing the forward pass on the same "
-           f"windows (rule interventions, "
-           f"controls over seeds {', '.join(map(str, m.interventions.record['seeds']))}): {m.interventions.record['activation']['why']}; "
-           + (f"keys: {m.interventions.record['sink']['why']}." if m.interventions.record.get("sink")
-              else f"no sink ablation: {m.interventions.record['sink_not_measured']}.")] if m.interventions else []),
-    ], judge(m))
+    return claims_markdown(
+        f"The paper's claims, checked on {e.model}",
+        [
+            f"Measured on {windows_text(e.manifest)} ({e.stats_dir}) and the prompt {m.record['text']!r}, "
+            f"in {e.manifest['dtype']} on {e.manifest['device']}. Weight numbers: {m.record['weights']}.",
+            'The paper states its claims qualitatively; each criterion is ours and is printed beside its verdict. "Massive" is Sun et '
+            f"al.'s criterion (> {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median of the same layer); an activation-outlier token is the "
+            f"paper's (max |h| > {PAPER_RATIO:g} × the window's mean |h|); \"not measured\": the architecture lacks the sites, or there "
+            'is nothing to compare. The paper column is the paper\'s value for LLaMA-2-7B (from its text and figures; "≈": read off a plot).',
+            *(
+                [
+                    f"The last {len(all_claims()) - len(LLM_CLAIMS)} claims test what the outliers do by editing the forward pass on the same "
+                    f"windows (rule interventions, "
+                    f"controls over seeds {', '.join(map(str, m.interventions.record['seeds']))}): {m.interventions.record['activation']['why']}; "
+                    + (
+                        f"keys: {m.interventions.record['sink']['why']}."
+                        if m.interventions.record.get("sink")
+                        else f"no sink ablation: {m.interventions.record['sink_not_measured']}."
+                    )
+                ]
+                if m.interventions
+                else []
+            ),
+        ],
+        judge(m),
+    )
 
 
 def atlas_row(m: Measured) -> dict:
@@ -401,15 +488,25 @@ def atlas_row(m: Measured) -> dict:
         "peak_layer": c.peak.value + 1,
         "token_classes": ", ".join(f"{k} {v:.0%}" for k, v in classes.items()) or "none",
         "first_sink_layer": (sinks[0] + 1 if sinks else "none") if e.has_attention else "not captured",
-        "weight_outliers": "; ".join(f"layer {int(r.layer) + 1} column {int(r.top_columns[0])} → rows "
-                                     f"{' '.join(map(str, r.top_column_rows))}" for r in weights.itertuples()) or "none",
+        "weight_outliers": "; ".join(
+            f"layer {int(r.layer) + 1} column {int(r.top_columns[0])} → rows {' '.join(map(str, r.top_column_rows))}"
+            for r in weights.itertuples()
+        )
+        or "none",
     }
 
 
 PAPER_ATLAS = {  # LLaMA-2-7B as the paper shows it (its Figs 1, 3–6 and Table 1; "≈": read off a plot)
-    "model": "paper: LLaMA-2-7B", "layers": 32, "emergence_layer": 2, "disappearance_layer": 31, "outlier_channels": "1415 2533",
-    "peak_magnitude": "≈ 2,380", "peak_ratio_to_median": "–", "peak_layer": "2–30",
-    "token_classes": "initial 50.0%, strong delimiter 40.5%, weak semantic 9.5%", "first_sink_layer": 3,
+    "model": "paper: LLaMA-2-7B",
+    "layers": 32,
+    "emergence_layer": 2,
+    "disappearance_layer": 31,
+    "outlier_channels": "1415 2533",
+    "peak_magnitude": "≈ 2,380",
+    "peak_ratio_to_median": "–",
+    "peak_layer": "2–30",
+    "token_classes": "initial 50.0%, strong delimiter 40.5%, weak semantic 9.5%",
+    "first_sink_layer": 3,
     "weight_outliers": "layer 2 column 7890 → rows 1415 2533; layer 31 column 7006; layer 32 column 3228 → row 1512",
 }
 
@@ -419,26 +516,44 @@ def summary(measured: list[Measured]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     rows = []
     for m in measured:
         for claim, finding in judge(m):
-            rows.append({"claim": claim.text, "paper_llama2_7b": claim.paper or "–", "model": m.evidence.model,
-                         "measured": finding.value, "verdict": finding.verdict, "criterion": claim.criterion})
+            rows.append(
+                {
+                    "claim": claim.text,
+                    "paper_llama2_7b": claim.paper or "–",
+                    "model": m.evidence.model,
+                    "measured": finding.value,
+                    "verdict": finding.verdict,
+                    "criterion": claim.criterion,
+                }
+            )
     scorecard = pd.DataFrame(rows)
     atlas = pd.DataFrame([PAPER_ATLAS] + [atlas_row(m) for m in measured]).astype(str)
     order = {claim.text: i for i, claim in enumerate(all_claims())}
     shown = scorecard.sort_values("claim", key=lambda s: s.map(order), kind="stable")
-    text = "\n".join([
-        "# Scorecard: the paper's claims across models", "",
-        "Each claim with the paper's own value for LLaMA-2-7B (from its text and figures; \"≈\" read off a plot, \"unconfirmed\" where the "
-        "paper's text could not be read), the value measured for each configured model and the verdict; the criteria are in each "
-        "model's claims file and in summary.csv.", "",
-        *markdown_table(["claim", "paper (LLaMA-2-7B)", "model", "measured", "verdict"],
-                        shown[["claim", "paper_llama2_7b", "model", "measured", "verdict"]].values.tolist()),
-        "", "## Atlas: where each model's outliers are", "",
-        "Layers are 1-based. Outlier channels: residual channels whose corpus maximum is massive (Sun et al.). Peak: the layer "
-        "with the largest mean top-1 |h| over the median. Token classes: the activation-outlier tokens (paper's rule) over all "
-        "layers. First sink layer: the first with outlier keys in most windows. Weight outliers: outstanding W_down columns and "
-        "the rows they write.", "",
-        *markdown_table(list(atlas.columns), atlas.values.tolist()), "",
-    ])
+    text = "\n".join(
+        [
+            "# Scorecard: the paper's claims across models",
+            "",
+            'Each claim with the paper\'s own value for LLaMA-2-7B (from its text and figures; "≈" read off a plot, "unconfirmed" where the '
+            "paper's text could not be read), the value measured for each configured model and the verdict; the criteria are in each "
+            "model's claims file and in summary.csv.",
+            "",
+            *markdown_table(
+                ["claim", "paper (LLaMA-2-7B)", "model", "measured", "verdict"],
+                shown[["claim", "paper_llama2_7b", "model", "measured", "verdict"]].values.tolist(),
+            ),
+            "",
+            "## Atlas: where each model's outliers are",
+            "",
+            "Layers are 1-based. Outlier channels: residual channels whose corpus maximum is massive (Sun et al.). Peak: the layer "
+            "with the largest mean top-1 |h| over the median. Token classes: the activation-outlier tokens (paper's rule) over all "
+            "layers. First sink layer: the first with outlier keys in most windows. Weight outliers: outstanding W_down columns and "
+            "the rows they write.",
+            "",
+            *markdown_table(list(atlas.columns), atlas.values.tolist()),
+            "",
+        ]
+    )
     return scorecard, atlas, text
 
 
@@ -447,12 +562,17 @@ def alignment_markdown(table: pd.DataFrame) -> str:
     for column in ("column_share", "row_share", "tokens_that_are_outlier_keys", "keys_that_are_outlier_tokens"):
         shown[column] = shown[column].map(lambda v: "–" if pd.isna(v) else f"{v:.0%}")
     shown = shown.fillna("–").replace("", "–")
-    return "\n".join([
-        "# Table 1: alignment of weight, activation and attention outliers", "",
-        f"Weight-outlier columns: W_down columns whose max/mean ratio is at least {WEIGHT_OUTLIER_FACTOR:g} × the median over all "
-        "matrices; rows written: those with |W| ≥ 0.5 × the column's largest (at most 3). Outlier channels: corpus channel maxima > 100 and "
-        f"> 1000 × the median (Sun et al.). Activation-outlier tokens: max |h| > {PAPER_RATIO:g} × the window's mean |h| in any "
-        f"layer output; outlier keys: ≥ {ATTENTION_SHARE:g} × the window length in any layer; matched per window. "
-        "–: nothing to compare (no outlier of that kind, or no attention capture).", "",
-        *markdown_table(list(shown.columns), shown.values.tolist()), "",
-    ])
+    return "\n".join(
+        [
+            "# Table 1: alignment of weight, activation and attention outliers",
+            "",
+            f"Weight-outlier columns: W_down columns whose max/mean ratio is at least {WEIGHT_OUTLIER_FACTOR:g} × the median over all "
+            "matrices; rows written: those with |W| ≥ 0.5 × the column's largest (at most 3). Outlier channels: corpus channel maxima > 100 and "
+            f"> 1000 × the median (Sun et al.). Activation-outlier tokens: max |h| > {PAPER_RATIO:g} × the window's mean |h| in any "
+            f"layer output; outlier keys: ≥ {ATTENTION_SHARE:g} × the window length in any layer; matched per window. "
+            "–: nothing to compare (no outlier of that kind, or no attention capture).",
+            "",
+            *markdown_table(list(shown.columns), shown.values.tolist()),
+            "",
+        ]
+    )
