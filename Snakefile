@@ -31,4 +31,4 @@ rule all:
     default_target: True
     input:
         default_targets(),
-        figure_targets,
+        *figure_targets(),

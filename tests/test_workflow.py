@@ -40,7 +40,6 @@ def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
         "dump_prompt": 1,
         "corpus_statistics": 1,
         "weight_statistics": 1,
-        "figure": 9,
         "claims": 1,
         "claims_summary": 1,
         "table1_alignment": 1,
@@ -70,7 +69,6 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
         "dump_prompt": 12,
         "corpus_statistics": 12,
         "weight_statistics": 12,
-        "figure": 108,
         "claims": 12,
         "claims_summary": 1,
         "table1_alignment": 1,
@@ -132,7 +130,8 @@ def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tm
     }
     assert planned("mpt-7b") == planned("falcon-7b") | {"fig01_existence", "fig06_attention_positions"}
     assert len(planned("llama2-7b")) == 11
-    assert planned_jobs(done.stdout)["figure"] == 108 - 5 - 3  # MPT: no logits (Fig 8), no gate (Figs 7, 9)
+    # the other 9 models are not fetched: their figures are planned once they are (fetch_model is a checkpoint)
+    assert planned_jobs(done.stdout)["figure"] == 4 + 6 + 9  # MPT: no logits (Fig 8), no gate (Figs 7, 9)
 
 
 @pytest.mark.parametrize(
@@ -268,44 +267,97 @@ def test_a_run_whose_capture_job_is_killed_finishes_with_the_same_command_and_re
     assert sorted(p.name for p in runs["killed"].iterdir()) == sorted(p.name for p in runs["straight"].iterdir())
 
 
-def test_a_model_without_outliers_gets_every_output_beside_one_with_them(smollm2_dir, tmp_path):
-    """The negative control through the whole workflow: a randomly initialised Llama (SmolLM2's
-    tokenizer, no outlier of any kind) next to the real SmolLM2, from `path:` sources. Both get
-    every figure, a claims file, a Table 1 row and a scorecard row; the random model's existence
-    claims do not hold."""
+TINY_TASK = {
+    "data": {"kind": "bigram_backcopy", "length": 16, "vocab_size": 16, "triggers": 2, "task_seed": 0},
+    "model": {"n_layer": 1, "n_head": 1, "n_embd": 16},
+    "schedule": {
+        "steps": 4,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "min_learning_rate": 1e-4,
+        "warmup_steps": 1,
+        "decay_steps": 4,
+        "weight_decay": 0.0,
+        "eval_interval": 2,
+        "eval_batches": 1,
+        "checkpoint_interval": 4,
+    },
+    "seeds": [0],
+}
+
+
+def path_model(folder: Path, model, tokenizer_dir: Path) -> Path:
+    """A tiny random model saved for `path:`, with SmolLM2's tokenizer."""
     import shutil
 
-    import pandas as pd
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def finished_run(smollm2_dir, tmp_path_factory):
+    """One run from an empty folder of a mixed config: SmolLM2, a random Llama (no outlier of any
+    kind) and a random Falcon (no attention capture), each from `path:`, plus two tiny training
+    tasks run by their targets. Returns (workdir, config, run)."""
+    import transformers
     from conftest import tiny_model
 
+    tmp_path = tmp_path_factory.mktemp("finished")
     folder, _ = smollm2_dir
-    random_dir = tmp_path / "random-llama"
-    tiny_model("llama", seed=1, num_hidden_layers=4, vocab_size=49152, max_position_embeddings=256).save_pretrained(random_dir)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (folder / name).exists():
-            shutil.copy(folder / name, random_dir / name)
-    text = small_corpus(tmp_path / "text")
-    config = tmp_path / "control.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "models": {
-                    "smollm2": {"source": f"path:{folder}", "dtype": "float32"},
-                    "random-llama": {"source": f"path:{random_dir}", "dtype": "float32"},
-                },
-                "corpora": {"text": {"source": f"path:{text}", "include": "*.txt", "window_length": 128, "windows": 4}},
-                "targets": {"models": ["smollm2", "random-llama"], "corpus": "text"},
-                "training": {"run": []},
-            }
-        )
+    random_llama = path_model(
+        tmp_path / "random-llama",
+        tiny_model("llama", seed=1, num_hidden_layers=4, vocab_size=49152, max_position_embeddings=256),
+        folder,
     )
+    __import__("torch").manual_seed(0)  # the Falcon weights
+    falcon_config = transformers.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=49152)
+    random_falcon = path_model(tmp_path / "random-falcon", transformers.AutoModelForCausalLM.from_config(falcon_config), folder)
+    config = {
+        "models": {
+            "smollm2": {"source": f"path:{folder}", "dtype": "float32"},
+            "random-llama": {"source": f"path:{random_llama}", "dtype": "float32"},
+            "random-falcon": {"source": f"path:{random_falcon}", "dtype": "float32"},
+        },
+        "corpora": {"text": {"source": f"path:{small_corpus(tmp_path / 'text')}", "include": "*.txt", "window_length": 128, "windows": 4}},
+        "targets": {"models": ["smollm2", "random-llama", "random-falcon"], "corpus": "text"},
+        "training": {"variants": ["default", "context_scale"], "tasks": {"t1": TINY_TASK, "t2": TINY_TASK}, "run": []},
+    }
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(json.dumps(config))
     workdir = tmp_path / "run"
     workdir.mkdir()
-    done = snakemake(workdir, "--configfile", str(config))
+
+    def run(*args, config=config):
+        config_path.write_text(json.dumps(config))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        command = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config_path), *args]
+        # the user's umask decides the outputs' modes: the usual 022 here
+        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, preexec_fn=lambda: os.umask(0o022))
+
+    done = run()
     assert done.returncode == 0, done.stderr[-3000:]
+    training = [
+        f"results/training/{task}/{variant}/seed0/model.safetensors" for task in ("t1", "t2") for variant in ("default", "context_scale")
+    ]
+    done = run(*training)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir, config, run, training
+
+
+def test_a_model_without_outliers_gets_every_output_beside_one_with_them(finished_run):
+    """The negative control through the whole workflow: the random Llama gets every figure, a
+    claims file, a Table 1 row and a scorecard row beside SmolLM2, and its existence claims do not
+    hold; the random Falcon gets what its architecture can give, from a first run that planned
+    its figures only after fetching it."""
+    import pandas as pd
+
+    workdir, _, _, _ = finished_run
     results = workdir / "results"
-    for model in ("smollm2", "random-llama"):
-        assert len(list((results / "figures" / model).glob("*.png"))) == 11, model
+    for model, count in (("smollm2", 11), ("random-llama", 11), ("random-falcon", 6)):
+        assert len(list((results / "figures" / model).glob("*.png"))) == count, model
     claims = (results / "claims" / "random-llama.md").read_text()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in claims.splitlines() if line.startswith("| ")}
     for claim in ("Activation outliers exist", "Weight outliers exist", "Attention outliers exist"):
@@ -315,14 +367,86 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(smollm2
     table1 = pd.read_csv(results / "tables" / "table1_alignment.csv").set_index("model")
     assert table1.activation_outlier_tokens["random-llama"] == 0 and table1.activation_outlier_tokens["smollm2"] > 0
     summary = pd.read_csv(results / "claims" / "summary.csv")
-    assert set(summary.model) == {"smollm2", "random-llama"} and len(summary) == 2 * 14
+    assert set(summary.model) == {"smollm2", "random-llama", "random-falcon"} and len(summary) == 3 * 14
     # what the outliers do: SmolLM2 needs them (positive control), the random model has none to need
     verdict = summary.set_index(["model", "claim"]).verdict
     needed = "The activation outliers are needed: zeroing them breaks the model"
     assert verdict["smollm2", needed] == "holds" and verdict["random-llama", needed] == "does not hold"
     # 4 windows of 128 tokens of a made-up text: removing the sink hurts beyond the controls, by less than at 512 tokens
     assert verdict["smollm2", "The attention sink is needed: heads park attention there"] in ("holds", "partly")
+    assert verdict["random-falcon", "The attention sink is needed: heads park attention there"] == "not measured"
     interventions = pd.read_csv(results / "tables" / "interventions.csv")
-    assert set(interventions.model) == {"smollm2", "random-llama"}
+    assert set(interventions.model) == {"smollm2", "random-llama", "random-falcon"}
     caption = (results / "figures" / "random-llama" / "fig01_existence.caption.txt").read_text()
     assert "No activation outlier was found in the corpus" in caption
+
+
+def test_outputs_have_the_modes_of_ordinary_files(finished_run):
+    workdir, _, _, _ = finished_run
+    for root in ("results", "resources"):
+        for path in (workdir / root).rglob("*"):
+            expected = 0o755 if path.is_dir() else 0o644
+            assert path.stat().st_mode & 0o777 == expected, f"{path.relative_to(workdir)}: {oct(path.stat().st_mode & 0o777)}"
+
+
+def planned_for(output: str) -> set[tuple[str, str]]:
+    """(rule, the job's model, corpus or task wildcard) of every job a dry run plans."""
+    jobs = set()
+    for block in re.split(r"\n(?=rule \w+:)", output):
+        rule = re.match(r"rule (\w+):", block)
+        if rule:
+            wildcards = re.search(r"wildcards: (.*)", block)
+            named = dict(pair.split("=", 1) for pair in wildcards.group(1).split(", ")) if wildcards else {}
+            jobs.add((rule.group(1), named.get("model") or named.get("task") or named.get("corpus") or ""))
+    return jobs
+
+
+def changed(config: dict, **paths) -> dict:
+    """A deep copy of `config` with each "a.b.c" key set."""
+    config = json.loads(json.dumps(config))
+    for path, value in paths.items():
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return config
+
+
+def test_a_config_change_reruns_exactly_what_it_affects(finished_run):
+    workdir, config, run, training = finished_run
+    assert "Nothing to be done" in run("-n").stdout
+
+    override = changed(config, figures={"overrides": {"smollm2": {"emergence_layer": 13}}})
+    jobs = planned_for(run("-n", config=override).stdout)
+    assert jobs == {("figure", "smollm2"), ("all", "")}  # the figures it steers; the claims judge the data's own choices
+
+    dtype = changed(config, **{"models.random-llama.dtype": "bfloat16"})
+    jobs = planned_for(run("-n", config=dtype).stdout)
+    assert ("fetch_model", "random-llama") in jobs and ("figure", "random-llama") in jobs and ("claims", "random-llama") in jobs
+    assert {model for rule, model in jobs if model in ("smollm2", "random-falcon")} == set()
+
+    windows = changed(config, **{"corpora.text.windows": 3})
+    rules = {rule for rule, _ in planned_for(run("-n", config=windows).stdout)}
+    assert {"cut_windows", "corpus_statistics", "interventions", "figure", "claims"} <= rules
+    assert not rules & {"fetch_model", "fetch_corpus", "dump_prompt", "weight_statistics"}
+
+    schedule = changed(config, **{"training.tasks.t1.schedule.steps": 6})
+    assert planned_for(run("-n", *training, config=schedule).stdout) == {("train_variant", "t1")}
+
+
+def test_an_architecture_the_capture_table_lacks_stops_at_fetch_and_writes_nothing(tmp_path, smollm2_dir):
+    import transformers
+
+    bloom = transformers.AutoModelForCausalLM.from_config(transformers.BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=49152))
+    folder = path_model(tmp_path / "bloom", bloom, smollm2_dir[0])
+    config = tmp_path / "bloom.yaml"
+    config.write_text(
+        json.dumps({"models": {"bloom": {"source": f"path:{folder}"}}, "targets": {"models": ["bloom"]}, "training": {"run": []}})
+    )
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    done = snakemake(workdir, "--configfile", str(config), "results/capture/bloom/weights.parquet")
+    assert done.returncode != 0
+    assert "error: models.bloom: architecture 'bloom' is not supported for capture; supported: falcon" in done.stderr
+    assert not (workdir / "resources" / "models" / "bloom").exists()

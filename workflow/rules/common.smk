@@ -197,12 +197,14 @@ def figure_overrides(model):
     return {name: layer - 1 for name, layer in overrides.items()}
 
 
-def figure_targets(wildcards):
-    """The LLM figures of every target model: known once each model is fetched."""
+def figure_targets():
+    """One input function per target model giving its LLM figures: each is known once that model
+    is fetched, so a dry run plans the figures of the models already on disk."""
     return [
-        f"results/figures/{model}/{figure}.png"
+        lambda wildcards, model=model: [
+            f"results/figures/{model}/{figure}.png" for figure in figures_for(model)
+        ]
         for model in TARGET_MODELS
-        for figure in figures_for(model)
     ]
 
 
