@@ -3,7 +3,8 @@
 import os
 
 import pytest
-
+import torch
+from safetensors.torch import save_file
 from systematic_outliers.io import atomic_directory, atomic_file
 
 
@@ -15,11 +16,13 @@ def test_outputs_get_the_modes_of_the_users_umask(tmp_path, umask, file_mode, fo
             scratch.write_text("a,b\n")
         with atomic_directory(tmp_path / "stats") as staging:
             (staging / "manifest.json").write_text("{}")
+            save_file({"x": torch.zeros(2)}, staging / "model.safetensors")  # safetensors writes 0600 files
     finally:
         os.umask(before)
     assert (tmp_path / "table.csv").stat().st_mode & 0o777 == file_mode
     assert (tmp_path / "stats").stat().st_mode & 0o777 == folder_mode
     assert (tmp_path / "stats" / "manifest.json").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "stats" / "model.safetensors").stat().st_mode & 0o777 == file_mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stats", "table.csv"]  # no scratch left behind
 
 

@@ -333,7 +333,8 @@ def finished_run(smollm2_dir, tmp_path_factory):
     def run(*args, config=config):
         config_path.write_text(json.dumps(config))
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        command = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config_path), *args]
+        # --configfile last: it takes several files; both cores for the real runs
+        command = [*SNAKEMAKE, "--cores", "2", "--directory", str(workdir), *args, "--configfile", str(config_path)]
         # the user's umask decides the outputs' modes: the usual 022 here
         return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, preexec_fn=lambda: os.umask(0o022))
 

@@ -35,6 +35,9 @@ def atomic_directory(target: str | os.PathLike):
     scratch = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         yield scratch
+        # writers inside may create owner-only files too (safetensors does): normalise the tree
+        for path in scratch.rglob("*"):
+            _ordinary(path, 0o777 if path.is_dir() else 0o666)
         _ordinary(scratch, 0o777)
         if target.exists():
             shutil.rmtree(target)
