@@ -88,6 +88,8 @@ def test_bos_windows_start_with_the_bos_and_continue_the_same_stream(corpus_fold
     assert (provenance.groupby("window").token_start.min() == 1).all() and (provenance.token_end.max() == 32)
     with pytest.raises(SourceError, match=r"^corpora.toy.add_special_tokens: the tokenizer of models.tiny has no BOS token"):
         cut_windows("toy", entry, documents, tokenizer, window_length=32, model="tiny")
+    with pytest.raises(SourceError, match=r"^corpora.toy.add_special_tokens: windows of 1 token leave no room after the BOS"):
+        cut_windows("toy", entry, documents, with_bos, window_length=1)
 
 
 def test_too_few_tokens_or_documents_name_the_key(corpus_folder, tokenizer, tmp_path):

@@ -380,6 +380,8 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(finishe
     assert set(interventions.model) == {"smollm2", "random-llama", "random-falcon"}
     caption = (results / "figures" / "random-llama" / "fig01_existence.caption.txt").read_text()
     assert "No activation outlier was found in the corpus" in caption
+    caption = (results / "figures" / "smollm2" / "scaling_factor.caption.txt").read_text()
+    assert "over 4 windows of 128 tokens. Outlier keys: from layer" in caption
 
 
 def test_outputs_have_the_modes_of_ordinary_files(finished_run):
@@ -449,7 +451,7 @@ def test_an_architecture_the_capture_table_lacks_stops_at_fetch_and_writes_nothi
     )
     workdir = tmp_path / "run"
     workdir.mkdir()
-    done = snakemake(workdir, "--configfile", str(config), "results/capture/bloom/weights.parquet")
+    done = snakemake(workdir, "results/capture/bloom/weights.parquet", "--configfile", str(config))
     assert done.returncode != 0
     assert "error: models.bloom: architecture 'bloom' is not supported for capture; supported: falcon" in done.stderr
     assert not (workdir / "resources" / "models" / "bloom").exists()

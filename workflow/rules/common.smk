@@ -123,6 +123,13 @@ def figures_for(model):
     fetch_model refuses an architecture the capture table does not have."""
     fetched = Path(checkpoints.fetch_model.get(model=model).output[0])
     model_type = json.loads((fetched / "config.json").read_text())["model_type"]
+    # a folder fetched by hand, or by a version without that check
+    if model_type not in ARCHITECTURES:
+        sys.stderr.write(
+            f"config error: models.{model}: {fetched} holds architecture {model_type!r}, which the capture "
+            f"table lacks; supported: {', '.join(sorted(ARCHITECTURES))}\n"
+        )
+        sys.exit(1)
     have = set(available_sites(ARCHITECTURES[model_type]))
     return [figure for figure, (_, _, sites) in FIGURES.items() if set(sites) <= have]
 

@@ -34,7 +34,7 @@ rule figure:
         "../envs/figures.yaml"
     params:
         # from the wildcards and the config alone, so that Snakemake compares them between runs:
-        # an override change reruns the figures it steers
+        # an override change reruns that model's figures
         notebook=lambda wildcards: {
             "stats_dir": f"results/capture/{wildcards.model}/stats/{TARGET_CORPUS}",
             "prompt_path": f"results/capture/{wildcards.model}/prompts/{FIGURE_PROMPT}.safetensors",

@@ -126,6 +126,8 @@ def cut_windows(name: str, entry: dict, documents: pd.DataFrame, tokenizer, wind
             f"{where}.add_special_tokens: the tokenizer of models.{model} has no BOS token to start the windows "
             f"with; set it to false, or target a model whose tokenizer has one"
         )
+    if bos and window_length < 2:
+        raise SourceError(f"{where}.add_special_tokens: windows of {window_length} token leave no room after the BOS; use at least 2")
     body = window_length - 1 if bos else window_length
     order = draw_documents(len(documents), entry.get("documents"), entry["seed"], where)
     texts = documents["text"].to_numpy()[order]
