@@ -103,8 +103,20 @@ def test_the_slurm_profile_plans_the_paper_with_each_rules_gpus_memory_and_runti
     jobs = re.split(r"\n(?=\[\w{3} \w{3} )", done.stdout)  # each job starts with its timestamp
     training = [job for job in jobs if "rule train_variant:" in job]
     assert len(training) == 6 and all("gpu=8" in job and "runtime=2880" in job and "slurm_partition=gpu" in job for job in training)
-    capture = [job for job in jobs if "rule corpus_statistics:" in job]
-    assert len(capture) == 12 and all("gpu=1" in job and "mem_mb=64000" in job for job in capture)
+    capture = [job for job in jobs if re.search(r"rule (corpus_statistics|dump_prompt|interventions):", job)]
+    assert len(capture) == 3 * 12 and all("mem_mb=64000" in job for job in capture)
+    # GPUs follow the model entry: one card each, two for Mixtral spread with device_map auto
+    assert all(("gpu=2" if "mixtral" in job else "gpu=1") in job for job in capture)
+
+
+def test_the_cpu_slurm_profile_asks_for_no_gpu_and_polls_squeue(tmp_path):
+    done = snakemake(tmp_path, "-n", "--workflow-profile", "none", "--profile", str(REPO / "profiles" / "slurm-cpu"))
+    assert done.returncode == 0, done.stderr
+    jobs = [job for job in re.split(r"\n(?=\[\w{3} \w{3} )", done.stdout) if "resources:" in job]
+    heavy = [job for job in jobs if re.search(r"rule (corpus_statistics|dump_prompt|interventions|train_variant):", job)]
+    assert len(heavy) == 3 + 24 and all("gpu=0" in job and "slurm_partition=cpu" in job for job in heavy)
+    profile = (REPO / "profiles" / "slurm-cpu" / "config.yaml").read_text()
+    assert "slurm-status-command: squeue" in profile  # clusters without accounting have no sacct
 
 
 def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tmp_path):
@@ -140,6 +152,7 @@ def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tm
         ({"corpora": {"shakespeare": {"windws": 3}}}, "corpora.shakespeare: unknown key 'windws'; allowed keys:"),
         ({"corpora": {"shakespeare": {"windows": "many"}}}, "corpora.shakespeare.windows: must be of type integer, got 'many'"),
         ({"models": {"smollm2-135m": {"source": "ftp:x"}}}, "models.smollm2-135m.source: 'ftp:x' is not valid"),
+        ({"models": {"smollm2-135m": {"gpus": -1}}}, "models.smollm2-135m.gpus: -1 is less than the minimum of 0"),
         ({"targets": {"models": ["llama2-7b"]}}, "targets.models[0]: unknown model 'llama2-7b'; defined under models: smollm2-135m"),
         ({"training": {"run": ["big"]}}, "training.run[0]: unknown task 'big'; defined under training.tasks: backcopy, mini"),
         ({"training": {"variants": ["flash"]}}, "training.variants[0]: 'flash' is not allowed; use one of default, fixed_bias"),

@@ -14,7 +14,7 @@ rule dump_prompt:
     conda:
         "../envs/capture.yaml"
     resources:
-        gpu=1,
+        gpu=model_gpus,
     params:
         entry=lambda wildcards: model_settings(wildcards.model, "load_model"),
         prompt=lambda wildcards: CONFIG["prompts"][wildcards.prompt],
@@ -35,7 +35,7 @@ rule corpus_statistics:
     conda:
         "../envs/capture.yaml"
     resources:
-        gpu=1,
+        gpu=model_gpus,
     params:
         entry=lambda wildcards: model_settings(wildcards.model, "load_model"),
         top_k=CONFIG["statistics"]["top_k"],

@@ -198,6 +198,11 @@ def task_settings(task, stage):
     return settings(TASKS[task], stage)
 
 
+def model_gpus(wildcards):
+    """GPUs a capture or intervention job of the model asks for (models.<m>.gpus, 0 by default)."""
+    return CONFIG["models"][wildcards.model]["gpus"]
+
+
 def figure_overrides(model):
     """The config's layer and head overrides for `model` as 0-based notebook parameters."""
     overrides = CONFIG.get("figures", {}).get("overrides", {}).get(model, {})

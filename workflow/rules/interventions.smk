@@ -20,7 +20,7 @@ rule interventions:
     conda:
         "../envs/capture.yaml"
     resources:
-        gpu=1,
+        gpu=model_gpus,
     params:
         entry=lambda wildcards: model_settings(wildcards.model, "load_model"),
         seeds=CONFIG["interventions"]["seeds"],
