@@ -48,6 +48,11 @@ def seed_losses(losses: pd.DataFrame, intervention: str) -> np.ndarray:
     return finite_losses(losses[losses.intervention == intervention]).groupby("seed").loss.mean().to_numpy()
 
 
+def value_norm_ratios(scaling: pd.DataFrame) -> pd.Series:
+    """Per layer, the outlier keys' value norm over the median key's: the median over windows of the per-window ratios."""
+    return scaling.groupby("layer").value_norm_ratio.median()
+
+
 def correlations(scaling: pd.DataFrame, resamples: int = BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
     """Per layer: the mean over windows of the per-window rank correlation (attention share on the
     outlier keys vs head output norm), its bootstrap interval over windows (none from fewer than
@@ -55,6 +60,7 @@ def correlations(scaling: pd.DataFrame, resamples: int = BOOTSTRAP, seed: int = 
     rows = []
     rng = np.random.default_rng(seed)
     tail = (1 - INTERVAL) / 2
+    ratios = value_norm_ratios(scaling)
     for layer, group in scaling.groupby("layer"):
         values = group.correlation.dropna().to_numpy()  # undefined where every share (or norm) is the same
         means = rng.choice(values, size=(resamples, len(values))).mean(axis=1) if len(values) >= 2 else np.full(1, np.nan)
@@ -65,7 +71,7 @@ def correlations(scaling: pd.DataFrame, resamples: int = BOOTSTRAP, seed: int = 
                 "low": float(np.quantile(means, tail)),
                 "high": float(np.quantile(means, 1 - tail)),
                 "windows": len(values),
-                "value_norm_ratio": float(group.value_norm_ratio.median()),
+                "value_norm_ratio": float(ratios[layer]),
                 "mean_share": float(group.mean_share.mean()),
             }
         )
@@ -168,18 +174,23 @@ def judge_sink_no_op(m) -> Finding:
     )
 
 
+def _no_reading(r: InterventionResults | None) -> Finding | None:
+    """Not measured when there is no scaling reading, with why; None when there is one."""
+    if r is None:
+        return Finding("no attention to read: the interventions were not run", NOT_MEASURED)
+    if r.scaling.empty:
+        return Finding(f"no attention to read: {r.record['sink_not_measured'] or 'no window has keys to read'}", NOT_MEASURED)
+    return None
+
+
 def judge_scaling(m) -> Finding:
     return scaling_finding(m.interventions, sink_layers(m) if m.interventions is not None else [])
 
 
 def scaling_finding(r: InterventionResults | None, layers: list[int]) -> Finding:
     """The scaling-factor claim from the interventions' reading and the attention-outlier `layers`."""
-    if r is None or r.scaling.empty:
-        return Finding(
-            "no attention to read: "
-            + (r.record["sink_not_measured"] or "no window has keys to read" if r else "the interventions were not run"),
-            NOT_MEASURED,
-        )
+    if (missing := _no_reading(r)) is not None:
+        return missing
     table = correlations(r.scaling).set_index("layer")
     if table.low.isna().all():
         return Finding(f"fewer than 2 windows per layer ({table.windows.max()}): no interval over windows", NOT_MEASURED)
@@ -212,17 +223,12 @@ def scaling_finding(r: InterventionResults | None, layers: list[int]) -> Finding
 
 def judge_small_values(m) -> Finding:
     r = m.interventions
-    if r is None or r.scaling.empty:
-        return Finding(
-            "no attention to read: "
-            + (r.record["sink_not_measured"] or "no window has keys to read" if r else "the interventions were not run"),
-            NOT_MEASURED,
-        )
+    if (missing := _no_reading(r)) is not None:
+        return missing
     layers = sink_layers(m)
-    table = correlations(r.scaling).set_index("layer")
     if not layers:
         return Finding("no attention-outlier layer", DOES_NOT_HOLD, "no sink layer")
-    ratios = table.value_norm_ratio.reindex(layers).dropna()
+    ratios = value_norm_ratios(r.scaling).reindex(layers).dropna()
     if ratios.empty:
         return Finding("no value norms were read in the attention-outlier layers", NOT_MEASURED)
     small, smaller = float((ratios < SMALL_VALUE).mean()), float((ratios < SMALLER_VALUE).mean())
