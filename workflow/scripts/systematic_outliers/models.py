@@ -133,10 +133,15 @@ def _from_folder(where: str, folder: Path, entry: dict, staging: Path) -> dict:
 
 
 def _from_hub(where: str, value: str, entry: dict, staging: Path) -> dict:
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi, constants, snapshot_download
 
     repo_id, revision = split_revision(value)
     token = os.environ.get("HF_TOKEN") or False  # the environment only; never a stored login
+    # Whether the token and offline mode reached this process: on a cluster the job's environment is not the shell's.
+    print(
+        f"{where}: {repo_id} from the hub, {'with the token in HF_TOKEN' if token else 'without a token (HF_TOKEN unset)'}"
+        f"{', offline (HF_HUB_OFFLINE)' if constants.HF_HUB_OFFLINE else ''}"
+    )
     with _hub_errors(where, repo_id, revision):
         info = HfApi().model_info(repo_id, revision=revision, token=token, timeout=10)
         if info.gated and not token:
