@@ -198,7 +198,9 @@ def test_a_run_through_slurm_gives_the_results_of_a_local_run_and_shows_the_log_
                     "tiny": {"source": f"path:{model}", "dtype": "float32"},
                     "gated": {"source": "hf:meta-llama/Llama-2-7b-hf"},
                 },
-                "corpora": {"text": {"source": f"path:{small_corpus(tmp_path / 'text')}", "include": "*.txt", "window_length": 64, "windows": 3}},
+                "corpora": {
+                    "text": {"source": f"path:{small_corpus(tmp_path / 'text')}", "include": "*.txt", "window_length": 64, "windows": 3}
+                },
                 "targets": {"models": ["tiny"], "corpus": "text"},
                 "interventions": {"seeds": [0, 1]},
                 "training": {"variants": ["default"], "tasks": {"t": TINY_TASK}, "run": []},
@@ -224,7 +226,9 @@ def test_a_run_through_slurm_gives_the_results_of_a_local_run_and_shows_the_log_
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         cwd=tmp_path,
     )
-    done = snakemake_on_slurm(cluster, cpu_profile(tmp_path / "profile", slurm_partition), config, *targets, "results/capture/gated/weights.parquet")
+    done = snakemake_on_slurm(
+        cluster, cpu_profile(tmp_path / "profile", slurm_partition), config, *targets, "results/capture/gated/weights.parquet"
+    )
     assert local_run.wait(timeout=600) == 0, local_run.stderr.read()[-3000:]
     output = done.stdout + done.stderr
     assert done.returncode != 0  # the hub model
@@ -244,7 +248,9 @@ def test_a_run_through_slurm_gives_the_results_of_a_local_run_and_shows_the_log_
     # the failed job: its log shown (the error is printed inside the job, so only the shown log brings it here)
     assert "error: models.gated.source: cannot reach the Hugging Face hub for meta-llama/Llama-2-7b-hf: HF_HUB_OFFLINE is set" in output
     log = (cluster / "results" / "logs" / "fetch_model" / "gated.log").read_text()
-    assert log.startswith("models.gated.source: meta-llama/Llama-2-7b-hf from the hub, with the token in HF_TOKEN, offline (HF_HUB_OFFLINE)\n")
+    assert log.startswith(
+        "models.gated.source: meta-llama/Llama-2-7b-hf from the hub, with the token in HF_TOKEN, offline (HF_HUB_OFFLINE)\n"
+    )
     (slurm_log,) = (log for log in logs["fetch_model"] if log.parent.name == "gated")
     assert str(slurm_log) in output  # where to look for what the job printed
     assert not (cluster / "resources" / "models" / "gated").exists()
