@@ -68,11 +68,17 @@ def test_repository_code_is_copied_only_when_allowed(tiny_model_dir, tmp_path):
     assert (tmp_path / "trusted" / "modeling_custom.py").exists()
 
 
-def test_hub_source_fails_fast_and_clearly_when_offline(tmp_path):
+def test_hub_source_fails_fast_and_clearly_when_offline(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", "hf_neverPrinted")
     started = time.monotonic()
     with pytest.raises(SourceError) as caught:
         fetch_model("llama2-7b", entry("hf:meta-llama/Llama-2-7b-hf"), tmp_path / "out")
     assert time.monotonic() - started < 5
+    # the rule log says what reached the job (on a cluster, not the shell's environment), not the token
+    printed = capsys.readouterr().out
+    assert (
+        printed == "models.llama2-7b.source: meta-llama/Llama-2-7b-hf from the hub, with the token in HF_TOKEN, offline (HF_HUB_OFFLINE)\n"
+    )
     message = str(caught.value)
     assert message.startswith("models.llama2-7b.source: cannot reach the Hugging Face hub for meta-llama/Llama-2-7b-hf")
     assert "HF_HUB_OFFLINE" in message and "path:<directory>" in message
