@@ -26,6 +26,8 @@ SLURM_CONF = Path("/etc/slurm/slurm.conf")
 PARTITION = "cpu"
 CONF_HEADER = "# single-node SLURM written by tests/test_slurm.py of the systematic-outliers workflow\n"
 MUNGE_PID = Path("/run/munge/munged.pid")
+SLURMCTLD_PID = Path("/run/slurmctld.pid")
+SLURMD_PID = Path("/run/slurmd.pid")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 # a token that must reach the jobs and appear in no file of the run and no output
 FAKE_TOKEN = "hf_slurmTestTokenNeverWritten"
@@ -43,8 +45,8 @@ SlurmdUser=root
 AuthType=auth/munge
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
-SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
+SlurmctldPidFile={SLURMCTLD_PID}
+SlurmdPidFile={SLURMD_PID}
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 ProctrackType=proctrack/linuxproc
@@ -154,8 +156,8 @@ def single_node_slurm(request) -> None:
             subprocess.run(["runuser", "-u", "munge", "--", "mungekey", "--create"], check=True, timeout=30)
         daemons = (
             ("munged", ["runuser", "-u", "munge", "--", "munged"], MUNGE_PID),
-            ("slurmctld", ["slurmctld"], Path("/run/slurmctld.pid")),
-            ("slurmd", ["slurmd"], Path("/run/slurmd.pid")),
+            ("slurmctld", ["slurmctld"], SLURMCTLD_PID),
+            ("slurmd", ["slurmd"], SLURMD_PID),
         )
         started = []
 
