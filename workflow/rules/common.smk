@@ -10,7 +10,7 @@ from pathlib import Path
 # in any environment; the Snakefile itself needs only its light config module.
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from systematic_outliers.architectures import ARCHITECTURES, available_sites
+from systematic_outliers.architectures import Architecture, available_sites
 from systematic_outliers.config import (
     ConfigError,
     check_window_length,
@@ -72,7 +72,7 @@ FIGURES = {
         {},
         ("down_proj_input", "layer_output", "attn_probs"),
     ),
-    "fig02_layer": ("fig02_layer", {}, ()),  # drawn from the capture table alone
+    "fig02_layer": ("fig02_layer", {}, ()),  # drawn from the resolved architecture alone
     "fig03_activation_positions": ("fig03_activation_positions", {}, ("layer_output",)),
     "fig04_down_proj_positions": (
         "fig04_down_proj_positions",
@@ -118,19 +118,17 @@ GPT2_FIGURES = {
 
 
 def figures_for(model):
-    """The figures `model`'s architecture can give, read from its fetched config.json: fetch_model
-    is a checkpoint, so Snakemake plans them once the model is on disk (at once when it already is).
-    fetch_model refuses an architecture the capture table does not have."""
+    """The figures `model` can give, from the sites resolved when it was fetched (architecture.json
+    in its folder): fetch_model is a checkpoint, so Snakemake plans them once the model is on disk
+    (at once when it already is). fetch_model refuses a model without decoder layers."""
     fetched = Path(checkpoints.fetch_model.get(model=model).output[0])
-    model_type = json.loads((fetched / "config.json").read_text())["model_type"]
-    # a folder fetched by hand, or by a version without that check
-    if model_type not in ARCHITECTURES:
+    if not (fetched / "architecture.json").exists():  # a folder fetched by hand, or by an older version
         sys.stderr.write(
-            f"config error: models.{model}: {fetched} holds architecture {model_type!r}, which the capture "
-            f"table lacks; supported: {', '.join(sorted(ARCHITECTURES))}\n"
+            f"config error: models.{model}: {fetched} has no architecture.json (fetched by an older version); "
+            f"delete {fetched} and fetch it again\n"
         )
         sys.exit(1)
-    have = set(available_sites(ARCHITECTURES[model_type]))
+    have = set(available_sites(Architecture.from_json(fetched / "architecture.json")))
     return [figure for figure, (_, _, sites) in FIGURES.items() if set(sites) <= have]
 
 

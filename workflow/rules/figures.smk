@@ -17,6 +17,7 @@ rule figure:
         stats=f"results/capture/{{model}}/stats/{TARGET_CORPUS}",
         prompt=f"results/capture/{{model}}/prompts/{FIGURE_PROMPT}.safetensors",
         weights="results/capture/{model}/weights.parquet",
+        architecture="resources/models/{model}",
         notebook=lambda wildcards: NOTEBOOKS / f"{FIGURES[wildcards.figure][0]}.ipynb",
     output:
         png=report(
@@ -39,6 +40,7 @@ rule figure:
             "stats_dir": f"results/capture/{wildcards.model}/stats/{TARGET_CORPUS}",
             "prompt_path": f"results/capture/{wildcards.model}/prompts/{FIGURE_PROMPT}.safetensors",
             "weights_path": f"results/capture/{wildcards.model}/weights.parquet",
+            "architecture_path": f"resources/models/{wildcards.model}/architecture.json",
             "model": wildcards.model,
             "output_stem": f"results/figures/{wildcards.model}/{wildcards.figure}",
             **FIGURES[wildcards.figure][1],

@@ -1,7 +1,7 @@
 # Model download: any source becomes resources/models/{model}/ in Hugging Face format.
 
 
-# a checkpoint: which figures a model can give is read from its fetched config.json
+# a checkpoint: which figures a model can give is read from the architecture.json it resolves
 checkpoint fetch_model:
     output:
         directory("resources/models/{model}"),

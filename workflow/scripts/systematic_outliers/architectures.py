@@ -1,12 +1,18 @@
-"""The capture table: for each architecture, where every site lives inside a decoder layer.
+"""Where every capture site lives inside a decoder layer: the `Architecture` record, its JSON form,
+and the hand table of known families.
 
-Kept free of torch so that the Snakefile can ask which figures an architecture can give
-without loading a deep-learning stack; `capture` puts hooks where this table says.
+An architecture is resolved from the model itself (`probe.resolve`: module tree, one probing
+forward pass, identities); the table below is the readable record of the known families, checked
+against the resolution in the tests, and supplies what the probe cannot see (attention code of a
+model's own). Kept free of torch so that the Snakefile can read a resolved architecture
+(`architecture.json`) and ask which figures it can give without loading a deep-learning stack.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .config import UserError
 
@@ -51,6 +57,29 @@ class Architecture:
     attention: str | None = None  # attention module inside a layer; None: no attention capture
     probs_from_output: bool = False  # attention code of its own that returns the probabilities: no logits
     weights_transposed: bool = False  # GPT-2's Conv1D stores [in, out]
+    absent: dict[str, str] = field(default_factory=dict)  # site -> why it is not captured (in some layers, or in all)
+    site_layers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # sites captured in these layers only (hybrids)
+
+    def to_json(self, path) -> None:
+        record = asdict(self)
+        record["taps"] = {site: {k: v for k, v in tap.items() if v not in (None, "output")} for site, tap in record["taps"].items()}
+        record["available_sites"] = list(available_sites(self))
+        Path(path).write_text(json.dumps(record, indent=1) + "\n")
+
+    @classmethod
+    def from_json(cls, path) -> Architecture:
+        record = json.loads(Path(path).read_text())
+        record.pop("available_sites", None)
+        taps = {
+            site: Tap(tap["module"], tap.get("side", "output"), *(tuple(tap[k]) if tap.get(k) else None for k in ("part", "head_part")))
+            for site, tap in record.pop("taps").items()
+        }
+        site_layers = {site: tuple(layers) for site, layers in record.pop("site_layers").items()}
+        return cls(taps=taps, site_layers=site_layers, **record)
+
+    def has(self, site: str, layer: int) -> bool:
+        """Whether `site` is captured at decoder layer `layer`."""
+        return site in available_sites(self) and (site not in self.site_layers or layer in self.site_layers[site])
 
 
 def _llama_like(mlp_norm: str = "post_attention_layernorm", gate_up: str | None = None) -> dict[str, Tap]:
@@ -166,9 +195,11 @@ class UnsupportedModel(UserError, ValueError):
 
 
 def available_sites(architecture: Architecture) -> tuple[str, ...]:
+    """The sites captured in at least one layer."""
     have = set(architecture.taps)
     if architecture.attention:
         have |= {"attn_probs"} if architecture.probs_from_output else set(ATTENTION_SITES)
+    have -= {site for site in architecture.absent if site not in architecture.site_layers}
     return tuple(site for site in SITES if site in have)
 
 

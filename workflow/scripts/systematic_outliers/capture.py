@@ -36,13 +36,10 @@ from .architectures import (  # noqa: F401  (re-exported: capture.SITES, capture
 
 
 def architecture_of(model) -> Architecture:
-    model_type = model.config.model_type
-    if model_type not in ARCHITECTURES:
-        raise UnsupportedModel(
-            f"architecture {model_type!r} is not supported for capture; supported: {', '.join(sorted(ARCHITECTURES))}. "
-            "Adding one is an entry in ARCHITECTURES (workflow/scripts/systematic_outliers/architectures.py)"
-        )
-    return ARCHITECTURES[model_type]
+    """The model's sites, resolved from the model on a probe and verified (`probe.resolve`, cached per model)."""
+    from .probe import resolve
+
+    return resolve(model)
 
 
 def decoder_layers(model, architecture: Architecture):
@@ -101,7 +98,7 @@ def hooks(model, sites, sink):
     handles = []
     for layer_index, layer in enumerate(decoder_layers(model, architecture)):
         for site in sites:
-            if site in ATTENTION_SITES:
+            if site in ATTENTION_SITES or not architecture.has(site, layer_index):
                 continue
             tap = architecture.taps[site]
             module = layer.get_submodule(tap.module) if tap.module else layer
@@ -117,7 +114,7 @@ def hooks(model, sites, sink):
                 handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(lambda module, args, output, emit=emit: emit(_first_tensor(output))))
-        wanted = tuple(s for s in sites if s in ATTENTION_SITES)
+        wanted = tuple(s for s in sites if s in ATTENTION_SITES and architecture.has(s, layer_index))
         if wanted and architecture.probs_from_output:
 
             def emit_probs(module, args, output, layer_index=layer_index):
@@ -221,6 +218,7 @@ def _without_keys(mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 ATTENTION_CAPTURE = "eager_capture"
 _ATTENTION_SINKS: dict[int, tuple[int, tuple[str, ...], callable]] = {}
 _ATTENTION_EDITS: dict[int, tuple[int, callable, callable]] = {}  # (layer, remove_keys, observe) per module
+_PROBES: list[dict] = []  # probe.run_probe: what the attention function saw, per module
 
 
 class _Forget:
@@ -246,6 +244,8 @@ def _eager_capture(module, query, key, value, attention_mask, **kwargs):
     if observe is not None:
         mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None else None
         observe(layer_index, probs[0].detach(), output[0].detach(), value[0].detach(), _visible(mask, query.shape[-2], key.shape[-2]))
+    for seen in _PROBES:
+        seen[id(module)] = {"query": query.detach(), "key": key.detach(), "value": value.detach(), "probs": probs.detach()}
     registered = _ATTENTION_SINKS.get(id(module))
     if registered is not None:
         layer_index, wanted, sink = registered

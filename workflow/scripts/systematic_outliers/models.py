@@ -62,24 +62,33 @@ def fetch_model(name: str, entry: dict, target: str | os.PathLike) -> dict:
             manifest = _from_folder(where, Path(value), entry, staging)
         else:  # the schema admits only the kinds above
             raise SourceError(f"{where}: unknown source kind {kind!r}")
-        _check_architecture(name, staging)
+        _resolve_architecture(name, entry, staging)
         manifest = {"model": name, "source": entry["source"], "dtype": entry["dtype"], **manifest}
         manifest["versions"] = {"torch": torch.__version__, "transformers": _transformers_version()}
         write_json(staging / "manifest.json", manifest)
     return manifest
 
 
-def _check_architecture(name: str, folder: Path) -> None:
-    """Refuse, before the model lands, an architecture the capture table does not have: every
-    later rule and the choice of figures read it."""
-    from .architectures import ARCHITECTURES
+def _resolve_architecture(name: str, entry: dict, folder: Path) -> None:
+    """Resolve, before the model lands, where its capture sites are (`probe.resolve`, on the CPU) and
+    write architecture.json beside it: every later rule and the choice of figures read it. A model
+    without decoder layers to find is refused here."""
+    from transformers import AutoModelForCausalLM
 
-    model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
-    if model_type not in ARCHITECTURES:
-        raise SourceError(
-            f"models.{name}: architecture {model_type!r} is not supported for capture; supported: {', '.join(sorted(ARCHITECTURES))}. "
-            "Adding one is an entry in ARCHITECTURES (workflow/scripts/systematic_outliers/architectures.py)"
-        )
+    from .architectures import UnsupportedModel
+    from .probe import resolve
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[entry["dtype"]], trust_remote_code=entry["trust_remote_code"])
+    except (ValueError, KeyError, OSError) as error:
+        raise SourceError(f"models.{name}: transformers cannot load it as a causal LM: {str(error).splitlines()[0]}") from None
+    try:
+        architecture = resolve(model.eval())
+    except UnsupportedModel as error:
+        raise SourceError(f"models.{name}: {error}") from None
+    architecture.to_json(folder / "architecture.json")
+    for site, why in architecture.absent.items():
+        print(f"models.{name}: {site} not captured: {why}")
 
 
 def _transformers_version() -> str:

@@ -19,6 +19,7 @@ from .config import CONTEXT_KEYS, ConfigError
 from .io import atomic_directory, atomic_file, write_json
 from .models import DTYPES, SourceError
 from .statistics import COLUMNS, CorpusStatistics, token_label
+from .architectures import SITES, Architecture, available_sites
 
 
 def device() -> torch.device:
@@ -50,6 +51,14 @@ def check_fits(name: str, model_dir: Path, target: torch.device, spread: bool = 
         )
 
 
+def fetched_architecture(name: str, model_dir: Path) -> Architecture:
+    """The sites resolved when the model was fetched (architecture.json in its folder)."""
+    path = Path(model_dir) / "architecture.json"
+    if not path.exists():
+        raise capture.UnsupportedModel(f"models.{name}: {path} is missing (fetched by an older version); delete {model_dir} and fetch it again")
+    return Architecture.from_json(path)
+
+
 def load(name: str, entry: dict, model_dir: Path, attention: bool):
     """Load the fetched model unmodified; the capturing eager attention only when `attention`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,14 +66,9 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool):
     target = device()
     spread = entry.get("device_map") == "auto"
     check_fits(name, model_dir, target, spread)
-    model_type = json.loads((Path(model_dir) / "config.json").read_text())["model_type"]
-    architecture = capture.ARCHITECTURES.get(model_type)
-    if architecture is None:  # fail before loading, with the list of what is supported
-        raise capture.UnsupportedModel(
-            f"models.{name}: architecture {model_type!r} is not supported for capture; supported: {', '.join(sorted(capture.ARCHITECTURES))}"
-        )
-    # attention code of the model's own (MPT, Falcon) shows its probabilities without help
-    eager = capture.ATTENTION_CAPTURE if architecture.attention and not architecture.probs_from_output else "eager"
+    fetched = fetched_architecture(name, model_dir)
+    # attention code of the model's own (MPT) shows its probabilities without help
+    eager = capture.ATTENTION_CAPTURE if fetched.attention and not fetched.probs_from_output else "eager"
     capture.register_attention_capture()
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,
@@ -73,6 +77,17 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool):
         trust_remote_code=entry["trust_remote_code"],
         **({"device_map": "auto"} if spread else {}),
     )
+    # verified again on this device and dtype before anything is captured: the same sites, the same identities
+    resolved = capture.architecture_of(model if spread else model.to(target))
+    if resolved != fetched:
+        changed = sorted(s for s in SITES if (s in available_sites(resolved)) != (s in available_sites(fetched)))
+        raise capture.UnsupportedModel(
+            f"models.{name}: on {target} the sites resolve differently from {model_dir}/architecture.json"
+            + (f" ({', '.join(f'{s}: {resolved.absent.get(s) or fetched.absent.get(s)}' for s in changed)})" if changed else "")
+            + f"; fetch the model again (delete {model_dir})"
+        )
+    for site, why in resolved.absent.items():
+        print(f"models.{name}: {site} not captured: {why}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=entry["trust_remote_code"])
     return (model if spread else model.to(target)).eval(), tokenizer
 

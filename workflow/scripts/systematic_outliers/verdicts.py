@@ -175,7 +175,7 @@ def _magnitude(value: float) -> str:
 
 
 def _no_attention(m: Measured) -> Finding:
-    return Finding(f"{m.evidence.manifest['model_type']} has no attention capture (architectures.ARCHITECTURES)", NOT_MEASURED, "–")
+    return Finding(f"{m.evidence.manifest['model_type']} has no attention capture (see architecture.json of the model)", NOT_MEASURED, "–")
 
 
 def _no_tokens(m: Measured) -> Finding:

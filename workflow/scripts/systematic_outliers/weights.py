@@ -8,7 +8,6 @@ down-projection an intermediate channel) and row ratio r_row[i] = max_j |W_ij| /
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
-from .capture import ARCHITECTURES, UnsupportedModel
+from .architectures import Architecture, UnsupportedModel
 
 EPSILON = 1e-8  # as the official code, so an all-zero column has ratio 0, not NaN
 TOP = 3
@@ -77,11 +76,13 @@ def matrix_row(layer: int, module: str, weight: torch.Tensor) -> dict:
 
 
 def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
+    """One row per matrix of every decoder layer; where the layers and W_down are comes from the
+    architecture resolved at fetch (architecture.json in the model folder)."""
     model_dir = Path(model_dir)
-    model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
-    if model_type not in ARCHITECTURES:
-        raise UnsupportedModel(f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}")
-    architecture = ARCHITECTURES[model_type]
+    path = model_dir / "architecture.json"
+    if not path.exists():
+        raise UnsupportedModel(f"{path} is missing (fetched by an older version); delete {model_dir} and fetch it again")
+    architecture = Architecture.from_json(path)
     pattern = _layer_pattern(architecture.layers)
     down = architecture.taps.get("down_proj_input")
     rows = []

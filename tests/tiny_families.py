@@ -1,0 +1,210 @@
+"""Every causal-LM family transformers ships, built tiny from its own default config, and the table
+of what capture resolves for each (ARCHITECTURES.md, written by `python tests/tiny_families.py`).
+
+A family is shrunk by lowering the usual width, depth, head, expert and vocabulary keys of its
+default config (and of its text config); one layer of each layer kind is kept for hybrids. Families
+that are not decoder-only LMs (masked-LM encoders and sequence-to-sequence decoders that transformers
+also maps to a causal-LM head, and image-text models, whose text model is listed on its own) and
+families that do not build tiny offline are listed with the reason, not dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+TABLE = REPO / "ARCHITECTURES.md"
+WIDTH, HEADS, KV_HEADS, HEAD_DIM, LAYERS, VOCAB = 64, 4, 2, 16, 2, 128
+SMALL = dict(
+    hidden_size=WIDTH, d_model=WIDTH, n_embd=WIDTH, dim=WIDTH, embed_dim=WIDTH, word_embed_proj_dim=WIDTH,
+    intermediate_size=128, ffn_dim=128, n_inner=128, ffn_hidden_size=128, d_ff=128, mlp_dim=128,
+    num_hidden_layers=LAYERS, n_layer=LAYERS, n_layers=LAYERS, num_layers=LAYERS,
+    num_attention_heads=HEADS, n_head=HEADS, n_heads=HEADS, num_heads=HEADS,
+    num_key_value_heads=KV_HEADS, n_kv_heads=KV_HEADS, num_kv_heads=KV_HEADS, multi_query_group_num=KV_HEADS,
+    head_dim=HEAD_DIM, kv_channels=HEAD_DIM, attention_head_dim=HEAD_DIM,
+    vocab_size=VOCAB, padded_vocab_size=VOCAB,
+    max_position_embeddings=256, n_positions=256, max_seq_len=256, seq_length=256, n_ctx=256,
+    moe_intermediate_size=32, shared_expert_intermediate_size=32, expert_intermediate_size=32,
+    num_experts=4, num_local_experts=4, n_routed_experts=4, moe_num_experts=4, num_experts_per_tok=2, moe_topk=2, top_k=2,
+    n_group=1, topk_group=1, n_shared_experts=1,
+    q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, qk_head_dim=16,
+    rotary_dim=8, rotary_emb_dim=8, partial_rotary_dim=8,
+    sliding_window=32, attention_chunk_size=32,
+    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+    mamba_n_heads=4, mamba_d_head=16, mamba_d_state=16, mamba_n_groups=1, mamba_head_dim=16, ssm_state_size=16, state_size=16,
+)  # fmt: skip
+TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id", "cls_token_id")
+LAYER_KIND_KEYS = ("layer_types", "layers_block_type", "block_types")
+
+
+def _shrink(config):
+    for key, value in SMALL.items():
+        current = getattr(config, key, None)
+        if isinstance(current, int) and not isinstance(current, bool) and current > value:
+            try:
+                setattr(config, key, value)
+            except (AttributeError, TypeError, ValueError):
+                pass
+    for key in TOKEN_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value >= VOCAB:
+            setattr(config, key, VOCAB - 1)
+        elif isinstance(value, list):
+            setattr(config, key, [min(v, VOCAB - 1) for v in value])
+    for key in LAYER_KIND_KEYS:  # one layer of each kind, each kind once more: a hybrid keeps its softmax layers
+        value = getattr(config, key, None)
+        if isinstance(value, list) and value and isinstance(value[0], str):
+            kinds = list(dict.fromkeys(value))
+            try:
+                setattr(config, key, (kinds * 2)[: max(LAYERS, len(kinds))])
+                config.num_hidden_layers = len(getattr(config, key))
+            except (AttributeError, TypeError, ValueError):
+                pass
+    return config
+
+
+def tiny_config(model_type: str):
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type)
+    for sub in ("text_config", "attn_config", "ffn_config"):
+        if getattr(config, sub, None) is not None and not isinstance(getattr(config, sub), dict):
+            _shrink(getattr(config, sub))
+    return _shrink(config)
+
+
+def tiny_family(model_type: str, seed: int = 0):
+    """A tiny random model of `model_type`, from transformers' own default config, shrunk."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(model_type)).eval()
+
+
+def not_decoder_only() -> dict[str, str]:
+    """Families mapped to a causal-LM head that are not decoder-only LMs, with the reason."""
+    from transformers.models.auto import modeling_auto as auto
+
+    reasons = {}
+    for model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        if model_type in auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+            reasons[model_type] = "image-text model: its text model is listed on its own where transformers has one"
+        elif model_type in auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+            reasons[model_type] = "the decoder of a sequence-to-sequence model"
+        elif model_type in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+            reasons[model_type] = "a masked-LM encoder with a causal-LM head"
+    return reasons
+
+
+def survey(model_type: str) -> dict:
+    """Build the family tiny, resolve its sites and capture all of them: what the table says of it."""
+    from systematic_outliers import capture
+    from systematic_outliers.architectures import available_sites
+
+    try:
+        model = tiny_family(model_type)
+        ids = torch.arange(3, 12)[None]
+        with torch.no_grad():
+            model(ids)
+    except Exception as error:  # noqa: BLE001  (any failure to build is the reason listed)
+        return {"model_type": model_type, "status": "does not build tiny", "reason": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
+    try:
+        architecture = capture.architecture_of(model)
+    except capture.UnsupportedModel as error:
+        return {"model_type": model_type, "status": "refused", "reason": str(error)}
+    sites = available_sites(architecture)
+    return {
+        "model_type": model_type,
+        "class": type(model).__name__,
+        "status": "captured",
+        "sites": list(sites),
+        "absent": architecture.absent,
+        "site_layers": {site: list(layers) for site, layers in architecture.site_layers.items()},
+    }
+
+
+def _isolated(model_type: str, timeout: float = 30) -> dict:
+    """survey() in a forked child: a family that hangs or crashes the interpreter is listed as such."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        torch.set_num_threads(1)
+        os.write(write, json.dumps(survey(model_type)).encode())
+        os._exit(0)
+    os.close(write)
+    data = b""
+    while select.select([read], [], [], timeout)[0]:
+        chunk = os.read(read, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    else:
+        os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return json.loads(data) if data else {"model_type": model_type, "status": "does not build tiny", "reason": f"hangs or crashes (> {timeout:g} s)"}
+
+
+FULL = ("layer_input", "attn_residual", "layer_output", "down_proj_input", "down_proj_output", "attn_probs")
+
+
+def write_table(rows: list[dict], skipped: dict[str, str]) -> str:
+    import transformers
+    from systematic_outliers.architectures import SITES
+
+    captured = [r for r in rows if r["status"] == "captured"]
+    complete = [r for r in captured if not (set(FULL) - set(r["sites"])) and not r["site_layers"]]
+    lines = [
+        "# Architectures: what capture resolves for each causal-LM family of transformers",
+        "",
+        f"Generated by `python tests/tiny_families.py` with transformers {transformers.__version__}: every model type in its",
+        "causal-LM mapping, built tiny from its own default config (tests/tiny_families.py), its sites resolved",
+        "by `probe.resolve` and checked by their identities, then captured (hooked logits equal unhooked:",
+        "tests/test_families.py). Sites that a family lacks are listed with the reason the probe gives.",
+        "",
+        f"- {len(rows) + len(skipped)} causal-LM model types; {len(skipped)} are not decoder-only LMs; of the {len(rows)} others",
+        f"  {len(captured)} build tiny offline and are captured, {sum(r['status'] == 'refused' for r in rows)} are refused,",
+        f"  {sum(r['status'] == 'does not build tiny' for r in rows)} do not build tiny.",
+        f"- {len(complete)} of the {len(captured)} captured families have every residual, MLP and attention site the figures",
+        f"  need ({', '.join(FULL)}) in every layer.",
+        "",
+        "| family | class | sites captured | not captured, and why |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["status"] == "captured":
+            absent = "; ".join(f"`{s}`: {why}" for s, why in r["absent"].items()) or "–"
+            lines.append(f"| {r['model_type']} | {r['class']} | {len(r['sites'])} of {len(SITES)} | {absent} |")
+        else:
+            lines.append(f"| {r['model_type']} | – | {r['status']} | {r['reason'].replace('|', '/')} |")
+    lines += ["", "Not decoder-only LMs:", "", "| family | why |", "|---|---|"]
+    lines += [f"| {model_type} | {why} |" for model_type, why in sorted(skipped.items())]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    transformers.logging.set_verbosity_error()
+    skipped = not_decoder_only()
+    rows = []
+    for model_type in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        if model_type not in skipped:
+            rows.append(_isolated(model_type))
+            print(rows[-1]["model_type"], rows[-1]["status"], file=sys.stderr, flush=True)
+    TABLE.write_text(write_table(rows, skipped))
+    (REPO / "tests" / "families.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

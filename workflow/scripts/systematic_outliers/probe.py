@@ -1,0 +1,434 @@
+"""Find a decoder-only model's capture sites from the model itself: its module tree and one short
+probing forward pass that records which modules run, in which order, on which tensors.
+
+Every site is found by an identity that must hold on the probe, not by a module's name:
+
+- decoder layers: the ModuleList whose l-th module outputs `hidden_states[l + 1]` of the model's own
+  `output_hidden_states` (the last one before the final norm) and whose l+1-th reads it;
+- attention: the module that calls the registered attention function (`capture.ATTENTION_CAPTURE`),
+  with `attn_probs` equal to the model's own `output_attentions`; a layer whose mixer never calls it
+  (linear attention, state-space, convolution) has no attention sites;
+- value: the projection whose output, split into heads, is the value the attention function gets;
+  query and key: the projections of the same input with the query's and key's widths;
+- attn_norm_output: the module between the layer input and the attention's input;
+- attn_residual: the residual stream R between attention and MLP, found as the input of a module with
+  R + (a later module's output) = the layer output; a block without one runs attention and MLP in
+  parallel on the layer input. Post-norm and sandwich-norm blocks (OLMo 2, Gemma 2/3) normalise the
+  branches before the add, so R is still the residual stream, never a normalised branch;
+- down_proj: the last matrix of the MLP writing d_model, with down_proj_output = down_proj_input W^T (+ b);
+  gate, up and act by gated (act(gate) · up) or ungated (act(up)) equality with down_proj_input.
+
+A site whose identity fails is left out with the reason (`Architecture.absent`). The hand table
+(`architectures.ARCHITECTURES`) supplies what the probe cannot see: attention code of a model's
+own that bypasses the attention interface (MPT returns its probabilities).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+from . import capture
+from .architectures import ARCHITECTURES, ATTENTION_SITES, HEAD_SITES, SITES, Architecture, Tap, UnsupportedModel
+
+PROBE_TOKENS = 12
+_RESOLVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Call:
+    """One module call on the probe: its path from the model root, when it started and returned, and
+    its first input and first output tensor."""
+
+    name: str
+    module: torch.nn.Module
+    start: int
+    end: int = -1
+    input: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+
+
+@dataclass
+class Probe:
+    calls: list[Call]
+    attention_calls: dict[int, dict]  # id(attention module) -> what the attention function saw
+    hidden_states: tuple
+    attentions: tuple | None
+    ids: torch.Tensor
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _first(value):
+    """The first tensor of a module's inputs or outputs, copied: later in-place operations must not change it."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return next((_first(v) for v in value if isinstance(v, torch.Tensor)), None)
+    if isinstance(value, dict):
+        return next((_first(v) for v in value.values() if isinstance(v, torch.Tensor)), None)
+    return None
+
+
+def _same(a, b) -> bool:
+    """Equal up to the rounding of the model's dtype, relative to the largest entry."""
+    if a is None or b is None or a.numel() != b.numel() or a.shape[-1] != b.shape[-1]:
+        return False
+    eps = max(torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0 for t in (a, b))
+    a, b = a.float().reshape(b.shape), b.float()  # OPT flattens [batch, tokens] before its MLP
+    scale = max(b.abs().max().item(), 1e-6)
+    return bool(((a - b).abs().max() <= max(1e-5, 4 * eps) * scale).item())
+
+
+def run_probe(model, tokens: int = PROBE_TOKENS) -> Probe:
+    """One forward pass of `tokens` token ids with every module and the attention function recorded."""
+    counter = iter(range(10**9))
+    calls, by_module, handles = [], {}, []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def pre(module, args, kwargs, name=name):
+            call = Call(name, module, next(counter), input=_first(args) if _first(args) is not None else _first(kwargs))
+            calls.append(call)
+            by_module.setdefault(id(module), []).append(call)
+
+        def post(module, args, kwargs, output):
+            by_module[id(module)][-1].end = next(counter)
+            by_module[id(module)][-1].output = _first(output)
+
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(post, with_kwargs=True))
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.arange(tokens, dtype=torch.long).mul(7919).remainder(vocab - 2).add(1)[None]  # fixed, no special ids
+    attention_calls = {}
+    capture._PROBES.append(attention_calls)
+    try:
+        with torch.no_grad():
+            out = model(ids.to(model.device), use_cache=False, output_hidden_states=True, output_attentions=True)
+    finally:
+        capture._PROBES.remove(attention_calls)
+        for handle in handles:
+            handle.remove()
+    counts = {}
+    for call in calls:
+        counts[call.name] = counts.get(call.name, 0) + 1
+    return Probe(calls, attention_calls, out.hidden_states, getattr(out, "attentions", None), ids, counts)
+
+
+def _is_matrix(module) -> bool:
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.dim() == 2 and not isinstance(module, torch.nn.Embedding)
+
+
+def _linear_identity(call: Call) -> bool | None:
+    """Whether the call's output is input W^T + b (True), input W + b (GPT-2's Conv1D: False), or neither (None)."""
+    weight, bias = call.module.weight, getattr(call.module, "bias", None)
+    x = call.input.reshape(-1, call.input.shape[-1]).float()
+    for transposed in (False, True):
+        w = weight.T if transposed else weight
+        if w.shape[1] != x.shape[-1]:
+            continue
+        expected = x @ w.float().T + (bias.float() if isinstance(bias, torch.Tensor) else 0)
+        if _same(call.output.reshape(expected.shape), expected):
+            return not transposed
+    return None
+
+
+def _decoder_layers(model, probe: Probe) -> str:
+    layers = len(probe.hidden_states) - 1
+    candidates = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == layers and layers > 0:
+            if all(probe.counts.get(f"{name}.{i}".lstrip("."), 0) == 1 for i in range(layers)):
+                candidates.append(name)
+    named = {c.name: c for c in probe.calls}
+    for name in candidates:
+        outputs = [named[f"{name}.{i}"].output for i in range(layers)]
+        inputs = [named[f"{name}.{i}"].input for i in range(layers)]
+        if all(_same(outputs[i], probe.hidden_states[i + 1]) for i in range(layers - 1)) and all(
+            _same(inputs[i + 1], outputs[i]) for i in range(layers - 1)
+        ):
+            return name
+    raise UnsupportedModel(
+        f"{model.config.model_type}: no decoder layers found: no ModuleList of {layers} modules whose l-th output is the "
+        "model's hidden_states[l+1] and the l+1-th's input (is it a decoder-only causal LM?)"
+    )
+
+
+def _resolve_layer(model, probe: Probe, layers: str, index: int, calls: list[Call], layer_call: Call, table: Architecture | None):
+    """(taps, attention module or None, absent {site: reason}) of one decoder layer."""
+    prefix = f"{layers}.{index}."
+    rel = {c.name: c.name[len(prefix) :] for c in calls}
+    once = [c for c in calls if probe.counts[c.name] == 1 and c.end > 0]
+    taps, absent = {"layer_input": Tap("", "input"), "layer_output": Tap("")}, {}
+    x_in, x_out = layer_call.input, layer_call.output
+
+    # attention: the module that calls the registered attention function, or the table's (MPT's own code)
+    attention = next((c for c in once if id(c.module) in probe.attention_calls), None)
+    if attention is None and table is not None and table.attention:
+        attention = next((c for c in once if rel[c.name] == table.attention), None)
+    if attention is None:
+        mixer = next((c for c in once if c.name.count(".") == prefix.count(".") and _has_matrices(c.module)), None)
+        why = f"its token mixer ({type(mixer.module).__name__ if mixer else 'none found'}) runs no softmax attention through transformers' attention interface"
+        for site in (*HEAD_SITES, *ATTENTION_SITES):
+            absent[site] = why
+        norm = next((c for c in once if _same(c.input, x_in) and not _has_matrices(c.module) and not _same(c.output, x_in)), None)
+        if norm is not None:
+            taps["attn_norm_output"] = Tap(rel[norm.name])
+    else:
+        seen = probe.attention_calls.get(id(attention.module))
+        if seen is not None and probe.attentions is not None and len(probe.attentions) == len(probe.hidden_states) - 1:
+            if not _same(seen["probs"], probe.attentions[index]):
+                for site in ATTENTION_SITES:
+                    absent[site] = "the captured probabilities differ from the model's own output_attentions"
+        if _same(attention.input, x_in):  # OLMo 2
+            absent["attn_norm_output"] = "no pre-norm: the attention reads the residual stream itself"
+        else:
+            norm = [c for c in once if c.end < attention.start and _same(c.input, x_in) and _same(c.output, attention.input)]
+            if norm:
+                taps["attn_norm_output"] = Tap(rel[norm[-1].name])
+            else:
+                absent["attn_norm_output"] = "no module between the layer input and the attention input"
+        if seen is not None:
+            taps.update(_head_taps(probe, attention, seen, rel, absent))
+        elif table is not None:  # attention code of the model's own: the table's record
+            taps.update({site: table.taps[site] for site in (*HEAD_SITES, "attn_norm_output") if site in table.taps})
+            absent.pop("attn_norm_output", None)
+
+    # the residual stream between attention and MLP: R + (a later module's output) = layer output
+    after = [c for c in once if attention is None or c.start > attention.end]
+    residual = None
+    for r in after:
+        if r.input is None or r.input.numel() != x_out.numel() or _same(r.input, x_in):
+            continue
+        if any(
+            b.start >= r.start and b.output is not None and b.output.numel() == x_out.numel()
+            and _same(r.input.reshape(x_out.shape) + b.output.reshape(x_out.shape), x_out)
+            for b in after
+        ):
+            residual = r
+            break
+    if residual is not None:
+        taps["attn_residual"] = Tap(rel[residual.name], "input")
+        after = [c for c in after if c.start >= residual.start]
+    elif attention is not None:
+        absent["attn_residual"] = "parallel block: attention and MLP both read the layer input"
+    else:
+        absent["attn_residual"] = "no residual stream between the token mixer and the MLP found"
+    if attention is not None:
+        after = [c for c in after if not c.name.startswith(attention.name + ".")]
+
+    # the MLP: its norm, then its matrices
+    d_model = x_out.shape[-1]
+    matrices = [c for c in after if _is_matrix(c.module) and c.output is not None]
+    first = next((c for c in matrices if c.input.shape[-1] == d_model), None)
+    mlp_in = first.input if first else None
+    stream = residual.input if residual else x_in
+    if mlp_in is None:
+        absent["mlp_norm_output"] = "no MLP matrix reads d_model"
+    elif _same(mlp_in, stream):
+        absent["mlp_norm_output"] = "no pre-norm: the MLP reads the residual stream itself"
+    elif "attn_norm_output" in taps and _same(mlp_in, _output_of(calls, prefix + taps["attn_norm_output"].module)):
+        absent["mlp_norm_output"] = "the MLP reads the attention norm's output"
+    else:
+        norm = [c for c in after if c.end < first.start and _same(c.output, mlp_in) and not _is_matrix(c.module)]
+        if norm and (_same(norm[-1].input, stream) or _same(norm[-1].input, x_in)):
+            taps["mlp_norm_output"] = Tap(rel[norm[-1].name])
+        else:
+            absent["mlp_norm_output"] = "no module between the residual stream and the MLP input"
+    mlp_sites = ("gate_output", "up_output", "act_output", "down_proj_input", "down_proj_output")
+    experts = [c for c in after if _is_experts(c.module)]
+    if experts:
+        why = f"mixture-of-experts MLP ({type(experts[0].module).__name__}): not captured per token"
+        absent.update({site: why for site in mlp_sites})
+        return taps, (rel[attention.name] if attention else None), absent
+    down = next((c for c in reversed(matrices) if c.output.shape[-1] == d_model), None)
+    if down is None:
+        absent.update({site: "no matrix writing d_model after the attention" for site in mlp_sites})
+        return taps, (rel[attention.name] if attention else None), absent
+    if _linear_identity(down) is None:
+        for site in ("down_proj_input", "down_proj_output"):
+            absent[site] = f"{rel[down.name]}: down_proj_output ≠ down_proj_input × W_down (+ bias)"
+    else:
+        taps.update(down_proj_input=Tap(rel[down.name], "input"), down_proj_output=Tap(rel[down.name]))
+    inner = [c for c in matrices if c.start >= first.start and c.end < down.start]
+    taps.update(_mlp_taps(inner, after, down, rel, absent))
+    return taps, (rel[attention.name] if attention else None), absent
+
+
+def _has_matrices(module) -> bool:
+    return any(p.dim() >= 2 for p in module.parameters())
+
+
+def _output_of(calls, name):
+    return next((c.output for c in calls if c.name == name), None)
+
+
+def _is_experts(module) -> bool:
+    """transformers' experts modules hold their matrices as 3-D parameters [experts, out, in]."""
+    return any(p.dim() == 3 for p in module.parameters(recurse=False)) or type(module).__name__.endswith(("Experts", "SparseMoeBlock"))
+
+
+def _head_taps(probe, attention: Call, seen: dict, rel: dict, absent: dict) -> dict[str, Tap]:
+    """query/key/value from the attention's projections of its input, checked against the value it passes on."""
+    value = seen["value"][0].transpose(0, 1)  # [keys, kv_heads, head_dim]
+    kv_heads, head_dim = value.shape[1], value.shape[2]
+    heads = seen["query"].shape[1]
+    projections = [
+        c for c in probe.calls if c.name.startswith(attention.name + ".") and _is_matrix(c.module) and c.output is not None and _same(c.input, attention.input)
+    ]
+
+    def value_of(output, part=None, head_part=None):
+        out = output.reshape(-1, output.shape[-1])
+        if part:
+            if out.shape[-1] % part[1]:
+                return None
+            out = out.chunk(part[1], dim=-1)[part[0]]
+        if out.shape[-1] % (head_dim * (head_part[1] if head_part else 1)):
+            return None
+        out = out.reshape(out.shape[0], -1, head_dim * (head_part[1] if head_part else 1))
+        if head_part:
+            out = out.chunk(head_part[1], dim=-1)[head_part[0]]
+        return out
+
+    widths = {"query": heads * head_dim, "key": kv_heads * head_dim, "value": kv_heads * head_dim}
+    for call in projections:  # separate projections: value by identity, query and key by width and order
+        if call.output.shape[-1] == widths["value"] and _same(value_of(call.output), value):
+            rest = [c for c in projections if c is not call]
+            query = next((c for c in rest if c.output.shape[-1] == widths["query"]), None)
+            key = next((c for c in rest if c is not query and c.output.shape[-1] == widths["key"]), None)
+            if query is None or key is None:
+                break
+            return {"query": Tap(rel[query.name]), "key": Tap(rel[key.name]), "value": Tap(rel[call.name])}
+    for call in projections:  # one fused projection of equal thirds
+        if call.output.shape[-1] != 3 * widths["value"] or heads != kv_heads:
+            continue
+        for split in ("part", "head_part"):
+            if _same(value_of(call.output, **{split: (2, 3)}), value):
+                return {site: Tap(rel[call.name], **{split: (i, 3)}) for i, site in enumerate(HEAD_SITES)}
+    why = "no projection of the attention input whose heads are the value the attention gets (fused of unequal widths, or normed)"
+    for site in HEAD_SITES:
+        absent[site] = why
+    return {}
+
+
+def _mlp_taps(inner: list[Call], outside: list[Call], down: Call, rel: dict, absent: dict) -> dict[str, Tap]:
+    """gate/up/act between the MLP input and the down projection: act(gate) · up or act(up) = down_proj_input."""
+    x = down.input
+    acts = [c for c in outside if c.start > (inner[0].start if inner else down.start) and c.end < down.start and not _is_matrix(c.module)]
+    for up in inner:  # ungated: act(up) = down input
+        for act in acts:
+            if _same(act.input, up.output) and _same(act.output, x):
+                absent["gate_output"] = "ungated MLP: down_proj_input = act(up)"
+                return {"up_output": Tap(rel[up.name]), "act_output": Tap(rel[act.name])}
+    for gate in inner:
+        for act in acts:
+            if not _same(act.input, gate.output):
+                continue
+            for up in inner:
+                if up is not gate and up.output.shape == act.output.shape and _same(act.output * up.output, x):
+                    return {"gate_output": Tap(rel[gate.name]), "up_output": Tap(rel[up.name]), "act_output": Tap(rel[act.name])}
+    for fused in inner:  # gate and up as halves of one projection (Phi-3): gate first
+        halves = fused.output.chunk(2, dim=-1)
+        for act in acts:
+            for gate, up in ((0, 1), (1, 0)):
+                if _same(act.input, halves[gate]) and _same(act.output * halves[up], x):
+                    return {
+                        "gate_output": Tap(rel[fused.name], part=(gate, 2)),
+                        "up_output": Tap(rel[fused.name], part=(up, 2)),
+                        "act_output": Tap(rel[act.name]),
+                    }
+    why = "no activation module with act(gate) · up or act(up) equal to the down projection's input"
+    for site in ("gate_output", "up_output", "act_output"):
+        absent[site] = why
+    return {}
+
+
+def resolve(model) -> Architecture:
+    """The model's capture sites, resolved on a probe and verified by their identities (cached per model)."""
+    if model in _RESOLVED:
+        return _RESOLVED[model]
+    table = ARCHITECTURES.get(model.config.model_type)
+    implementation = model.config._attn_implementation
+    if implementation != capture.ATTENTION_CAPTURE:
+        capture.register_attention_capture()
+        model.set_attn_implementation(capture.ATTENTION_CAPTURE)
+    try:
+        probe = run_probe(model)
+    finally:
+        if implementation != capture.ATTENTION_CAPTURE:
+            model.set_attn_implementation(implementation)
+    layers = _decoder_layers(model, probe)
+    n = len(probe.hidden_states) - 1
+    per_layer = []
+    for index in range(n):
+        prefix = f"{layers}.{index}"
+        layer_call = next(c for c in probe.calls if c.name == prefix)
+        calls = [c for c in probe.calls if c.name.startswith(prefix + ".") and layer_call.start < c.start < layer_call.end]
+        per_layer.append(_resolve_layer(model, probe, layers, index, calls, layer_call, table))
+    architecture = _combine(model, layers, per_layer, table)
+    _RESOLVED[model] = architecture
+    return architecture
+
+
+def _combine(model, layers: str, per_layer: list, table: Architecture | None) -> Architecture:
+    """One Architecture from the layers' taps. A site found in some layers only (hybrid models)
+    names them in `site_layers`, and `absent` says why the others lack it."""
+    attention_modules = {a for _, a, _ in per_layer if a}
+    attention = attention_modules.pop() if len(attention_modules) == 1 else None
+    found = [dict(layer_taps) for layer_taps, _, _ in per_layer]
+    for index, (_, module, layer_absent) in enumerate(per_layer):
+        if module and module == attention:  # the attention sites ride on the attention module
+            found[index].update({site: None for site in ATTENTION_SITES if site not in layer_absent})
+    taps, absent, site_layers = {}, {}, {}
+    for site in SITES:
+        where = [i for i, layer in enumerate(found) if site in layer]
+        missing = [i for i in range(len(found)) if i not in where]
+        tapped = {found[i][site] for i in where}
+        if len(tapped) > 1:
+            absent[site] = f"read from different modules in different layers ({', '.join(sorted(t.module for t in tapped))})"
+            continue
+        if where and site not in ATTENTION_SITES:
+            taps[site] = tapped.pop()
+        if missing:
+            reasons = {per_layer[i][2].get(site, "not found") for i in missing}
+            why = "; ".join(sorted(reasons))
+            absent[site] = why if not where else f"layers {_ranges(missing)}: {why}"
+        if where and missing:
+            site_layers[site] = tuple(where)
+    probs_from_output = bool(table and attention and attention == table.attention and table.probs_from_output)
+    if probs_from_output:  # attention code of the model's own (MPT) that returns its probabilities
+        absent.pop("attn_probs", None)
+        absent["attn_logits"] = "the model's own attention code returns its probabilities, not its logits"
+    return Architecture(
+        layers,
+        taps,
+        attention=attention,
+        probs_from_output=probs_from_output,
+        weights_transposed=_transposed(model, layers, taps),
+        absent=absent,
+        site_layers=site_layers,
+    )
+
+
+def _ranges(indices) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    runs, start = [], None
+    for i, value in enumerate(indices):
+        if start is None:
+            start = value
+        if i + 1 == len(indices) or indices[i + 1] != value + 1:
+            runs.append(f"{start}" if start == value else f"{start}-{value}")
+            start = None
+    return ", ".join(runs)
+
+
+def _transposed(model, layers: str, taps: dict[str, Tap]) -> bool:
+    """Whether the down projection stores [in, out] (GPT-2's Conv1D)."""
+    tap = taps.get("down_proj_input")
+    if tap is None:
+        return False
+    module = model.get_submodule(layers)[0].get_submodule(tap.module)
+    return type(module).__name__ == "Conv1D"
