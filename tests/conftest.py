@@ -43,6 +43,14 @@ def tiny_model(architecture: str, seed: int = 0, **overrides):
     return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
 
 
+def save_with_architecture(model, folder: Path, **save_kwargs) -> None:
+    """save_pretrained, plus the architecture.json that fetch_model writes beside a model."""
+    from systematic_outliers import capture
+
+    model.save_pretrained(folder, **save_kwargs)
+    capture.architecture_of(model).to_json(folder / "architecture.json")
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path):
     """Save a tiny random model of `architecture` as a Hugging Face folder; return (model, folder)."""
@@ -50,7 +58,7 @@ def tiny_model_dir(tmp_path):
     def save(architecture: str, **save_kwargs):
         model = tiny_model(architecture)
         folder = tmp_path / f"tiny-{architecture}"
-        model.save_pretrained(folder, **save_kwargs)
+        save_with_architecture(model, folder, **save_kwargs)
         return model, folder
 
     return save
@@ -94,7 +102,7 @@ def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> d
     save_file({"input_ids": windows}, folder / "input_ids.safetensors")
     passes.corpus_statistics(model, LABELS, folder, folder / "stats")
     passes.dump_prompt(model, PromptTokenizer(prompt_ids), "prompt", False, folder / "prompt.safetensors", weights="test weights")
-    model.save_pretrained(folder / "model")
+    save_with_architecture(model, folder / "model")
     weight_statistics(folder / "model").to_parquet(folder / "weights.parquet")
     evidence = Evidence.load(folder.name, folder / "stats", folder / "weights.parquet")
     interventions.intervene(folder.name, model, evidence, windows, [0, 1, 2], folder / "interventions.parquet")

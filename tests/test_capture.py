@@ -9,7 +9,7 @@ import types
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_CONFIGS, tiny_model
+from conftest import REPO, TINY_CONFIGS, save_with_architecture, tiny_model
 from safetensors.torch import load_file, save_file
 from systematic_outliers import capture, passes
 from systematic_outliers.statistics import token_class
@@ -89,15 +89,19 @@ def test_value_and_probabilities_are_what_attention_combines(architecture):
     assert torch.allclose(combined, merged[0], atol=1e-6)
 
 
-def test_unsupported_architecture_and_site_say_what_is_supported():
+def test_a_model_without_decoder_layers_and_a_missing_site_say_why():
     import transformers
 
-    bloom = transformers.AutoModelForCausalLM.from_config(transformers.BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=96))
-    with pytest.raises(capture.UnsupportedModel, match=r"architecture 'bloom' is not supported for capture; supported: .*gpt2.*llama"):
-        capture.architecture_of(bloom)
+    # XLM maps to a causal-LM head but is an encoder: no ModuleList whose outputs are its hidden states
+    xlm = transformers.AutoModelForCausalLM.from_config(
+        transformers.XLMConfig(emb_dim=32, n_layers=2, n_heads=4, vocab_size=96, is_decoder=True)
+    )
+    with pytest.raises(capture.UnsupportedModel, match=r"^xlm: no decoder layers found: no ModuleList of 2 modules whose l-th output is"):
+        capture.architecture_of(xlm)
     falcon = transformers.AutoModelForCausalLM.from_config(
         transformers.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=96)
     )
+    assert capture.architecture_of(falcon).absent["attn_probs"].startswith("its token mixer (FalconAttention) runs no softmax attention")
     with pytest.raises(capture.UnsupportedModel, match=r"falcon has no capture site attn_probs; it has layer_input"):
         with capture.hooks(falcon, ("attn_probs",), print):
             pass
@@ -176,7 +180,7 @@ def test_planted_outliers_are_found_exactly(tmp_path):
     assert set(heads.query("window == 1").outlier_keys) == {"9"}
 
     # the weight outlier, straight from the saved weights
-    model.save_pretrained(tmp_path / "model")
+    save_with_architecture(model, tmp_path / "model")
     weights = weight_statistics(tmp_path / "model")
     largest = weights.loc[weights.max_ratio.idxmax()]
     assert (largest.layer, largest.module) == (MLP_LAYER, "mlp.down_proj")

@@ -114,7 +114,11 @@ def survey(model_type: str) -> dict:
         with torch.no_grad():
             model(ids)
     except Exception as error:  # noqa: BLE001  (any failure to build is the reason listed)
-        return {"model_type": model_type, "status": "does not build tiny", "reason": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
+        return {
+            "model_type": model_type,
+            "status": "does not build tiny",
+            "reason": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}",
+        }
     try:
         architecture = capture.architecture_of(model)
     except capture.UnsupportedModel as error:
@@ -149,7 +153,11 @@ def _isolated(model_type: str, timeout: float = 30) -> dict:
     else:
         os.kill(pid, 9)
     os.waitpid(pid, 0)
-    return json.loads(data) if data else {"model_type": model_type, "status": "does not build tiny", "reason": f"hangs or crashes (> {timeout:g} s)"}
+    return (
+        json.loads(data)
+        if data
+        else {"model_type": model_type, "status": "does not build tiny", "reason": f"hangs or crashes (> {timeout:g} s)"}
+    )
 
 
 FULL = ("layer_input", "attn_residual", "layer_output", "down_proj_input", "down_proj_output", "attn_probs")

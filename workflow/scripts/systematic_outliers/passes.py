@@ -15,11 +15,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from . import capture, choices
+from .architectures import SITES, Architecture, available_sites
 from .config import CONTEXT_KEYS, ConfigError
 from .io import atomic_directory, atomic_file, write_json
 from .models import DTYPES, SourceError
 from .statistics import COLUMNS, CorpusStatistics, token_label
-from .architectures import SITES, Architecture, available_sites
 
 
 def device() -> torch.device:
@@ -55,7 +55,9 @@ def fetched_architecture(name: str, model_dir: Path) -> Architecture:
     """The sites resolved when the model was fetched (architecture.json in its folder)."""
     path = Path(model_dir) / "architecture.json"
     if not path.exists():
-        raise capture.UnsupportedModel(f"models.{name}: {path} is missing (fetched by an older version); delete {model_dir} and fetch it again")
+        raise capture.UnsupportedModel(
+            f"models.{name}: {path} is missing (fetched by an older version); delete {model_dir} and fetch it again"
+        )
     return Architecture.from_json(path)
 
 

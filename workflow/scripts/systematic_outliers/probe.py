@@ -204,7 +204,9 @@ def _resolve_layer(model, probe: Probe, layers: str, index: int, calls: list[Cal
         if r.input is None or r.input.numel() != x_out.numel() or _same(r.input, x_in):
             continue
         if any(
-            b.start >= r.start and b.output is not None and b.output.numel() == x_out.numel()
+            b.start >= r.start
+            and b.output is not None
+            and b.output.numel() == x_out.numel()
             and _same(r.input.reshape(x_out.shape) + b.output.reshape(x_out.shape), x_out)
             for b in after
         ):
@@ -230,12 +232,16 @@ def _resolve_layer(model, probe: Probe, layers: str, index: int, calls: list[Cal
         absent["mlp_norm_output"] = "no MLP matrix reads d_model"
     elif _same(mlp_in, stream):
         absent["mlp_norm_output"] = "no pre-norm: the MLP reads the residual stream itself"
-    elif "attn_norm_output" in taps and _same(mlp_in, _output_of(calls, prefix + taps["attn_norm_output"].module)):
-        absent["mlp_norm_output"] = "the MLP reads the attention norm's output"
     else:
-        norm = [c for c in after if c.end < first.start and _same(c.output, mlp_in) and not _is_matrix(c.module)]
+        # a norm of its own first: at random init two norms give equal outputs (GPT-NeoX)
+        attn_norm = taps["attn_norm_output"].module if "attn_norm_output" in taps else None
+        norm = [
+            c for c in after if c.end < first.start and _same(c.output, mlp_in) and not _is_matrix(c.module) and rel[c.name] != attn_norm
+        ]
         if norm and (_same(norm[-1].input, stream) or _same(norm[-1].input, x_in)):
             taps["mlp_norm_output"] = Tap(rel[norm[-1].name])
+        elif "attn_norm_output" in taps and _same(mlp_in, _output_of(calls, prefix + taps["attn_norm_output"].module)):
+            absent["mlp_norm_output"] = "the MLP reads the attention norm's output"
         else:
             absent["mlp_norm_output"] = "no module between the residual stream and the MLP input"
     mlp_sites = ("gate_output", "up_output", "act_output", "down_proj_input", "down_proj_output")
@@ -267,8 +273,9 @@ def _output_of(calls, name):
 
 
 def _is_experts(module) -> bool:
-    """transformers' experts modules hold their matrices as 3-D parameters [experts, out, in]."""
-    return any(p.dim() == 3 for p in module.parameters(recurse=False)) or type(module).__name__.endswith(("Experts", "SparseMoeBlock"))
+    """transformers' experts modules hold their matrices as 3-D parameters [experts, out, in], or list the experts."""
+    stacked = any(p.dim() == 3 and n.endswith(("proj", "w1", "w2", "w3")) for n, p in module.named_parameters(recurse=False))
+    return stacked or type(module).__name__.endswith(("Experts", "SparseMoeBlock"))
 
 
 def _head_taps(probe, attention: Call, seen: dict, rel: dict, absent: dict) -> dict[str, Tap]:
@@ -277,7 +284,9 @@ def _head_taps(probe, attention: Call, seen: dict, rel: dict, absent: dict) -> d
     kv_heads, head_dim = value.shape[1], value.shape[2]
     heads = seen["query"].shape[1]
     projections = [
-        c for c in probe.calls if c.name.startswith(attention.name + ".") and _is_matrix(c.module) and c.output is not None and _same(c.input, attention.input)
+        c
+        for c in probe.calls
+        if c.name.startswith(attention.name + ".") and _is_matrix(c.module) and c.output is not None and _same(c.input, attention.input)
     ]
 
     def value_of(output, part=None, head_part=None):
