@@ -120,11 +120,15 @@ def test_the_cpu_slurm_profile_asks_for_no_gpu_and_polls_squeue(tmp_path):
 
 
 def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tmp_path):
-    """Falcon has no attention capture and an ungated MLP; MPT has no attention logits."""
+    """Falcon has no attention capture and an ungated MLP; MPT has no attention logits. The
+    architecture.json that fetch_model resolves is written here from the hand table's record."""
+    from systematic_outliers.architectures import ARCHITECTURES
+
     for model, model_type in (("falcon-7b", "falcon"), ("mpt-7b", "mpt"), ("llama2-7b", "llama")):
         folder = tmp_path / "resources" / "models" / model
         folder.mkdir(parents=True)
         (folder / "config.json").write_text(json.dumps({"model_type": model_type, "max_position_embeddings": 4096}))
+        ARCHITECTURES[model_type].to_json(folder / "architecture.json")
     done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "paper.yaml"))
     assert done.returncode == 0, done.stderr
 
@@ -453,18 +457,19 @@ def test_a_config_change_reruns_exactly_what_it_affects(finished_run):
     assert planned_for(run("-n", *training, config=schedule).stdout) == {("train_variant", "t1")}
 
 
-def test_an_architecture_the_capture_table_lacks_stops_at_fetch_and_writes_nothing(tmp_path, smollm2_dir):
+def test_a_model_without_decoder_layers_stops_at_fetch_and_writes_nothing(tmp_path, smollm2_dir):
     import transformers
 
-    bloom = transformers.AutoModelForCausalLM.from_config(transformers.BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=49152))
-    folder = path_model(tmp_path / "bloom", bloom, smollm2_dir[0])
-    config = tmp_path / "bloom.yaml"
-    config.write_text(
-        json.dumps({"models": {"bloom": {"source": f"path:{folder}"}}, "targets": {"models": ["bloom"]}, "training": {"run": []}})
+    # XLM maps to a causal-LM head but is an encoder: the probe finds no decoder layers
+    xlm = transformers.AutoModelForCausalLM.from_config(
+        transformers.XLMConfig(emb_dim=32, n_layers=2, n_heads=4, vocab_size=49152, is_decoder=True)
     )
+    folder = path_model(tmp_path / "xlm", xlm, smollm2_dir[0])
+    config = tmp_path / "xlm.yaml"
+    config.write_text(json.dumps({"models": {"xlm": {"source": f"path:{folder}"}}, "targets": {"models": ["xlm"]}, "training": {"run": []}}))
     workdir = tmp_path / "run"
     workdir.mkdir()
-    done = snakemake(workdir, "results/capture/bloom/weights.parquet", "--configfile", str(config))
+    done = snakemake(workdir, "results/capture/xlm/weights.parquet", "--configfile", str(config))
     assert done.returncode != 0
-    assert "error: models.bloom: architecture 'bloom' is not supported for capture; supported: falcon" in done.stderr
-    assert not (workdir / "resources" / "models" / "bloom").exists()
+    assert "error: models.xlm: xlm: no decoder layers found: no ModuleList of 2 modules" in done.stderr
+    assert not (workdir / "resources" / "models" / "xlm").exists()
