@@ -110,6 +110,7 @@ def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> d
         "stats_dir": folder / "stats",
         "prompt_path": folder / "prompt.safetensors",
         "weights_path": folder / "weights.parquet",
+        "architecture_path": folder / "model" / "architecture.json",
         "interventions_path": folder / "interventions.parquet",
     }
 
