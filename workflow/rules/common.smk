@@ -72,7 +72,11 @@ FIGURES = {
         {},
         ("down_proj_input", "layer_output", "attn_probs"),
     ),
-    "fig02_layer": ("fig02_layer", {}, ()),  # drawn from the resolved architecture alone
+    "fig02_layer": (
+        "fig02_layer",
+        {},
+        (),
+    ),  # drawn from the resolved architecture alone
     "fig03_activation_positions": ("fig03_activation_positions", {}, ("layer_output",)),
     "fig04_down_proj_positions": (
         "fig04_down_proj_positions",
@@ -122,7 +126,9 @@ def figures_for(model):
     in its folder): fetch_model is a checkpoint, so Snakemake plans them once the model is on disk
     (at once when it already is). fetch_model refuses a model without decoder layers."""
     fetched = Path(checkpoints.fetch_model.get(model=model).output[0])
-    if not (fetched / "architecture.json").exists():  # a folder fetched by hand, or by an older version
+    if not (
+        fetched / "architecture.json"
+    ).exists():  # a folder fetched by hand, or by an older version
         sys.stderr.write(
             f"config error: models.{model}: {fetched} has no architecture.json (fetched by an older version); "
             f"delete {fetched} and fetch it again\n"
