@@ -466,7 +466,9 @@ def test_a_model_without_decoder_layers_stops_at_fetch_and_writes_nothing(tmp_pa
     )
     folder = path_model(tmp_path / "xlm", xlm, smollm2_dir[0])
     config = tmp_path / "xlm.yaml"
-    config.write_text(json.dumps({"models": {"xlm": {"source": f"path:{folder}"}}, "targets": {"models": ["xlm"]}, "training": {"run": []}}))
+    config.write_text(
+        json.dumps({"models": {"xlm": {"source": f"path:{folder}"}}, "targets": {"models": ["xlm"]}, "training": {"run": []}})
+    )
     workdir = tmp_path / "run"
     workdir.mkdir()
     done = snakemake(workdir, "results/capture/xlm/weights.parquet", "--configfile", str(config))
