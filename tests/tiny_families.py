@@ -52,6 +52,17 @@ def _shrink(config):
                 setattr(config, key, value)
             except (AttributeError, TypeError, ValueError):
                 pass
+    for key in ("head_dim", "num_key_value_heads", "num_experts_per_tok"):  # defaults derived later from None
+        if hasattr(config, key) and getattr(config, key) is None:
+            setattr(config, key, SMALL[key])
+    if getattr(config, "qk_rope_head_dim", None):  # multi-head latent attention: rotary head_dim, a key per head
+        config.head_dim = config.qk_rope_head_dim
+        config.num_key_value_heads = config.num_attention_heads
+    for key in ("attn_layer_period", "attn_layer_offset", "expert_layer_period", "expert_layer_offset"):  # Jamba
+        if hasattr(config, key):
+            setattr(config, key, 2 if key.endswith("period") else 1)
+    if getattr(config, "attn_layer_indices", None) is not None:  # Bamba: the second layer attends
+        config.attn_layer_indices = [1]
     for key in TOKEN_KEYS:
         value = getattr(config, key, None)
         if isinstance(value, int) and value >= VOCAB:
@@ -123,6 +134,8 @@ def survey(model_type: str) -> dict:
         architecture = capture.architecture_of(model)
     except capture.UnsupportedModel as error:
         return {"model_type": model_type, "status": "refused", "reason": str(error)}
+    except Exception as error:  # noqa: BLE001  (the probe itself failing is listed, not hidden)
+        return {"model_type": model_type, "status": "probe fails", "reason": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
     sites = available_sites(architecture)
     return {
         "model_type": model_type,
@@ -179,7 +192,12 @@ def write_table(rows: list[dict], skipped: dict[str, str]) -> str:
         "",
         f"- {len(rows) + len(skipped)} causal-LM model types; {len(skipped)} are not decoder-only LMs; of the {len(rows)} others",
         f"  {len(captured)} build tiny offline and are captured, {sum(r['status'] == 'refused' for r in rows)} are refused,",
-        f"  {sum(r['status'] == 'does not build tiny' for r in rows)} do not build tiny.",
+        f"  {sum(r['status'] == 'does not build tiny' for r in rows)} do not build tiny"
+        + (
+            f", the probe fails on {sum(r['status'] == 'probe fails' for r in rows)}."
+            if any(r["status"] == "probe fails" for r in rows)
+            else "."
+        ),
         f"- {len(complete)} of the {len(captured)} captured families have every residual, MLP and attention site the figures",
         f"  need ({', '.join(FULL)}) in every layer.",
         "",
