@@ -110,6 +110,7 @@ def test_every_listed_family_resolves_and_captures_as_the_table_says(row):
     architecture = capture.architecture_of(model)
     sites = available_sites(architecture)
     assert list(sites) == row["sites"] and architecture.absent == row["absent"]
+    assert architecture.learned_sink == row["learned_sink"]
     capture.register_attention_capture()
     model.set_attn_implementation(capture.ATTENTION_CAPTURE)  # a no-op, with a warning, for attention code of its own
     ids = torch.arange(3, 12)[None]

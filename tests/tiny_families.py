@@ -144,6 +144,7 @@ def survey(model_type: str) -> dict:
         "sites": list(sites),
         "absent": architecture.absent,
         "site_layers": {site: list(layers) for site, layers in architecture.site_layers.items()},
+        "learned_sink": architecture.learned_sink,
     }
 
 
@@ -200,16 +201,20 @@ def write_table(rows: list[dict], skipped: dict[str, str]) -> str:
         ),
         f"- {len(complete)} of the {len(captured)} captured families have every residual, MLP and attention site the figures",
         f"  need ({', '.join(FULL)}) in every layer.",
+        f"- {sum(r['learned_sink'] for r in captured)} captured families have a learned attention sink (a per-head logit in the",
+        "  softmax, then dropped, as gpt-oss): their `attn_probs` rows sum to 1 − the sink's share, which is not yet",
+        "  captured as a key of its own.",
         "",
-        "| family | class | sites captured | not captured, and why |",
-        "|---|---|---|---|",
+        "| family | class | sites captured | learned sink | not captured, and why |",
+        "|---|---|---|---|---|",
     ]
     for r in rows:
         if r["status"] == "captured":
             absent = "; ".join(f"`{s}`: {why}" for s, why in r["absent"].items()) or "–"
-            lines.append(f"| {r['model_type']} | {r['class']} | {len(r['sites'])} of {len(SITES)} | {absent} |")
+            sink = "yes" if r["learned_sink"] else ""
+            lines.append(f"| {r['model_type']} | {r['class']} | {len(r['sites'])} of {len(SITES)} | {sink} | {absent} |")
         else:
-            lines.append(f"| {r['model_type']} | – | {r['status']} | {r['reason'].replace('|', '/')} |")
+            lines.append(f"| {r['model_type']} | – | {r['status']} | | {r['reason'].replace('|', '/')} |")
     lines += ["", "Not decoder-only LMs:", "", "| family | why |", "|---|---|"]
     lines += [f"| {model_type} | {why} |" for model_type, why in sorted(skipped.items())]
     return "\n".join(lines) + "\n"

@@ -134,7 +134,9 @@ def figures_for(model):
             f"delete {fetched} and fetch it again\n"
         )
         sys.exit(1)
-    have = set(available_sites(Architecture.from_json(fetched / "architecture.json")))
+    architecture = Architecture.from_json(fetched / "architecture.json")
+    # a figure draws its sites at data-chosen layers: only sites that every layer has
+    have = set(available_sites(architecture)) - set(architecture.site_layers)
     return [figure for figure, (_, _, sites) in FIGURES.items() if set(sites) <= have]
 
 

@@ -59,6 +59,8 @@ class Architecture:
     weights_transposed: bool = False  # GPT-2's Conv1D stores [in, out]
     absent: dict[str, str] = field(default_factory=dict)  # site -> why it is not captured (in some layers, or in all)
     site_layers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # sites captured in these layers only (hybrids)
+    # a learned sink logit per head in the softmax, then dropped (gpt-oss): attn_probs rows sum to 1 − the sink's share
+    learned_sink: bool = False
 
     def to_json(self, path) -> None:
         record = asdict(self)
@@ -245,7 +247,8 @@ def layer_diagram(architecture: Architecture) -> tuple[list[Block], list[Block],
         attention.append(Block("$A V$, output projection", (architecture.attention,), ()))
     else:
         attention.append(Block("self-attention (not captured)", (), ()))
-    parallel = "attn_residual" not in taps
+    reason = architecture.absent.get("attn_residual")  # the hand table records no reasons: a missing residual is parallel there
+    parallel = "attn_residual" not in taps and (reason is None or reason.startswith("parallel block"))
     mlp = []
     if "mlp_norm_output" in taps:
         mlp.append(Block("MLP norm", modules("mlp_norm_output"), ("mlp_norm_output",)))

@@ -47,13 +47,13 @@ def decoder_layers(model, architecture: Architecture):
 
 
 def mlp_weights(model, layer_index: int) -> dict[str, torch.Tensor]:
-    """The MLP's gate, up and down matrices of one layer as [out, in], where the table has them."""
+    """The MLP's gate, up and down matrices of one layer as [out, in], where the layer has them."""
     architecture = architecture_of(model)
     layer = decoder_layers(model, architecture)[layer_index]
     matrices = {}
     for name, site in (("gate_proj", "gate_output"), ("up_proj", "up_output"), ("down_proj", "down_proj_input")):
         tap = architecture.taps.get(site)
-        if tap is None:
+        if tap is None or not architecture.has(site, layer_index):  # hybrids: not every layer has this MLP
             continue
         weight = layer.get_submodule(tap.module).weight.detach()
         weight = weight.T if architecture.weights_transposed else weight
@@ -245,7 +245,13 @@ def _eager_capture(module, query, key, value, attention_mask, **kwargs):
         mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None else None
         observe(layer_index, probs[0].detach(), output[0].detach(), value[0].detach(), _visible(mask, query.shape[-2], key.shape[-2]))
     for seen in _PROBES:
-        seen[id(module)] = {"query": query.detach(), "key": key.detach(), "value": value.detach(), "probs": probs.detach()}
+        seen[id(module)] = {
+            "query": query.detach(),
+            "key": key.detach(),
+            "value": value.detach(),
+            "probs": probs.detach(),
+            "learned_sink": kwargs.get("s_aux") is not None,  # gpt-oss: a per-head sink logit in the softmax, then dropped
+        }
     registered = _ATTENTION_SINKS.get(id(module))
     if registered is not None:
         layer_index, wanted, sink = registered

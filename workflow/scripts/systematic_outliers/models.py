@@ -2,8 +2,9 @@
 
 The folder holds config.json, the tokenizer, safetensors weights in the configured
 dtype and manifest.json (what was fetched, its sha256 or revision, whether the
-weights were dequantized). Nothing here runs code from a model repository, and no
-checkpoint is unpickled: only safetensors and GGUF are read.
+weights were dequantized), and architecture.json (where its capture sites are, resolved on the
+CPU by one probing forward pass). Code from a model repository runs only where the config allows
+it (`trust_remote_code`), and no checkpoint is unpickled: only safetensors and GGUF are read.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def _resolve_architecture(name: str, entry: dict, folder: Path) -> None:
         architecture = resolve(model.eval())
     except UnsupportedModel as error:
         raise SourceError(f"models.{name}: {error}") from None
+    except Exception as error:  # noqa: BLE001  (a forward pass that fails is the model's problem: one line, nothing written)
+        raise SourceError(f"models.{name}: the probing forward pass failed: {type(error).__name__}: {str(error).splitlines()[0]}") from None
     architecture.to_json(folder / "architecture.json")
     for site, why in architecture.absent.items():
         print(f"models.{name}: {site} not captured: {why}")

@@ -25,6 +25,7 @@ own that bypasses the attention interface (MPT returns its probabilities).
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from dataclasses import dataclass, field
 
@@ -72,19 +73,29 @@ def _first(value):
 
 
 def _same(a, b) -> bool:
-    """Equal up to the rounding of the model's dtype, relative to the largest entry."""
+    """Equal up to the rounding of the model's dtype, relative to each token's largest entry: a
+    massive activation on one token must not hide a difference on the others."""
     if a is None or b is None or a.numel() != b.numel() or a.shape[-1] != b.shape[-1]:
         return False
     eps = max(torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0 for t in (a, b))
-    a, b = a.float().reshape(b.shape), b.float()  # OPT flattens [batch, tokens] before its MLP
-    scale = max(b.abs().max().item(), 1e-6)
-    return bool(((a - b).abs().max() <= max(1e-5, 4 * eps) * scale).item())
+    a, b = a.to(b.device).float().reshape(-1, b.shape[-1]), b.float().reshape(-1, b.shape[-1])  # OPT flattens tokens
+    scale = b.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
+    return bool(((a - b).abs() <= max(1e-5, 4 * eps) * scale).all().item())
+
+
+def _identical(a, b) -> bool:
+    """The same values: a tensor handed on from one module to the next."""
+    if a is None or b is None or a.numel() != b.numel() or a.shape[-1] != b.shape[-1]:
+        return False
+    return torch.equal(a.to(b.device).reshape(b.shape), b)
 
 
 def run_probe(model, tokens: int = PROBE_TOKENS) -> Probe:
     """One forward pass of `tokens` token ids with every module and the attention function recorded."""
     counter = iter(range(10**9))
     calls, by_module, handles = [], {}, []
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.arange(tokens, dtype=torch.long).mul(7919).remainder(vocab - 3).add(3)[None]  # fixed ids, past the usual special ones
     for name, module in model.named_modules():
         if not name:
             continue
@@ -100,11 +111,9 @@ def run_probe(model, tokens: int = PROBE_TOKENS) -> Probe:
 
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(module.register_forward_hook(post, with_kwargs=True))
-    vocab = model.get_input_embeddings().num_embeddings
-    ids = torch.arange(tokens, dtype=torch.long).mul(7919).remainder(vocab - 2).add(1)[None]  # fixed, no special ids
     attention_calls = {}
     capture._PROBES.append(attention_calls)
-    try:
+    try:  # the hooks come off whatever happens in the pass
         with torch.no_grad():
             out = model(ids.to(model.device), use_cache=False, output_hidden_states=True, output_attentions=True)
     finally:
@@ -169,12 +178,13 @@ def _resolve_layer(model, probe: Probe, layers: str, index: int, calls: list[Cal
     attention = next((c for c in once if id(c.module) in probe.attention_calls), None)
     if attention is None and table is not None and table.attention:
         attention = next((c for c in once if rel[c.name] == table.attention), None)
+    mixer = None
     if attention is None:
         mixer = next((c for c in once if c.name.count(".") == prefix.count(".") and _has_matrices(c.module)), None)
         why = f"its token mixer ({type(mixer.module).__name__ if mixer else 'none found'}) runs no softmax attention through transformers' attention interface"
         for site in (*HEAD_SITES, *ATTENTION_SITES):
             absent[site] = why
-        norm = next((c for c in once if _same(c.input, x_in) and not _has_matrices(c.module) and not _same(c.output, x_in)), None)
+        norm = next((c for c in once if _identical(c.input, x_in) and not _has_matrices(c.module) and not _identical(c.output, x_in)), None)
         if norm is not None:
             taps["attn_norm_output"] = Tap(rel[norm.name])
     else:
@@ -183,10 +193,10 @@ def _resolve_layer(model, probe: Probe, layers: str, index: int, calls: list[Cal
             if not _same(seen["probs"], probe.attentions[index]):
                 for site in ATTENTION_SITES:
                     absent[site] = "the captured probabilities differ from the model's own output_attentions"
-        if _same(attention.input, x_in):  # OLMo 2
+        if _identical(attention.input, x_in):  # OLMo 2
             absent["attn_norm_output"] = "no pre-norm: the attention reads the residual stream itself"
         else:
-            norm = [c for c in once if c.end < attention.start and _same(c.input, x_in) and _same(c.output, attention.input)]
+            norm = [c for c in once if c.end < attention.start and _identical(c.input, x_in) and _identical(c.output, attention.input)]
             if norm:
                 taps["attn_norm_output"] = Tap(rel[norm[-1].name])
             else:
@@ -201,7 +211,7 @@ def _resolve_layer(model, probe: Probe, layers: str, index: int, calls: list[Cal
     after = [c for c in once if attention is None or c.start > attention.end]
     residual = None
     for r in after:
-        if r.input is None or r.input.numel() != x_out.numel() or _same(r.input, x_in):
+        if r.input is None or r.input.numel() != x_out.numel() or _identical(r.input, x_in):
             continue
         if any(
             b.start >= r.start
@@ -215,10 +225,10 @@ def _resolve_layer(model, probe: Probe, layers: str, index: int, calls: list[Cal
     if residual is not None:
         taps["attn_residual"] = Tap(rel[residual.name], "input")
         after = [c for c in after if c.start >= residual.start]
-    elif attention is not None:
+    elif (attention or mixer) is not None and _parallel(x_in, attention or mixer, after, x_out):
         absent["attn_residual"] = "parallel block: attention and MLP both read the layer input"
     else:
-        absent["attn_residual"] = "no residual stream between the token mixer and the MLP found"
+        absent["attn_residual"] = "no residual stream R with R + a later module's output = the layer output (scaled or post-norm residual)"
     if attention is not None:
         after = [c for c in after if not c.name.startswith(attention.name + ".")]
 
@@ -230,17 +240,19 @@ def _resolve_layer(model, probe: Probe, layers: str, index: int, calls: list[Cal
     stream = residual.input if residual else x_in
     if mlp_in is None:
         absent["mlp_norm_output"] = "no MLP matrix reads d_model"
-    elif _same(mlp_in, stream):
+    elif _identical(mlp_in, stream):
         absent["mlp_norm_output"] = "no pre-norm: the MLP reads the residual stream itself"
     else:
         # a norm of its own first: at random init two norms give equal outputs (GPT-NeoX)
         attn_norm = taps["attn_norm_output"].module if "attn_norm_output" in taps else None
         norm = [
-            c for c in after if c.end < first.start and _same(c.output, mlp_in) and not _is_matrix(c.module) and rel[c.name] != attn_norm
+            c
+            for c in after
+            if c.end < first.start and _identical(c.output, mlp_in) and not _is_matrix(c.module) and rel[c.name] != attn_norm
         ]
-        if norm and (_same(norm[-1].input, stream) or _same(norm[-1].input, x_in)):
+        if norm and (_identical(norm[-1].input, stream) or _identical(norm[-1].input, x_in)):
             taps["mlp_norm_output"] = Tap(rel[norm[-1].name])
-        elif "attn_norm_output" in taps and _same(mlp_in, _output_of(calls, prefix + taps["attn_norm_output"].module)):
+        elif "attn_norm_output" in taps and _identical(mlp_in, _output_of(calls, prefix + taps["attn_norm_output"].module)):
             absent["mlp_norm_output"] = "the MLP reads the attention norm's output"
         else:
             absent["mlp_norm_output"] = "no module between the residual stream and the MLP input"
@@ -262,6 +274,18 @@ def _resolve_layer(model, probe: Probe, layers: str, index: int, calls: list[Cal
     inner = [c for c in matrices if c.start >= first.start and c.end < down.start]
     taps.update(_mlp_taps(inner, after, down, rel, absent))
     return taps, (rel[attention.name] if attention else None), absent
+
+
+def _parallel(x_in, attention: Call, after: list[Call], x_out) -> bool:
+    """layer output = layer input + attention output + a later module's output (GPT-NeoX, Phi, GPT-J)."""
+    if attention.output is None or attention.output.numel() != x_out.numel():
+        return False
+    stream = x_in.reshape(x_out.shape) + attention.output.reshape(x_out.shape)
+    return any(
+        b.output is not None and b.output.numel() == x_out.numel() and _same(stream + b.output.reshape(x_out.shape), x_out)
+        for b in after
+        if not b.name.startswith(attention.name + ".")
+    )
 
 
 def _has_matrices(module) -> bool:
@@ -286,7 +310,10 @@ def _head_taps(probe, attention: Call, seen: dict, rel: dict, absent: dict) -> d
     projections = [
         c
         for c in probe.calls
-        if c.name.startswith(attention.name + ".") and _is_matrix(c.module) and c.output is not None and _same(c.input, attention.input)
+        if c.name.startswith(attention.name + ".")
+        and _is_matrix(c.module)
+        and c.output is not None
+        and _identical(c.input, attention.input)
     ]
 
     def value_of(output, part=None, head_part=None):
@@ -329,12 +356,12 @@ def _mlp_taps(inner: list[Call], outside: list[Call], down: Call, rel: dict, abs
     acts = [c for c in outside if c.start > (inner[0].start if inner else down.start) and c.end < down.start and not _is_matrix(c.module)]
     for up in inner:  # ungated: act(up) = down input
         for act in acts:
-            if _same(act.input, up.output) and _same(act.output, x):
+            if _identical(act.input, up.output) and _same(act.output, x):
                 absent["gate_output"] = "ungated MLP: down_proj_input = act(up)"
                 return {"up_output": Tap(rel[up.name]), "act_output": Tap(rel[act.name])}
     for gate in inner:
         for act in acts:
-            if not _same(act.input, gate.output):
+            if not _identical(act.input, gate.output):
                 continue
             for up in inner:
                 if up is not gate and up.output.shape == act.output.shape and _same(act.output * up.output, x):
@@ -343,7 +370,7 @@ def _mlp_taps(inner: list[Call], outside: list[Call], down: Call, rel: dict, abs
         halves = fused.output.chunk(2, dim=-1)
         for act in acts:
             for gate, up in ((0, 1), (1, 0)):
-                if _same(act.input, halves[gate]) and _same(act.output * halves[up], x):
+                if _identical(act.input, halves[gate]) and _same(act.output * halves[up], x):
                     return {
                         "gate_output": Tap(rel[fused.name], part=(gate, 2)),
                         "up_output": Tap(rel[fused.name], part=(up, 2)),
@@ -378,6 +405,8 @@ def resolve(model) -> Architecture:
         calls = [c for c in probe.calls if c.name.startswith(prefix + ".") and layer_call.start < c.start < layer_call.end]
         per_layer.append(_resolve_layer(model, probe, layers, index, calls, layer_call, table))
     architecture = _combine(model, layers, per_layer, table)
+    if any(seen["learned_sink"] for seen in probe.attention_calls.values()):
+        architecture = dataclasses.replace(architecture, learned_sink=True)
     _RESOLVED[model] = architecture
     return architecture
 
@@ -439,5 +468,16 @@ def _transposed(model, layers: str, taps: dict[str, Tap]) -> bool:
     tap = taps.get("down_proj_input")
     if tap is None:
         return False
-    module = model.get_submodule(layers)[0].get_submodule(tap.module)
-    return type(module).__name__ == "Conv1D"
+    for layer in model.get_submodule(layers):  # the first layer that has it (hybrids)
+        module = layer.get_submodule(tap.module) if _has_path(layer, tap.module) else None
+        if module is not None:
+            return type(module).__name__ == "Conv1D"
+    return False
+
+
+def _has_path(module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
