@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -57,8 +57,7 @@ class Probe:
     attention_calls: dict[int, dict]  # id(attention module) -> what the attention function saw
     hidden_states: tuple
     attentions: tuple | None
-    ids: torch.Tensor
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int]  # calls per module path: a site must be called once per layer
 
 
 def _first(value):
@@ -123,7 +122,7 @@ def run_probe(model, tokens: int = PROBE_TOKENS) -> Probe:
     counts = {}
     for call in calls:
         counts[call.name] = counts.get(call.name, 0) + 1
-    return Probe(calls, attention_calls, out.hidden_states, getattr(out, "attentions", None), ids, counts)
+    return Probe(calls, attention_calls, out.hidden_states, getattr(out, "attentions", None), counts)
 
 
 def _is_matrix(module) -> bool:
@@ -166,7 +165,7 @@ def _decoder_layers(model, probe: Probe) -> str:
     )
 
 
-def _resolve_layer(model, probe: Probe, layers: str, index: int, calls: list[Call], layer_call: Call, table: Architecture | None):
+def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], layer_call: Call, table: Architecture | None):
     """(taps, attention module or None, absent {site: reason}) of one decoder layer."""
     prefix = f"{layers}.{index}."
     rel = {c.name: c.name[len(prefix) :] for c in calls}
@@ -403,7 +402,7 @@ def resolve(model) -> Architecture:
         prefix = f"{layers}.{index}"
         layer_call = next(c for c in probe.calls if c.name == prefix)
         calls = [c for c in probe.calls if c.name.startswith(prefix + ".") and layer_call.start < c.start < layer_call.end]
-        per_layer.append(_resolve_layer(model, probe, layers, index, calls, layer_call, table))
+        per_layer.append(_resolve_layer(probe, layers, index, calls, layer_call, table))
     architecture = _combine(model, layers, per_layer, table)
     if any(seen["learned_sink"] for seen in probe.attention_calls.values()):
         architecture = dataclasses.replace(architecture, learned_sink=True)
