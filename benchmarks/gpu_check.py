@@ -63,7 +63,7 @@ def build(shape: str, device: torch.device, dtype: torch.dtype):
 
     torch.manual_seed(0)
     config = LlamaConfig(**SHAPES[shape])
-    capture.register_attention_capture()
+    capture.register_capture()
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=capture.ATTENTION_CAPTURE)
     return model.eval()

@@ -20,10 +20,12 @@ LABELS = types.SimpleNamespace(decode=lambda ids: {8: ".", 2: "\n", 30: "the"}.g
 
 
 def capturing(model):
-    """The model with the attention implementation the capture rules load it with."""
+    """The model with the attention and experts implementations the capture rules load it with."""
+    capture.register_capture()
     if not capture.architecture_of(model).probs_from_output:
-        capture.register_attention_capture()
         model.set_attn_implementation(capture.ATTENTION_CAPTURE)
+    if capture.architecture_of(model).reads_experts:
+        model.set_experts_implementation(capture.EXPERTS_CAPTURE)
     return model
 
 
@@ -258,7 +260,7 @@ from conftest import tiny_model
 from systematic_outliers import capture, passes
 from pathlib import Path
 model = tiny_model("llama", num_hidden_layers=4, hidden_size=128, intermediate_size=512, max_position_embeddings=1024)
-capture.register_attention_capture()
+capture.register_capture()
 model.set_attn_implementation(capture.ATTENTION_CAPTURE)
 labels = types.SimpleNamespace(decode=lambda ids: str(ids[0]))
 windows, folder = int(sys.argv[1]), Path(sys.argv[2])

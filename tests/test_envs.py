@@ -109,5 +109,5 @@ def test_each_rule_environment_lists_what_its_script_imports(rule, script, env):
 
 def test_the_walk_follows_the_package_and_finds_what_a_module_imports_inside_a_function():
     reached = third_party([("from systematic_outliers import capture", None)])
-    assert {"torch", "transformers"} <= reached  # transformers only inside register_attention_capture
+    assert {"torch", "transformers"} <= reached  # transformers only inside register_capture
     assert "numpy" not in third_party([("import json", None)])

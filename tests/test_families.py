@@ -111,8 +111,7 @@ def test_every_listed_family_resolves_and_captures_as_the_table_says(row):
     sites = available_sites(architecture)
     assert list(sites) == row["sites"] and architecture.absent == row["absent"]
     assert architecture.learned_sink == row["learned_sink"]
-    capture.register_attention_capture()
-    model.set_attn_implementation(capture.ATTENTION_CAPTURE)  # a no-op, with a warning, for attention code of its own
+    capturing(model)  # the capturing attention (a no-op, with a warning, for attention code of its own) and experts
     ids = torch.arange(3, 12)[None]
     with torch.no_grad():
         plain = model(ids).logits

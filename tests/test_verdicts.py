@@ -26,6 +26,7 @@ def test_the_planted_model_holds_where_it_was_planted(planted_capture):
         "activation": HOLDS,
         "weight": HOLDS,
         "attention": HOLDS,
+        "learned_sink": NOT_MEASURED,  # a Llama has none
         "positions": PARTLY,  # initial 67 %, and window 1's trigger at position 9 is neither first nor a delimiter
         "channels": HOLDS,
         "weight_writes": HOLDS,
@@ -53,6 +54,7 @@ def test_the_random_model_has_no_outlier_and_every_existence_claim_fails(random_
         "activation": DOES_NOT_HOLD,
         "weight": DOES_NOT_HOLD,
         "attention": DOES_NOT_HOLD,
+        "learned_sink": NOT_MEASURED,
         # nothing to locate, align or cancel
         "positions": NOT_MEASURED,
         "channels": NOT_MEASURED,
@@ -69,7 +71,7 @@ def test_the_random_model_has_no_outlier_and_every_existence_claim_fails(random_
     assert not m.chosen.emergence.found and "no layer has an outlier token in 50% of the 3 windows; shown: layer" in m.chosen.emergence.why
     assert m.evidence.outliers.empty and choices.prompt_outlier_tokens(m.prompt) == []
     text = verdicts.claims_file(m)
-    assert text.count("**does not hold**") == 3 + 4 and text.count("**not measured**") == 6 + 1
+    assert text.count("**does not hold**") == 3 + 4 and text.count("**not measured**") == 7 + 1
 
 
 def test_table1_and_the_summary_keep_a_model_without_outliers_beside_a_planted_one(planted_capture, random_capture):

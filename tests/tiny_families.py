@@ -33,7 +33,7 @@ SMALL = dict(
     max_position_embeddings=256, n_positions=256, max_seq_len=256, seq_length=256, n_ctx=256,
     moe_intermediate_size=32, shared_expert_intermediate_size=32, expert_intermediate_size=32,
     num_experts=4, num_local_experts=4, n_routed_experts=4, moe_num_experts=4, num_experts_per_tok=2, moe_topk=2, top_k=2,
-    n_group=1, topk_group=1, n_shared_experts=1,
+    n_group=1, topk_group=1, n_shared_experts=1, first_k_dense_replace=1,
     q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, qk_head_dim=16,
     rotary_dim=8, rotary_emb_dim=8, partial_rotary_dim=8,
     sliding_window=32, attention_chunk_size=32,
@@ -145,6 +145,11 @@ def survey(model_type: str) -> dict:
         "absent": architecture.absent,
         "site_layers": {site: list(layers) for site, layers in architecture.site_layers.items()},
         "learned_sink": architecture.learned_sink,
+        "expert_layers": [
+            i
+            for i in range(len(capture.decoder_layers(model, architecture)))
+            if architecture.has("down_proj_input", i) and architecture.tap("down_proj_input", i).side == "experts"
+        ],
     }
 
 
@@ -201,20 +206,24 @@ def write_table(rows: list[dict], skipped: dict[str, str]) -> str:
         ),
         f"- {len(complete)} of the {len(captured)} captured families have every residual, MLP and attention site the figures",
         f"  need ({', '.join(FULL)}) in every layer.",
+        f"- {sum(bool(r['expert_layers']) for r in captured)} captured families have mixture-of-experts MLPs whose down-projection",
+        "  input is captured per expert (through transformers' experts interface), in the layers listed;",
+        f"  {sum('without transformers' in ' '.join(r['absent'].values()) for r in captured)} have experts of their own code, not captured per token.",
         f"- {sum(r['learned_sink'] for r in captured)} captured families have a learned attention sink (a per-head logit in the",
-        "  softmax, then dropped, as gpt-oss): their `attn_probs` rows sum to 1 − the sink's share, which is not yet",
-        "  captured as a key of its own.",
+        "  softmax, then dropped, as gpt-oss): the share each query gives it (1 − its row's sum) is captured as a",
+        "  pseudo-key (`attention_sink.parquet`).",
         "",
-        "| family | class | sites captured | learned sink | not captured, and why |",
-        "|---|---|---|---|---|",
+        "| family | class | sites captured | experts per token | learned sink | not captured, and why |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["status"] == "captured":
             absent = "; ".join(f"`{s}`: {why}" for s, why in r["absent"].items()) or "–"
             sink = "yes" if r["learned_sink"] else ""
-            lines.append(f"| {r['model_type']} | {r['class']} | {len(r['sites'])} of {len(SITES)} | {sink} | {absent} |")
+            experts = f"layers {', '.join(map(str, r['expert_layers']))}" if r["expert_layers"] else ""
+            lines.append(f"| {r['model_type']} | {r['class']} | {len(r['sites'])} of {len(SITES)} | {experts} | {sink} | {absent} |")
         else:
-            lines.append(f"| {r['model_type']} | – | {r['status']} | | {r['reason'].replace('|', '/')} |")
+            lines.append(f"| {r['model_type']} | – | {r['status']} | | | {r['reason'].replace('|', '/')} |")
     lines += ["", "Not decoder-only LMs:", "", "| family | why |", "|---|---|"]
     lines += [f"| {model_type} | {why} |" for model_type, why in sorted(skipped.items())]
     return "\n".join(lines) + "\n"

@@ -41,8 +41,10 @@ HEAD_SITES = ("query", "key", "value")
 @dataclass(frozen=True)
 class Tap:
     """Where a site is read: a module path inside the decoder layer ('' = the layer itself),
-    its output or its first input, and for fused projections which chunk of the last dim
-    (`part`, before splitting heads) or of each head (`head_part`, GPT-NeoX's interleaving)."""
+    its output or its first input, or "experts" for the down projection's input inside a
+    mixture-of-experts module (through `capture.EXPERTS_CAPTURE`), and for fused projections which
+    chunk of the last dim (`part`, before splitting heads) or of each head (`head_part`, GPT-NeoX's
+    interleaving)."""
 
     module: str
     side: str = "output"
@@ -61,10 +63,17 @@ class Architecture:
     site_layers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # sites captured in these layers only (hybrids)
     # a learned sink logit per head in the softmax, then dropped (gpt-oss): attn_probs rows sum to 1 − the sink's share
     learned_sink: bool = False
+    # a site read from another module in some layers (dense and mixture-of-experts MLPs in one model)
+    layer_taps: dict[str, dict[int, Tap]] = field(default_factory=dict)
+    experts_transposed: bool = False  # the experts store their matrices [experts, in, out] (gpt-oss)
 
     def to_json(self, path) -> None:
         record = asdict(self)
         record["taps"] = {site: {k: v for k, v in tap.items() if v not in (None, "output")} for site, tap in record["taps"].items()}
+        record["layer_taps"] = {
+            site: {str(i): {k: v for k, v in tap.items() if v not in (None, "output")} for i, tap in layers.items()}
+            for site, layers in record["layer_taps"].items()
+        }
         record["available_sites"] = list(available_sites(self))
         Path(path).write_text(json.dumps(record, indent=1) + "\n")
 
@@ -72,16 +81,30 @@ class Architecture:
     def from_json(cls, path) -> Architecture:
         record = json.loads(Path(path).read_text())
         record.pop("available_sites", None)
-        taps = {
-            site: Tap(tap["module"], tap.get("side", "output"), *(tuple(tap[k]) if tap.get(k) else None for k in ("part", "head_part")))
-            for site, tap in record.pop("taps").items()
-        }
-        site_layers = {site: tuple(layers) for site, layers in record.pop("site_layers").items()}
-        return cls(taps=taps, site_layers=site_layers, **record)
+
+        def tap(entry):
+            return Tap(
+                entry["module"], entry.get("side", "output"), *(tuple(entry[k]) if entry.get(k) else None for k in ("part", "head_part"))
+            )
+
+        taps = {site: tap(entry) for site, entry in record.pop("taps").items()}
+        layer_taps = {site: {int(i): tap(e) for i, e in layers.items()} for site, layers in record.pop("layer_taps", {}).items()}
+        site_layers = {site: tuple(layers) for site, layers in record.pop("site_layers", {}).items()}
+        return cls(taps=taps, layer_taps=layer_taps, site_layers=site_layers, **record)
 
     def has(self, site: str, layer: int) -> bool:
         """Whether `site` is captured at decoder layer `layer`."""
         return site in available_sites(self) and (site not in self.site_layers or layer in self.site_layers[site])
+
+    def tap(self, site: str, layer: int) -> Tap:
+        """Where `site` is read in decoder layer `layer`."""
+        return self.layer_taps.get(site, {}).get(layer) or self.taps[site]
+
+    @property
+    def reads_experts(self) -> bool:
+        """Whether some layer's MLP is read inside mixture-of-experts modules (`capture.EXPERTS_CAPTURE`)."""
+        taps = [*self.taps.values(), *(tap for layers in self.layer_taps.values() for tap in layers.values())]
+        return any(tap.side == "experts" for tap in taps)
 
 
 def _llama_like(mlp_norm: str = "post_attention_layernorm", gate_up: str | None = None) -> dict[str, Tap]:

@@ -6,9 +6,14 @@ entry (`architectures.ARCHITECTURES`). A hook hands each captured tensor, as [to
 and returns None, so the model's outputs are untouched.
 
 Attention probabilities and logits need the attention weights, which only the eager
-path materializes. `register_attention_capture()` registers an attention function that runs the
+path materializes. `register_capture()` registers an attention function that runs the
 model's own eager code and shows its probabilities (and, on request, the logits) to the
 sink; it is used only by the rules that need attention.
+
+Mixture-of-experts MLPs run their experts through transformers' experts interface
+(`transformers.integrations.moe`). `EXPERTS_CAPTURE` is an experts function that runs the
+experts loop of the model's eager code and shows the down projection's input of every expert, for
+the tokens routed to it, to the sink as `ExpertInputs`.
 
 Interventions use the same two mechanisms: `replace_layer_output` is a forward hook that returns
 a replacement tensor, and `attention_edits` lets the registered attention function remove keys
@@ -19,7 +24,9 @@ and show each head's output before the output projection.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -52,13 +59,25 @@ def mlp_weights(model, layer_index: int) -> dict[str, torch.Tensor]:
     layer = decoder_layers(model, architecture)[layer_index]
     matrices = {}
     for name, site in (("gate_proj", "gate_output"), ("up_proj", "up_output"), ("down_proj", "down_proj_input")):
-        tap = architecture.taps.get(site)
-        if tap is None or not architecture.has(site, layer_index):  # hybrids: not every layer has this MLP
+        if not architecture.has(site, layer_index):  # hybrids: not every layer has this MLP
+            continue
+        tap = architecture.tap(site, layer_index)
+        if tap.side == "experts":  # W_down of every expert side by side, [d_model, experts × intermediate]
+            if name == "down_proj":
+                matrices[name] = experts_down_proj(layer.get_submodule(tap.module))
             continue
         weight = layer.get_submodule(tap.module).weight.detach()
         weight = weight.T if architecture.weights_transposed else weight
         matrices[name] = weight.chunk(tap.part[1], dim=0)[tap.part[0]] if tap.part else weight
     return matrices
+
+
+def experts_down_proj(experts) -> torch.Tensor:
+    """The experts' down projections as one [d_model, experts × intermediate] matrix: column
+    e × intermediate + c is channel c of expert e, as in `ExpertInputs.dense`."""
+    weight = experts.down_proj.detach()  # [experts, d_model, intermediate], or [experts, intermediate, d_model] transposed
+    weight = weight if experts.is_transposed else weight.transpose(1, 2)  # [experts, intermediate, d_model]
+    return weight.reshape(-1, weight.shape[-1]).T
 
 
 def head_dim(config) -> int:
@@ -100,8 +119,14 @@ def hooks(model, sites, sink):
         for site in sites:
             if site in ATTENTION_SITES or not architecture.has(site, layer_index):
                 continue
-            tap = architecture.taps[site]
+            tap = architecture.tap(site, layer_index)
             module = layer.get_submodule(tap.module) if tap.module else layer
+            if tap.side == "experts":  # inside the experts function, per routed token
+                if model.config._experts_implementation != EXPERTS_CAPTURE:
+                    raise UnsupportedModel(f"{site} of experts needs the model loaded with experts_implementation={EXPERTS_CAPTURE!r}")
+                _EXPERTS_SINKS[id(module)] = (layer_index, sink)
+                handles.append(_Forget(_EXPERTS_SINKS, id(module)))
+                continue
 
             def emit(tensor, site=site, tap=tap, layer_index=layer_index):
                 sink(site, layer_index, _shape(tensor.detach(), tap, site, dim))
@@ -126,7 +151,7 @@ def hooks(model, sites, sink):
                 raise UnsupportedModel(f"attention sites need the model loaded with attn_implementation={ATTENTION_CAPTURE!r}")
             attention = layer.get_submodule(architecture.attention)
             _ATTENTION_SINKS[id(attention)] = (layer_index, wanted, sink)
-            handles.append(_Forget(id(attention)))
+            handles.append(_Forget(_ATTENTION_SINKS, id(attention)))
     try:
         yield
     finally:
@@ -222,11 +247,13 @@ _PROBES: list[dict] = []  # probe.run_probe: what the attention function saw, pe
 
 
 class _Forget:
-    def __init__(self, key: int):
-        self.key = key
+    """A handle that takes a module's entry out of a registry of sinks."""
+
+    def __init__(self, registry: dict, key: int):
+        self.registry, self.key = registry, key
 
     def remove(self):
-        _ATTENTION_SINKS.pop(self.key, None)
+        self.registry.pop(self.key, None)
 
 
 def _repeat_kv(key: torch.Tensor, groups: int) -> torch.Tensor:
@@ -270,11 +297,94 @@ def _eager_capture(module, query, key, value, attention_mask, **kwargs):
     return output, probs
 
 
-def register_attention_capture() -> None:
-    """Make ATTENTION_CAPTURE a valid `attn_implementation`. Called where a model is loaded with it,
-    not at import, so that importing this module does not pull in transformers."""
+def register_capture() -> None:
+    """Make ATTENTION_CAPTURE a valid `attn_implementation` and EXPERTS_CAPTURE a valid
+    `experts_implementation`. Called where a model is loaded with them, not at import, so that
+    importing this module does not pull in transformers."""
     from transformers import AttentionInterface
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
     AttentionInterface.register(ATTENTION_CAPTURE, _eager_capture)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_CAPTURE, eager_mask)
+    ALL_EXPERTS_FUNCTIONS.register(EXPERTS_CAPTURE, experts_forward)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixture-of-experts: an experts function that shows each expert's down-projection input.
+
+EXPERTS_CAPTURE = "experts_capture"
+_EXPERTS_SINKS: dict[int, tuple[int, callable]] = {}
+
+
+@dataclass
+class ExpertInputs:
+    """The down projection's input inside a mixture-of-experts MLP, for the tokens routed to each
+    expert: `values[t, s]` is the input of expert `experts[t, s]`, the s-th expert token t went to.
+
+    As one [tokens, experts × intermediate] tensor (`dense`), channel e × intermediate + c is channel
+    c of expert e, zero where the token was not routed there: the columns of `experts_down_proj`.
+    """
+
+    values: torch.Tensor  # [tokens, top_k, intermediate]
+    experts: torch.Tensor  # [tokens, top_k], the expert ids
+    num_experts: int
+
+    @property
+    def intermediate(self) -> int:
+        return self.values.shape[-1]
+
+    def channels(self, token: torch.Tensor, slot_channel: torch.Tensor) -> torch.Tensor:
+        """Channels of `dense` for entries of `values.reshape(tokens, -1)` (slot × intermediate + c)."""
+        slot, channel = slot_channel // self.intermediate, slot_channel % self.intermediate
+        return self.experts[token, slot] * self.intermediate + channel
+
+    def dense(self) -> torch.Tensor:
+        tokens, top_k, width = self.values.shape
+        out = self.values.new_zeros(tokens, self.num_experts, width)
+        out.scatter_(1, self.experts[..., None].expand(-1, -1, width), self.values)
+        return out.reshape(tokens, -1)
+
+
+def is_experts(module) -> bool:
+    """Whether the module runs through transformers' experts interface (`use_experts_implementation`)."""
+    return hasattr(type(module).forward, "__wrapped__") and hasattr(module, "has_gate") and hasattr(module, "down_proj")
+
+
+def _expert_linear(module, name: str, expert: int, x: torch.Tensor) -> torch.Tensor:
+    weight = getattr(module, name)[expert]
+    y = x @ weight if module.is_transposed else torch.nn.functional.linear(x, weight)
+    return y + getattr(module, f"{name}_bias")[expert] if module.has_bias else y
+
+
+def experts_forward(module, *args, **kwargs) -> torch.Tensor:
+    """The experts loop of transformers' eager code, from the attributes the experts interface
+    gives every experts module (gate, bias, layout, post-expert norm), showing each expert's
+    down-projection input to a registered sink. `probe.resolve` checks it against the model's own.
+
+    The arguments are the model's own experts forward's: hidden states [tokens, d_model], the
+    routed experts [tokens, top_k] and their weights [tokens, top_k], whatever their names."""
+    names = list(inspect.signature(type(module).forward.__wrapped__).parameters)[1:4]
+    bound = {**dict(zip(names, args)), **kwargs}
+    hidden_states, top_k_index, top_k_weights = (bound[name] for name in names)
+    if module._is_expert_parallel:
+        raise UnsupportedModel(f"{type(module).__name__}: expert-parallel experts are not captured; load the model on one device")
+    registered = _EXPERTS_SINKS.get(id(module))
+    out = torch.zeros_like(hidden_states)
+    inputs = None
+    for expert in top_k_index.unique().tolist():
+        token, slot = torch.where(top_k_index == expert)
+        x = _expert_linear(module, "gate_up_proj" if module.has_gate else "up_proj", expert, hidden_states[token])
+        x = module._apply_gate(x) if module.has_gate else module.act_fn(x)
+        if registered is not None:
+            if inputs is None:
+                inputs = x.new_zeros(*top_k_index.shape, x.shape[-1])
+            inputs[token, slot] = x.detach()
+        y = _expert_linear(module, "down_proj", expert, x)
+        if module.has_post_expert_norm:
+            y = module.post_expert_norm(y)
+        out.index_add_(0, token, (y * top_k_weights[token, slot, None]).to(out.dtype))
+    if registered is not None and inputs is not None:
+        layer_index, sink = registered
+        sink("down_proj_input", layer_index, ExpertInputs(inputs, top_k_index, module.num_experts))
+    return out

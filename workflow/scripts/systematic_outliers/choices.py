@@ -149,6 +149,31 @@ def attention_curves(attention_layers: pd.DataFrame) -> pd.DataFrame:
     return attention_layers.groupby("layer")[["top1", "top2", "median", "threshold"]].mean()
 
 
+def sink_curves(evidence) -> pd.DataFrame | None:
+    """Per layer, means over the windows: the attention the learned sink receives (head mean of the
+    sum over queries, on the scale of the top-1 key: `sink`), the top-1 real key's (`top1`) and the
+    threshold; in how many windows each reaches the threshold, and in how many the top-1 key is the
+    first token. None without a learned sink."""
+    if evidence.attention_sink is None:
+        return None
+    sink = evidence.attention_sink.groupby(["window", "layer"]).cumulative.mean().rename("sink").reset_index()
+    keys = evidence.attention_keys
+    top = keys[keys["rank"] == 1][["window", "layer", "position"]]
+    table = sink.merge(evidence.attention_layers[["window", "layer", "top1", "threshold"]], on=["window", "layer"])
+    table = table.merge(top, on=["window", "layer"], how="left")
+    table["sink_over"] = table.sink >= table.threshold
+    table["key_over"] = table.top1 >= table.threshold
+    table["first_is_top"] = table.position == 0
+    return table.groupby("layer").agg(
+        sink=("sink", "mean"),
+        top1=("top1", "mean"),
+        threshold=("threshold", "mean"),
+        sink_windows=("sink_over", "sum"),
+        key_windows=("key_over", "sum"),
+        first_token_windows=("first_is_top", "sum"),
+    )
+
+
 def attention_layer(attention_layers: pd.DataFrame, windows: int, override: int | None = None) -> Choice:
     """The first layer where most windows have keys receiving ≥ 0.1 × the window length.
     Without one: not found, and the layer whose top key receives the most is shown."""
@@ -282,17 +307,42 @@ def reference_median(weights: pd.DataFrame) -> float:
     return float(weights.max_ratio.median())
 
 
+def down_projections(weights: pd.DataFrame) -> pd.DataFrame:
+    """The W_down rows of the weight table (one per expert in a mixture-of-experts layer), with
+    `expert` (-1 in a dense MLP), `column`: the top column as a channel of down_proj_input (inside
+    experts expert × intermediate + column, as the statistics and the prompt dump name it) and
+    `label` for text ("column c" or "expert e, column c")."""
+    down = weights[weights.mlp_down].copy()
+    down["expert"] = down.module.str.extract(r"\[(\d+)\]$")[0].fillna(-1).astype(int)
+    local = down.top_columns.map(lambda columns: int(columns[0]))
+    down["column"] = np.where(down.expert >= 0, down.expert.clip(lower=0) * down["columns"] + local, local)
+    down["label"] = [f"expert {e}, column {c}" if e >= 0 else f"column {c}" for e, c in zip(down.expert, local)]
+    return down
+
+
+def layer_down_projections(weights: pd.DataFrame) -> pd.DataFrame:
+    """One W_down row per layer, indexed by layer: in a mixture-of-experts layer the expert whose top
+    column ratio is the largest."""
+    down = down_projections(weights)
+    return down.loc[down.groupby("layer").column_ratio.idxmax()].set_index("layer")
+
+
+def module_ratios(weights: pd.DataFrame) -> pd.DataFrame:
+    """[layer × module] max/mean ratio of every matrix (Fig 5a); a module of the experts as the largest over them."""
+    kind = weights.module.str.replace(r"\[\d+\]$", "", regex=True)
+    return weights.assign(module=kind).pivot_table(index="layer", columns="module", values="max_ratio", aggfunc="max")
+
+
 def weight_outlier_columns(weights: pd.DataFrame, factor: float = WEIGHT_OUTLIER_FACTOR) -> pd.DataFrame:
-    """Down-projection rows of the weight table whose top column ratio is `factor` × the reference
-    median or more (possibly none)."""
-    down = weights[weights.mlp_down]
+    """Down-projection rows of the weight table (`down_projections`) whose top column ratio is
+    `factor` × the reference median or more (possibly none; several experts of a layer may)."""
+    down = down_projections(weights)
     return down[down.column_ratio >= factor * reference_median(weights)]
 
 
 def weight_panel_layers(weights: pd.DataFrame, count: int = 2) -> list[int]:
     """The layers whose down projection has the largest top column ratio (Fig 5b/c), standing out or not."""
-    down = weights[weights.mlp_down].set_index("layer")
-    return sorted(int(layer) for layer in down.column_ratio.nlargest(count).index)
+    return sorted(int(layer) for layer in layer_down_projections(weights).column_ratio.nlargest(count).index)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,11 +71,12 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool):
     fetched = fetched_architecture(name, model_dir)
     # attention code of the model's own (MPT) shows its probabilities without help
     eager = capture.ATTENTION_CAPTURE if fetched.attention and not fetched.probs_from_output else "eager"
-    capture.register_attention_capture()
+    capture.register_capture()
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,
         dtype=DTYPES[entry["dtype"]],
         attn_implementation=eager if attention else "sdpa",
+        **({"experts_implementation": capture.EXPERTS_CAPTURE} if fetched.reads_experts else {}),
         trust_remote_code=entry["trust_remote_code"],
         **({"device_map": "auto"} if spread else {}),
     )
@@ -108,6 +109,7 @@ def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: P
     tensors = {}
 
     def keep(site, layer, tensor):
+        tensor = tensor.dense() if isinstance(tensor, capture.ExpertInputs) else tensor  # experts side by side
         tensors[f"{site}.{layer}"] = tensor.float().cpu().clone()  # a copy: layer inputs alias outputs
 
     with capture.hooks(model, sites, keep), torch.no_grad():
@@ -160,7 +162,8 @@ def corpus_statistics(model, tokenizer, windows_dir: Path, target: Path, top_k: 
             "lower the window_length of the corpus or the model"
         )
     sites = statistics_sites(model)
-    statistics = CorpusStatistics(tokenizer, windows=len(input_ids), top_k=top_k)
+    learned_sink = capture.architecture_of(model).learned_sink
+    statistics = CorpusStatistics(tokenizer, windows=len(input_ids), top_k=top_k, learned_sink=learned_sink and "attn_probs" in sites)
     with capture.hooks(model, sites, statistics), torch.no_grad():
         for window, ids in enumerate(tqdm(input_ids, desc="windows", unit="window")):
             statistics.start_window(window, ids)
@@ -179,6 +182,7 @@ def corpus_statistics(model, tokenizer, windows_dir: Path, target: Path, top_k: 
         "device": str(model.device),
         "model_type": model.config.model_type,
         "top_k": top_k,
+        **({"learned_sink": True} if learned_sink else {}),
         "tables": {name: COLUMNS[name] for name in tables},
     }
     with atomic_directory(target) as staging:

@@ -16,7 +16,10 @@ Every site is found by an identity that must hold on the probe, not by a module'
   parallel on the layer input. Post-norm and sandwich-norm blocks (OLMo 2, Gemma 2/3) normalise the
   branches before the add, so R is still the residual stream, never a normalised branch;
 - down_proj: the last matrix of the MLP writing d_model, with down_proj_output = down_proj_input W^T (+ b);
-  gate, up and act by gated (act(gate) · up) or ungated (act(up)) equality with down_proj_input.
+  gate, up and act by gated (act(gate) · up) or ungated (act(up)) equality with down_proj_input;
+- a mixture-of-experts MLP: the experts module of transformers' experts interface, whose output
+  `capture.experts_forward` (which shows each expert's down-projection input) must reproduce from
+  the same inputs as the model's own experts loop.
 
 A site whose identity fails is left out with the reason (`Architecture.absent`). The hand table
 (`architectures.ARCHITECTURES`) supplies what the probe cannot see: attention code of a model's
@@ -49,6 +52,7 @@ class Call:
     end: int = -1
     input: torch.Tensor | None = None
     output: torch.Tensor | None = None
+    arguments: tuple | None = None  # (args, kwargs) in full, for experts modules only
 
 
 @dataclass
@@ -69,6 +73,10 @@ def _first(value):
     if isinstance(value, dict):
         return next((_first(v) for v in value.values() if isinstance(v, torch.Tensor)), None)
     return None
+
+
+def _copy(value):
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
 
 
 def _same(a, b) -> bool:
@@ -101,6 +109,8 @@ def run_probe(model, tokens: int = PROBE_TOKENS) -> Probe:
 
         def pre(module, args, kwargs, name=name):
             call = Call(name, module, next(counter), input=_first(args) if _first(args) is not None else _first(kwargs))
+            if capture.is_experts(module):  # to run its own loop and ours on the same routing
+                call.arguments = (tuple(_copy(a) for a in args), {k: _copy(v) for k, v in kwargs.items()})
             calls.append(call)
             by_module.setdefault(id(module), []).append(call)
 
@@ -256,10 +266,9 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
         else:
             absent["mlp_norm_output"] = "no module between the residual stream and the MLP input"
     mlp_sites = ("gate_output", "up_output", "act_output", "down_proj_input", "down_proj_output")
-    experts = [c for c in after if _is_experts(c.module)]
+    experts = [c for c in after if _is_experts(c.module) or capture.is_experts(c.module)]
     if experts:
-        why = f"mixture-of-experts MLP ({type(experts[0].module).__name__}): not captured per token"
-        absent.update({site: why for site in mlp_sites})
+        taps.update(_experts_taps(experts, rel, absent))
         return taps, (rel[attention.name] if attention else None), absent
     down = next((c for c in reversed(matrices) if c.output.shape[-1] == d_model), None)
     if down is None:
@@ -299,6 +308,30 @@ def _is_experts(module) -> bool:
     """transformers' experts modules hold their matrices as 3-D parameters [experts, out, in], or list the experts."""
     stacked = any(p.dim() == 3 and n.endswith(("proj", "w1", "w2", "w3")) for n, p in module.named_parameters(recurse=False))
     return stacked or type(module).__name__.endswith(("Experts", "SparseMoeBlock"))
+
+
+def _experts_taps(experts: list[Call], rel: dict, absent: dict) -> dict[str, Tap]:
+    """down_proj_input of a mixture-of-experts MLP, read inside its experts module through
+    `capture.EXPERTS_CAPTURE`: only where that function gives the model's own experts output."""
+    inside = ("gate_output", "up_output", "act_output", "down_proj_output")
+    interface = next((c for c in experts if c.arguments is not None), None)
+    if interface is None:
+        why = f"mixture-of-experts MLP ({type(experts[0].module).__name__}) without transformers' experts interface: not captured per token"
+        absent.update({site: why for site in (*inside, "down_proj_input")})
+        return {}
+    module, (args, kwargs) = interface.module, interface.arguments
+    try:
+        with torch.no_grad():
+            same = _same(capture.experts_forward(module, *args, **kwargs), type(module).forward.__wrapped__(module, *args, **kwargs))
+        why = f"{rel[interface.name]}: capture.experts_forward ≠ the model's own experts loop on the same routing"
+    except (AttributeError, TypeError, RuntimeError) as error:  # an experts module that does not follow the interface
+        same, why = False, f"{rel[interface.name]}: capture.experts_forward fails ({type(error).__name__}: {error})"
+    if not same:
+        absent.update({site: why for site in (*inside, "down_proj_input")})
+        return {}
+    why = f"inside the experts ({type(module).__name__}): the down projection's input is captured per expert, these are not"
+    absent.update({site: why for site in inside})
+    return {"down_proj_input": Tap(rel[interface.name], "experts")}
 
 
 def _head_taps(probe, attention: Call, seen: dict, rel: dict, absent: dict) -> dict[str, Tap]:
@@ -388,7 +421,7 @@ def resolve(model) -> Architecture:
     table = ARCHITECTURES.get(model.config.model_type)
     implementation = model.config._attn_implementation
     if implementation != capture.ATTENTION_CAPTURE:
-        capture.register_attention_capture()
+        capture.register_capture()
         model.set_attn_implementation(capture.ATTENTION_CAPTURE)
     try:
         probe = run_probe(model)
@@ -419,16 +452,16 @@ def _combine(model, layers: str, per_layer: list, table: Architecture | None) ->
     for index, (_, module, layer_absent) in enumerate(per_layer):
         if module and module == attention:  # the attention sites ride on the attention module
             found[index].update({site: None for site in ATTENTION_SITES if site not in layer_absent})
-    taps, absent, site_layers = {}, {}, {}
+    taps, absent, site_layers, layer_taps = {}, {}, {}, {}
     for site in SITES:
         where = [i for i, layer in enumerate(found) if site in layer]
         missing = [i for i in range(len(found)) if i not in where]
-        tapped = {found[i][site] for i in where}
-        if len(tapped) > 1:
-            absent[site] = f"read from different modules in different layers ({', '.join(sorted(t.module for t in tapped))})"
-            continue
         if where and site not in ATTENTION_SITES:
-            taps[site] = tapped.pop()
+            # the most common module; layers that read it elsewhere say so (dense and MoE layers in one model)
+            tapped = [found[i][site] for i in where]
+            taps[site] = max(tapped, key=tapped.count)
+            if len(set(tapped)) > 1:
+                layer_taps[site] = {i: found[i][site] for i in where if found[i][site] != taps[site]}
         if missing:
             reasons = {per_layer[i][2].get(site, "not found") for i in missing}
             why = "; ".join(sorted(reasons))
@@ -447,6 +480,8 @@ def _combine(model, layers: str, per_layer: list, table: Architecture | None) ->
         weights_transposed=_transposed(model, layers, taps),
         absent=absent,
         site_layers=site_layers,
+        layer_taps=layer_taps,
+        experts_transposed=_experts_transposed(model, layers, taps, layer_taps),
     )
 
 
@@ -471,6 +506,15 @@ def _transposed(model, layers: str, taps: dict[str, Tap]) -> bool:
         module = layer.get_submodule(tap.module) if _has_path(layer, tap.module) else None
         if module is not None:
             return type(module).__name__ == "Conv1D"
+    return False
+
+
+def _experts_transposed(model, layers: str, taps: dict[str, Tap], layer_taps: dict) -> bool:
+    """Whether the experts store their matrices [experts, in, out] (transformers' `is_transposed`)."""
+    for index, layer in enumerate(model.get_submodule(layers)):
+        tap = layer_taps.get("down_proj_input", {}).get(index) or taps.get("down_proj_input")
+        if tap is not None and tap.side == "experts" and _has_path(layer, tap.module):
+            return bool(layer.get_submodule(tap.module).is_transposed)
     return False
 
 

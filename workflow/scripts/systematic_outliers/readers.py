@@ -115,6 +115,7 @@ class Evidence:
     attention_keys: pd.DataFrame | None
     attention_heads: pd.DataFrame | None
     weights: pd.DataFrame
+    attention_sink: pd.DataFrame | None = None  # None: no learned sink (only gpt-oss-like models have one)
 
     @property
     def windows(self) -> int:
@@ -148,12 +149,17 @@ class Evidence:
             attention_layers=attention_table(
                 "attention_layers", ("window", "layer", "top1", "top2", "median", "threshold", "outlier_keys")
             ),
-            attention_keys=attention_table("attention_keys", ("window", "layer", "position", "token_class", "is_outlier")),
+            attention_keys=attention_table("attention_keys", ("window", "layer", "rank", "position", "token_class", "is_outlier")),
             attention_heads=attention_table("attention_heads", ("window", "layer", "head", "outlier_share")),
             weights=read_table(
                 weights_path.parent,
                 weights_path.stem,
-                ("layer", "module", "max_ratio", "column_ratio", "top_columns", "top_column_rows", "mlp_down"),
+                ("layer", "module", "columns", "max_ratio", "column_ratio", "top_columns", "top_column_rows", "mlp_down"),
+            ),
+            attention_sink=(
+                read_table(stats_dir, "attention_sink", ("window", "layer", "head", "cumulative"))
+                if attention and manifest.get("learned_sink")
+                else None
             ),
         )
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .capture import ATTENTION_SITES
+from .capture import ATTENTION_SITES, ExpertInputs
 
 PAPER_RATIO = 1000.0  # × mean |x|
 SUN_RATIO, SUN_FLOOR = 1000.0, 100.0  # × median |x|, and an absolute floor
@@ -40,8 +40,8 @@ COLUMNS = {
         "window": "window index in the windows file",
         "layer": "decoder layer, 0-based",
         "site": "capture site (capture.SITES)",
-        "mean_abs": "mean |x| over the window's tokens × channels",
-        "median_abs": f"median |x| (lower median) over tokens × channels; only for {', '.join(TOKEN_SITES)}",
+        "mean_abs": "mean |x| over the window's tokens × channels (inside experts: over the routed tokens × experts × channels)",
+        "median_abs": f"median |x| (lower median) over tokens × channels, routed entries only inside experts; only for {', '.join(TOKEN_SITES)}",
         "max_abs": "max |x|",
     },
     "topk": {
@@ -51,7 +51,7 @@ COLUMNS = {
         "rank": "1 = largest |x| of this window, layer and site",
         "value": "|x|",
         "position": "token position in the window",
-        "channel": "channel (for query/key/value: head × head_dim + dim)",
+        "channel": "channel (for query/key/value: head × head_dim + dim; inside experts: expert × intermediate + channel)",
         "token_id": "token id at that position",
     },
     "channel_max": {
@@ -107,6 +107,13 @@ COLUMNS = {
         "outlier_share": "share of this head's attention that goes to the window's outlier keys",
         "outlier_keys": "the window's outlier keys: positions over the threshold in any layer",
     },
+    "attention_sink": {  # only for models with a learned sink (gpt-oss)
+        "window": "",
+        "layer": "",
+        "head": "",
+        "cumulative": "sum over queries of the probability this head puts on its learned sink (1 − the row's sum over keys): "
+        "the sink as a pseudo-key, on the scale of attention_keys.cumulative",
+    },
 }
 
 
@@ -146,9 +153,11 @@ class CorpusStatistics:
     median, per-token maxima and outlier tokens, which need |x| in full.
     """
 
-    def __init__(self, tokenizer, windows: int, top_k: int = 8):
+    def __init__(self, tokenizer, windows: int, top_k: int = 8, learned_sink: bool = False):
         self.tokenizer, self.windows, self.top_k = tokenizer, windows, top_k
-        self.rows = {name: [] for name in COLUMNS if name not in ("channel_max", "token_max")}
+        skipped = ("channel_max", "token_max") + (() if learned_sink else ("attention_sink",))
+        self.rows = {name: [] for name in COLUMNS if name not in skipped}
+        self.learned_sink = learned_sink
         self.channel_max: dict[tuple[int, str], torch.Tensor] = {}
         # [windows, tokens] per (layer, site), allocated in the first window: small arrays kept
         # across windows would otherwise pin the C heap between large transient ones, and the
@@ -162,18 +171,29 @@ class CorpusStatistics:
         self.window, self.input_ids = window, input_ids.flatten()
         self.pending = []  # (layer, site, width, {name: reduction on the device})
         self.received = {}  # layer -> [heads, keys] attention received
+        self.sink_received = {}  # layer -> [heads] attention the learned sink receives
 
     def __call__(self, site: str, layer: int, tensor: torch.Tensor) -> None:
         if site == "attn_probs":  # [heads, queries, keys] -> attention each key receives, per head
             self.received[layer] = tensor.sum(dim=1, dtype=torch.float32)
+            if self.learned_sink:  # what each query's row lacks of 1 went to the sink
+                self.sink_received[layer] = (1 - tensor.sum(dim=-1, dtype=torch.float32)).clamp_min(0).sum(dim=-1)
             return
         if site in ATTENTION_SITES:
             return
-        x = tensor.reshape(tensor.shape[0], -1)
+        # inside mixture-of-experts MLPs: the routed entries only, [tokens, top_k × intermediate]; their
+        # channels are named as in ExpertInputs.dense (expert × intermediate + channel)
+        routed = tensor if isinstance(tensor, ExpertInputs) else None
+        x = routed.values.flatten(1) if routed else tensor.reshape(tensor.shape[0], -1)
         tokens, width = x.shape
         if site in TOKEN_SITES:
             magnitude = torch.abs(x, out=self._buffer(x))  # a reused buffer: allocating |x| costs more than the maths
             token_max, channel_max, mean = magnitude.amax(dim=1), magnitude.amax(dim=0), magnitude.mean(dtype=torch.float32)
+            if routed:  # per expert's channel, over the tokens routed to it
+                per_expert = magnitude.new_zeros(routed.num_experts, routed.intermediate)
+                index = routed.experts.reshape(-1, 1).expand(-1, routed.intermediate)
+                per_expert.scatter_reduce_(0, index, magnitude.reshape(-1, routed.intermediate), "amax")
+                channel_max = per_expert.flatten()
         else:  # signed reductions need no |x| at all
             token_max = torch.maximum(x.amax(dim=1), -x.amin(dim=1))
             channel_max = torch.maximum(x.amax(dim=0), -x.amin(dim=0))
@@ -186,7 +206,7 @@ class CorpusStatistics:
             "max": token_max.max(),
             "top_values": top_values,
             "top_position": rows[top_flat // width],
-            "top_channel": top_flat % width,
+            "top_channel": routed.channels(rows[top_flat // width], top_flat % width) if routed else top_flat % width,
         }
         if site in TOKEN_SITES:
             median = lower_median(magnitude)  # last: on the CPU it reorders the buffer in place
@@ -196,7 +216,7 @@ class CorpusStatistics:
                 median=median,
                 token_max=token_max,
                 flagged=flagged,
-                flagged_channel=x[flagged].abs().argmax(dim=1),
+                flagged_channel=routed.channels(flagged, x[flagged].abs().argmax(dim=1)) if routed else x[flagged].abs().argmax(dim=1),
             )
         key = (layer, site)
         if key in self.channel_max:  # in place: nothing long-lived is reallocated per window
@@ -218,7 +238,10 @@ class CorpusStatistics:
         for layer, site, reductions in self.pending:
             self._site_rows(layer, site, {name: value.cpu() for name, value in reductions.items()}, ids)
         self._attention_rows({layer: received.cpu() for layer, received in self.received.items()}, ids)
-        self.pending, self.received = [], {}
+        for layer, per_head in sorted(self.sink_received.items()):
+            for head, value in enumerate(per_head.tolist()):
+                self.rows["attention_sink"].append((self.window, layer, head, value))
+        self.pending, self.received, self.sink_received = [], {}, {}
 
     def label(self, token_id: int) -> str:
         if token_id not in self.labels:

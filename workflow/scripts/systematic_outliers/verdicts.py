@@ -145,7 +145,7 @@ def alignment(evidence: Evidence, chosen: choices.ModelChoices) -> dict:
     residual = sorted(
         {c for cs in choices.residual_outlier_channels(evidence.channel_max, evidence.sites, "layer_output").values() for c in cs}
     )
-    columns_matched = sum(int(row.top_columns[0]) in down_channels.get(int(row.layer), ()) for row in standing_out.itertuples())
+    columns_matched = sum(int(row.column) in down_channels.get(int(row.layer), ()) for row in standing_out.itertuples())
     written = [int(r) for row in standing_out.itertuples() for r in row.top_column_rows]
     rows_matched = sum(r in residual for r in written)
     activation = set(zip(chosen.outlier_tokens.window, chosen.outlier_tokens.position))
@@ -199,17 +199,17 @@ def judge_activation(m: Measured) -> Finding:
 
 
 def judge_weight(m: Measured) -> Finding:
-    down = m.evidence.weights[m.evidence.weights.mlp_down]
+    down = choices.down_projections(m.evidence.weights)
     if down.empty:
-        return Finding("no MLP down projection in the capture table for this architecture", NOT_MEASURED, "–")
+        return Finding("no MLP down projection in the weights of this architecture", NOT_MEASURED, "–")
     top = down.loc[down.column_ratio.idxmax()]
     reference = choices.reference_median(m.evidence.weights)
     factor = top.column_ratio / reference
     return Finding(
-        f"column {int(top.top_columns[0])} of layer {int(top.layer) + 1}: max/mean {top.column_ratio:,.0f}, {factor:.1f}× the "
+        f"{top.label} of layer {int(top.layer) + 1}: max/mean {top.column_ratio:,.0f}, {factor:.1f}× the "
         f"median over all matrices ({reference:.0f})",
         graded(factor, WEIGHT_OUTLIER_FACTOR, WEIGHT_PARTLY),
-        f"column {int(top.top_columns[0])}, layer {int(top.layer) + 1}: {top.column_ratio:,.0f} ({factor:.1f}× median)",
+        f"{top.label}, layer {int(top.layer) + 1}: {top.column_ratio:,.0f} ({factor:.1f}× median)",
     )
 
 
@@ -228,6 +228,39 @@ def judge_attention(m: Measured) -> Finding:
         + f"; the largest mean top-1 is {curves.top1[top]:.1f} at layer {top + 1} (threshold {curves.threshold[top]:.1f})",
         verdict,
         f"{len(layers)} of {m.layers} layers, top-1 {curves.top1[top]:.0f} of {m.evidence.manifest['window_length']}",
+    )
+
+
+def judge_learned_sink(m: Measured) -> Finding:
+    if not m.evidence.has_attention:
+        return _no_attention(m)
+    curves = choices.sink_curves(m.evidence)
+    if curves is None:
+        return Finding(
+            f"{m.evidence.manifest['model_type']} has no learned attention sink (a per-head logit in the softmax, as gpt-oss's)",
+            NOT_MEASURED,
+            "no learned sink",
+        )
+    most = MOST_WINDOWS * m.evidence.windows
+    sink_layers = set(curves.index[curves.sink_windows >= most])
+    key_layers = set(curves.index[curves.key_windows >= most])
+    parking = sorted(sink_layers | key_layers)
+    peak = int(curves.sink.idxmax())
+    where = f"the learned sink's largest mean is {curves.sink[peak]:.1f} at layer {peak + 1} (threshold {curves.threshold[peak]:.1f})"
+    if not parking:
+        return Finding(
+            f"neither the learned sink nor any key reaches the threshold in most windows at any layer; {where}", NOT_MEASURED, "no sink"
+        )
+    first = curves.first_token_windows[list(key_layers)].sum() / max(curves.key_windows[list(key_layers)].sum(), 1)
+    on_sink, on_keys = len(sink_layers) / len(parking), len(key_layers) / len(parking)
+    verdict = HOLDS if on_sink >= SHARE_HOLDS and on_keys <= 1 - SHARE_HOLDS else PARTLY if on_sink >= SHARE_PARTLY else DOES_NOT_HOLD
+    return Finding(
+        f"of {len(parking)} layers where attention parks (≥ {ATTENTION_SHARE:g} × the window length in most windows), the learned "
+        f"sink takes it at {len(sink_layers)} and a real key at {len(key_layers)}"
+        + (f" (the first token is that key in {first:.0%} of their windows)" if key_layers else "")
+        + f"; {where}",
+        verdict,
+        f"sink at {len(sink_layers)}, keys at {len(key_layers)} of {len(parking)} layers",
     )
 
 
@@ -362,6 +395,15 @@ LLM_CLAIMS = [
         judge_attention,
     ),
     Claim(
+        "learned_sink",
+        "Attention outliers are an implicit sink: given an explicit one, attention parks there instead",
+        f"of the layers where the learned sink or a real key receives ≥ {ATTENTION_SHARE:g} × the window length (head mean) in "
+        f"≥ {MOST_WINDOWS:.0%} of the windows: holds when the sink does at ≥ {SHARE_HOLDS:.0%} of them and real keys at ≤ "
+        f"{1 - SHARE_HOLDS:.0%}, partly when the sink does at ≥ {SHARE_PARTLY:.0%}; not measured without a learned sink (gpt-oss has one)",
+        "– (the paper's reading, Section 4; tested on models with a learned sink)",
+        judge_learned_sink,
+    ),
+    Claim(
         "positions",
         "They sit at the first token and at delimiters",
         f"share of the outlier tokens at the emergence layer that are initial, strong-delimiter or weak-semantic: holds ≥ "
@@ -489,8 +531,7 @@ def atlas_row(m: Measured) -> dict:
         "token_classes": ", ".join(f"{k} {v:.0%}" for k, v in classes.items()) or "none",
         "first_sink_layer": (sinks[0] + 1 if sinks else "none") if e.has_attention else "not captured",
         "weight_outliers": "; ".join(
-            f"layer {int(r.layer) + 1} column {int(r.top_columns[0])} → rows {' '.join(map(str, r.top_column_rows))}"
-            for r in weights.itertuples()
+            f"layer {int(r.layer) + 1} {r.label} → rows {' '.join(map(str, r.top_column_rows))}" for r in weights.itertuples()
         )
         or "none",
     }

@@ -8,6 +8,7 @@ down-projection an intermediate channel) and row ratio r_row[i] = max_j |W_ij| /
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -23,7 +24,7 @@ WRITE_SHARE = 0.5
 
 COLUMNS = {
     "layer": "decoder layer, 0-based",
-    "module": "module path inside the layer (experts as mlp.experts.down_proj[e])",
+    "module": "module path inside the layer (expert e's matrices as mlp.experts.down_proj[e])",
     "rows": "output channels",
     "columns": "input channels",
     "max_abs": "max |W|",
@@ -75,6 +76,21 @@ def matrix_row(layer: int, module: str, weight: torch.Tensor) -> dict:
     }
 
 
+def _hidden_size(model_dir: Path) -> int | None:
+    config = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").exists() else {}
+    return config.get("hidden_size") or config.get("text_config", {}).get("hidden_size")
+
+
+def _expert_down(architecture: Architecture, layer: int, name: str, weight: torch.Tensor, hidden: int | None) -> bool:
+    """Whether one expert's matrix, as its checkpoint stores it (Mixtral's `experts.{e}.w2`, Qwen-MoE's
+    `experts.{e}.down_proj`), is its down projection: the one writing d_model from the expert's width."""
+    if not architecture.has("down_proj_input", layer) or architecture.tap("down_proj_input", layer).side != "experts":
+        return False
+    if weight.shape[0] == weight.shape[1]:  # the shape cannot tell: the two names transformers' checkpoints use
+        return name in ("down_proj", "w2")
+    return weight.shape[0] == hidden
+
+
 def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
     """One row per matrix of every decoder layer; where the layers and W_down are comes from the
     architecture resolved at fetch (architecture.json in the model folder)."""
@@ -84,7 +100,9 @@ def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
         raise UnsupportedModel(f"{path} is missing (fetched by an older version); delete {model_dir} and fetch it again")
     architecture = Architecture.from_json(path)
     pattern = _layer_pattern(architecture.layers)
-    down = architecture.taps.get("down_proj_input")
+    down = {architecture.taps["down_proj_input"].module} if "down_proj_input" in architecture.taps else set()
+    down |= {tap.module for tap in architecture.layer_taps.get("down_proj_input", {}).values()}
+    hidden = _hidden_size(model_dir)
     rows = []
     for shard in sorted(model_dir.glob("*.safetensors")):
         with safe_open(shard, framework="pt") as handle:
@@ -94,11 +112,19 @@ def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
                     continue
                 layer, module = (int(match[1]), match[2]) if match[1] else (int(match[3]), match[4])
                 weight = handle.get_tensor(name)
-                if weight.dim() == 2:
+                expert = re.match(r"^(.*\.experts)\.(\d+)\.(\w+)$", module)  # one expert's matrix ([out, in], as a Linear)
+                if weight.dim() == 2 and expert:
+                    rows.append(matrix_row(layer, f"{expert[1]}.{expert[3]}[{expert[2]}]", weight))
+                    rows[-1]["mlp_down"] = _expert_down(architecture, layer, expert[3], weight, hidden)
+                elif weight.dim() == 2:
                     rows.append(matrix_row(layer, module, weight.T if architecture.weights_transposed else weight))
-                    rows[-1]["mlp_down"] = down is not None and module == down.module
-                elif weight.dim() == 3:  # experts stacked as [experts, rows, columns]
-                    rows.extend({**matrix_row(layer, f"{module}[{e}]", weight[e]), "mlp_down": False} for e in range(weight.shape[0]))
+                    rows[-1]["mlp_down"] = module in down
+                elif weight.dim() == 3 and not module.endswith(
+                    "_bias"
+                ):  # experts stacked as [experts, out, in] ([experts, in, out] transposed)
+                    weight = weight.transpose(1, 2) if architecture.experts_transposed else weight
+                    is_down = module.rpartition(".")[0] in down and module.endswith(".down_proj")
+                    rows.extend({**matrix_row(layer, f"{module}[{e}]", weight[e]), "mlp_down": is_down} for e in range(weight.shape[0]))
     if not rows:
         raise UnsupportedModel(f"{model_dir}: no decoder-layer weights found under {architecture.layers!r}")
     return pd.DataFrame(rows, columns=list(COLUMNS)).sort_values(["layer", "module"], kind="stable").reset_index(drop=True)
