@@ -56,7 +56,7 @@ def test_a_hybrid_captures_attention_in_its_softmax_layers_only():
     layers = len(capture.decoder_layers(model, architecture))
     assert 0 < len(softmax) < layers
     assert architecture.absent["attn_probs"].startswith(
-        f"layers {', '.join(str(i) for i in range(layers) if i not in softmax)}: its token mixer"
+        f"layers {', '.join(str(i + 1) for i in range(layers) if i not in softmax)}: its token mixer"
     )
     seen = set()
     with capture.hooks(capturing(model), available_sites(architecture), lambda s, layer, t: seen.add((s, layer))), torch.no_grad():

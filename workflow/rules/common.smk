@@ -10,7 +10,12 @@ from pathlib import Path
 # in any environment; the Snakefile itself needs only its light config module.
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from systematic_outliers.architectures import Architecture, available_sites
+from systematic_outliers.architectures import (
+    ATTENTION_SITES,
+    HEAD_SITES,
+    Architecture,
+    available_sites,
+)
 from systematic_outliers.config import (
     ConfigError,
     check_window_length,
@@ -135,8 +140,10 @@ def figures_for(model):
         )
         sys.exit(1)
     architecture = Architecture.from_json(fetched / "architecture.json")
-    # a figure draws its sites at data-chosen layers: only sites that every layer has
-    have = set(available_sites(architecture)) - set(architecture.site_layers)
+    # a figure draws its sites at data-chosen layers: sites that every layer has, and attention sites,
+    # which the choices take from a hybrid's softmax layers
+    partial = set(architecture.site_layers) - set(HEAD_SITES) - set(ATTENTION_SITES)
+    have = set(available_sites(architecture)) - partial
     return [figure for figure, (_, _, sites) in FIGURES.items() if set(sites) <= have]
 
 

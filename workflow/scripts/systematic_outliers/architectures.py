@@ -245,6 +245,22 @@ ACTIVATION_ABLATION = "activation ablation: outlier entries of $h_\\ell$ set to 
 SINK_ABLATION = "sink ablation: outlier keys removed from $A_\\ell^i$"
 
 
+def layer_notes(architecture: Architecture) -> list[str]:
+    """What differs between the layers, in words (1-based layers): sites some layers lack, with the
+    reason, and sites read from another module in some layers (experts beside dense MLPs)."""
+    reasons: dict[str, list[str]] = {}
+    for site, why in architecture.absent.items():
+        if site in architecture.site_layers:  # "layers 1, 3: why", 1-based
+            reasons.setdefault(why, []).append(site)
+    notes = [f"{', '.join(sites)} not captured in {why}" for why, sites in reasons.items()]
+    for site, layers in architecture.layer_taps.items():
+        for module in sorted({tap.module for tap in layers.values()}):
+            where = [i + 1 for i, tap in layers.items() if tap.module == module]
+            inside = " inside the experts, per expert" if layers[where[0] - 1].side == "experts" else ""
+            notes.append(f"{site} is read at {module}{inside} in layers {', '.join(map(str, where))}")
+    return notes
+
+
 def layer_diagram(architecture: Architecture) -> tuple[list[Block], list[Block], bool]:
     """(the attention branch, the MLP branch, whether both read the layer input in parallel), each
     block with the modules and capture sites the capture table gives it."""
@@ -258,9 +274,10 @@ def layer_diagram(architecture: Architecture) -> tuple[list[Block], list[Block],
         attention.append(Block("q, k, v projections", modules("query", "key", "value"), ("query", "key", "value")))
     if architecture.attention:
         edits = not architecture.probs_from_output  # through transformers' eager code, which the interventions edit
+        softmax = architecture.site_layers.get("attn_probs")  # a hybrid: in these layers only
         attention.append(
             Block(
-                "softmax($q k^T / \\sqrt{d}$)",
+                "softmax($q k^T / \\sqrt{d}$)" + (f" (layers {', '.join(str(i + 1) for i in softmax)})" if softmax else ""),
                 (architecture.attention,),
                 tuple(s for s in ATTENTION_SITES if s in have),
                 "$A_\\ell^i$",

@@ -186,7 +186,7 @@ def edits_attention(model) -> bool:
 
 @contextlib.contextmanager
 def attention_edits(model, layers, remove_keys=None, observe=None):
-    """At each decoder layer in `layers`, during forward passes of batch 1:
+    """At each decoder layer in `layers` with softmax attention, during forward passes of batch 1:
 
     - `remove_keys()` returns the key positions to take out of the softmax; every query that
       still sees another key then puts zero attention on them and renormalises over the rest
@@ -203,8 +203,10 @@ def attention_edits(model, layers, remove_keys=None, observe=None):
         raise UnsupportedModel(f"{model.config.model_type} has no attention through transformers' eager code: keys cannot be removed")
     if model.config._attn_implementation != ATTENTION_CAPTURE:
         raise UnsupportedModel(f"attention edits need the model loaded with attn_implementation={ATTENTION_CAPTURE!r}")
-    modules = decoder_layers(model, architecture_of(model))
-    keys = [id(modules[layer].get_submodule(architecture_of(model).attention)) for layer in layers]
+    architecture = architecture_of(model)
+    modules = decoder_layers(model, architecture)
+    layers = [layer for layer in layers if architecture.has("attn_probs", layer)]  # hybrids: softmax layers only
+    keys = [id(modules[layer].get_submodule(architecture.attention)) for layer in layers]
     before = {key: _ATTENTION_EDITS.get(key) for key in keys}  # an enclosing edit comes back on exit
     for key, layer in zip(keys, layers):
         _ATTENTION_EDITS[key] = (layer, remove_keys, observe)

@@ -192,12 +192,23 @@ def attention_layer(attention_layers: pd.DataFrame, windows: int, override: int 
     )
 
 
-def next_layer(layer: int, layers: int) -> Choice:
-    """The layer whose attention Fig 1(d) shows: the one after `layer`, where the outlier token is first a key
-    with its outlier already in the residual (the last layer itself at the end)."""
-    if layer + 1 < layers:
+def softmax_layers(attention_layers: pd.DataFrame) -> list[int]:
+    """The layers with softmax attention: every layer but a hybrid's linear-attention or state-space ones."""
+    return sorted(int(layer) for layer in attention_layers.layer.unique())
+
+
+def next_layer(layer: int, attention_layers: list[int]) -> Choice:
+    """The layer whose attention Fig 1(d) shows: the first with softmax attention after `layer`, where
+    the outlier token is first a key with its outlier already in the residual (the last before it at the end)."""
+    after = [a for a in attention_layers if a > layer]
+    if after and after[0] == layer + 1:
         return Choice(layer + 1, f"the next layer, {layer + 2}")
-    return Choice(layer, f"layer {layer + 1} itself, the last")
+    if after:
+        return Choice(after[0], f"layer {after[0] + 1}, the next with softmax attention")
+    if layer in attention_layers:
+        return Choice(layer, f"layer {layer + 1} itself, the last")
+    before = max(a for a in attention_layers if a < layer)
+    return Choice(before, f"layer {before + 1}, the last with softmax attention")
 
 
 def attention_outlier_layers(attention_layers: pd.DataFrame, windows: int) -> list[int]:
@@ -211,9 +222,11 @@ def spread_head(heads: pd.DataFrame, after: int, override: tuple[int, int] | Non
     outlier keys. Without outlier keys: not found, head 1 of layer `after` is shown."""
     if override is not None and min(override) >= 0:
         return Choice(tuple(override), f"layer {override[0] + 1}, head {override[1] + 1} were set in the config (figures.overrides)")
+    layers = sorted(int(layer) for layer in heads.layer.unique())  # a hybrid's softmax layers only
     share = heads[heads.layer >= after].groupby(["layer", "head"]).outlier_share.mean()
     if share.empty or share.max() <= 0:
-        return Choice((after, 0), f"no head from layer {after + 1} on attends to outlier keys; shown: layer {after + 1}, head 1", False)
+        shown = next((layer for layer in layers if layer >= after), layers[-1])
+        return Choice((shown, 0), f"no head from layer {after + 1} on attends to outlier keys; shown: layer {shown + 1}, head 1", False)
     layer, head = (int(v) for v in share.idxmax())
     return Choice(
         (layer, head),
@@ -396,9 +409,12 @@ def top_channels(channel_max: pd.DataFrame, site: str, count: int = 2) -> list[t
 
 
 def prompt_ratio(values) -> str:
-    """The largest |x| of a prompt tensor against its median, in words: what a panel without an outlier shows."""
+    """The largest |x| of a prompt tensor against its median, in words: what a panel without an outlier
+    shows. The median of the nonzero entries: the experts' inputs side by side are zero where a token
+    was not routed, as the statistics' routed-only median."""
     magnitude = np.abs(np.asarray(values))
-    median = float(np.median(magnitude))
+    nonzero = magnitude[magnitude > 0]
+    median = float(np.median(nonzero)) if nonzero.size else 0.0
     largest = float(magnitude.max())
     shown = f"{largest:,.0f}" if largest >= 100 else f"{largest:.3g}"
     return f"largest |x| {shown}, {largest / median if median else float('inf'):,.0f}× the median"

@@ -465,7 +465,7 @@ def _combine(model, layers: str, per_layer: list, table: Architecture | None) ->
         if missing:
             reasons = {per_layer[i][2].get(site, "not found") for i in missing}
             why = "; ".join(sorted(reasons))
-            absent[site] = why if not where else f"layers {_ranges(missing)}: {why}"
+            absent[site] = why if not where else f"layers {_ranges([i + 1 for i in missing])}: {why}"  # 1-based, as in the figures
         if where and missing:
             site_layers[site] = tuple(where)
     probs_from_output = bool(table and attention and attention == table.attention and table.probs_from_output)

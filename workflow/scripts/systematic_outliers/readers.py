@@ -63,7 +63,8 @@ def read_prompt_record(path: str | Path) -> dict:
 
 
 def read_prompt(path: str | Path, sites: tuple[str, ...]) -> tuple[dict, list[str]]:
-    """A prompt dump as ({"site.layer": numpy array}, token labels), refusing one without `sites`."""
+    """A prompt dump as ({"site.layer": numpy array}, token labels), refusing one without `sites` in
+    any layer (a hybrid has its attention sites in its softmax layers only)."""
     from safetensors.numpy import load_file
 
     path = Path(path)
@@ -71,7 +72,7 @@ def read_prompt(path: str | Path, sites: tuple[str, ...]) -> tuple[dict, list[st
         tensors, record = load_file(path), json.loads(path.with_suffix(".json").read_text())
     except Exception as error:
         raise FigureDataError(f"{path}: cannot be read ({type(error).__name__}: {error})") from None
-    missing = [site for site in sites if f"{site}.0" not in tensors]
+    missing = [site for site in sites if not any(key.rpartition(".")[0] == site for key in tensors)]
     if missing:
         raise FigureDataError(f"{path}: has no {', '.join(missing)}")
     return tensors, record["tokens"]

@@ -219,11 +219,13 @@ def judge_attention(m: Measured) -> Finding:
     layers = choices.attention_outlier_layers(m.evidence.attention_layers, m.evidence.windows)
     curves = choices.attention_curves(m.evidence.attention_layers)
     top = int(curves.top1.idxmax())
-    share = len(layers) / m.layers
+    softmax = len(choices.softmax_layers(m.evidence.attention_layers))  # a hybrid's other layers have no keys to weigh
+    share = len(layers) / softmax
     verdict = HOLDS if share >= ATTENTION_LAYERS_HOLDS else PARTLY if layers else DOES_NOT_HOLD
     return Finding(
         f"keys receiving ≥ {ATTENTION_SHARE:g} × the window length in most of {m.evidence.windows} windows at "
-        f"{len(layers)} of {m.layers} layers"
+        f"{len(layers)} of {softmax} layers"
+        + (f" with softmax attention (of {m.layers})" if softmax < m.layers else "")
         + (f" (from layer {layers[0] + 1})" if layers else "")
         + f"; the largest mean top-1 is {curves.top1[top]:.1f} at layer {top + 1} (threshold {curves.threshold[top]:.1f})",
         verdict,
@@ -390,7 +392,7 @@ LLM_CLAIMS = [
         "attention",
         "Attention outliers exist: keys that take much of the attention",
         f"keys receiving ≥ {ATTENTION_SHARE:g} × the window length (head mean) in ≥ {MOST_WINDOWS:.0%} of the windows: holds in ≥ "
-        f"{ATTENTION_LAYERS_HOLDS:.0%} of the layers, partly in at least one",
+        f"{ATTENTION_LAYERS_HOLDS:.0%} of the layers with softmax attention, partly in at least one",
         "top-1 ≈ 520 of 1,024 at layer 3, ≈ 300–520 up to layer 32 (Fig 6a)",
         judge_attention,
     ),
