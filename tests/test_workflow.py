@@ -314,11 +314,26 @@ def path_model(folder: Path, model, tokenizer_dir: Path) -> Path:
     return folder
 
 
+MODELS = ("smollm2", "random-llama", "random-falcon", "tiny-gpt-oss", "tiny-jamba")
+
+
+def tiny_family_model(model_type: str):
+    """A tiny random model of a transformers family (tests/tiny_families.py) with SmolLM2's vocabulary."""
+    from tiny_families import tiny_config
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(model_type)
+    config.vocab_size = 49152
+    __import__("torch").manual_seed(0)
+    return AutoModelForCausalLM.from_config(config)
+
+
 @pytest.fixture(scope="module")
 def finished_run(smollm2_dir, tmp_path_factory):
-    """One run from an empty folder of a mixed config: SmolLM2, a random Llama (no outlier of any
-    kind) and a random Falcon (no attention capture), each from `path:`, plus two tiny training
-    tasks run by their targets. Returns (workdir, config, run)."""
+    """One run from an empty folder of a mixed config, each model from `path:`: SmolLM2, a random
+    Llama (dense, no outlier of any kind), a random Falcon (no attention capture), a tiny gpt-oss
+    (mixture of experts, a learned sink) and a tiny Jamba (a hybrid: Mamba, then softmax attention
+    with experts), plus two tiny training tasks run by their targets. Returns (workdir, config, run)."""
     import transformers
     from conftest import tiny_model
 
@@ -332,14 +347,22 @@ def finished_run(smollm2_dir, tmp_path_factory):
     __import__("torch").manual_seed(0)  # the Falcon weights
     falcon_config = transformers.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=49152)
     random_falcon = path_model(tmp_path / "random-falcon", transformers.AutoModelForCausalLM.from_config(falcon_config), folder)
+    gpt_oss = tiny_family_model("gpt_oss")  # mixture-of-experts MLPs and a learned sink, planted to take the attention
+    with __import__("torch").no_grad():
+        for layer in gpt_oss.model.layers:
+            layer.self_attn.sinks.fill_(12.0)
+    tiny_gpt_oss = path_model(tmp_path / "tiny-gpt-oss", gpt_oss, folder)
+    tiny_jamba = path_model(tmp_path / "tiny-jamba", tiny_family_model("jamba"), folder)  # Mamba, then attention with experts
     config = {
         "models": {
             "smollm2": {"source": f"path:{folder}", "dtype": "float32"},
             "random-llama": {"source": f"path:{random_llama}", "dtype": "float32"},
             "random-falcon": {"source": f"path:{random_falcon}", "dtype": "float32"},
+            "tiny-gpt-oss": {"source": f"path:{tiny_gpt_oss}", "dtype": "float32"},
+            "tiny-jamba": {"source": f"path:{tiny_jamba}", "dtype": "float32"},
         },
         "corpora": {"text": {"source": f"path:{small_corpus(tmp_path / 'text')}", "include": "*.txt", "window_length": 128, "windows": 4}},
-        "targets": {"models": ["smollm2", "random-llama", "random-falcon"], "corpus": "text"},
+        "targets": {"models": [*MODELS], "corpus": "text"},
         "training": {"variants": ["default", "context_scale"], "tasks": {"t1": TINY_TASK, "t2": TINY_TASK}, "run": []},
     }
     config_path = tmp_path / "config.yaml"
@@ -374,7 +397,8 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(finishe
 
     workdir, _, _, _ = finished_run
     results = workdir / "results"
-    for model, count in (("smollm2", 11), ("random-llama", 11), ("random-falcon", 6)):
+    # the MoE models lack Figs 7 and 9 (gate, up and act inside the experts are not captured)
+    for model, count in (("smollm2", 11), ("random-llama", 11), ("random-falcon", 6), ("tiny-gpt-oss", 9), ("tiny-jamba", 9)):
         assert len(list((results / "figures" / model).glob("*.png"))) == count, model
     claims = (results / "claims" / "random-llama.md").read_text()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in claims.splitlines() if line.startswith("| ")}
@@ -385,7 +409,7 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(finishe
     table1 = pd.read_csv(results / "tables" / "table1_alignment.csv").set_index("model")
     assert table1.activation_outlier_tokens["random-llama"] == 0 and table1.activation_outlier_tokens["smollm2"] > 0
     summary = pd.read_csv(results / "claims" / "summary.csv")
-    assert set(summary.model) == {"smollm2", "random-llama", "random-falcon"} and len(summary) == 3 * 14
+    assert set(summary.model) == set(MODELS) and len(summary) == len(MODELS) * 15
     # what the outliers do: SmolLM2 needs them (positive control), the random model has none to need
     verdict = summary.set_index(["model", "claim"]).verdict
     needed = "The activation outliers are needed: zeroing them breaks the model"
@@ -394,11 +418,36 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(finishe
     assert verdict["smollm2", "The attention sink is needed: heads park attention there"] in ("holds", "partly")
     assert verdict["random-falcon", "The attention sink is needed: heads park attention there"] == "not measured"
     interventions = pd.read_csv(results / "tables" / "interventions.csv")
-    assert set(interventions.model) == {"smollm2", "random-llama", "random-falcon"}
+    assert set(interventions.model) == set(MODELS)
     caption = (results / "figures" / "random-llama" / "fig01_existence.caption.txt").read_text()
     assert "No activation outlier was found in the corpus" in caption
     caption = (results / "figures" / "smollm2" / "scaling_factor.caption.txt").read_text()
     assert "over 4 windows of 128 tokens. Outlier keys: from layer" in caption
+
+
+def test_experts_learned_sinks_and_hybrids_get_every_output_their_architecture_gives(finished_run):
+    """The MoE model names its W_down columns by expert, its planted learned sink takes the attention,
+    and the hybrid's attention claims and figures come from its one softmax layer."""
+    import pandas as pd
+
+    workdir, _, _, _ = finished_run
+    results = workdir / "results"
+    verdict = pd.read_csv(results / "claims" / "summary.csv").set_index(["model", "claim"])
+    sink = "Attention outliers are an implicit sink: given an explicit one, attention parks there instead"
+    assert verdict.verdict["tiny-gpt-oss", sink] == "holds"
+    assert verdict.verdict["smollm2", sink] == verdict.verdict["tiny-jamba", sink] == "not measured"
+    assert verdict.measured["tiny-gpt-oss", "Weight outliers exist: single down-projection columns with a large max/mean ratio"].startswith(
+        "expert "
+    )
+    assert (results / "capture" / "tiny-gpt-oss" / "stats" / "text" / "attention_sink.parquet").exists()
+    assert "Squares: the learned sink" in (results / "figures" / "tiny-gpt-oss" / "fig06_attention_positions.caption.txt").read_text()
+    claims = (results / "claims" / "tiny-jamba.md").read_text()
+    assert "layers with softmax attention (of 2)" in claims
+    caption = (results / "figures" / "tiny-jamba" / "fig01_existence.caption.txt").read_text()
+    assert "(d) attention probabilities averaged over heads at layer 2" in caption
+    layer = (results / "figures" / "tiny-jamba" / "fig02_layer.caption.txt").read_text()
+    assert "not captured in layers 1: its token mixer (JambaMambaMixer)" in layer
+    assert "down_proj_input is read at feed_forward.experts inside the experts, per expert in layers 2" in layer
 
 
 def test_outputs_have_the_modes_of_ordinary_files(finished_run):

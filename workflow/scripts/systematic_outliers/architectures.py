@@ -153,7 +153,9 @@ def _ungated(attn_norm, qkv, up, act, down, mlp_norm=None, parallel=False) -> di
 
 
 _LLAMA = Architecture("model.layers", _llama_like(), attention="self_attn")
+# Mixtral's experts: the down projection's input per expert, through capture.EXPERTS_CAPTURE
 _MIXTRAL_TAPS = {k: v for k, v in _llama_like().items() if not k.startswith(("gate", "up", "act", "down"))}
+_MIXTRAL_TAPS["down_proj_input"] = Tap("mlp.experts", "experts")
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": _LLAMA,

@@ -326,7 +326,7 @@ def down_projections(weights: pd.DataFrame) -> pd.DataFrame:
     experts expert × intermediate + column, as the statistics and the prompt dump name it) and
     `label` for text ("column c" or "expert e, column c")."""
     down = weights[weights.mlp_down].copy()
-    down["expert"] = down.module.str.extract(r"\[(\d+)\]$")[0].fillna(-1).astype(int)
+    down["expert"] = pd.to_numeric(down.module.str.extract(r"\[(\d+)\]$")[0]).fillna(-1).astype(int)
     local = down.top_columns.map(lambda columns: int(columns[0]))
     down["column"] = np.where(down.expert >= 0, down.expert.clip(lower=0) * down["columns"] + local, local)
     down["label"] = [f"expert {e}, column {c}" if e >= 0 else f"column {c}" for e, c in zip(down.expert, local)]

@@ -53,6 +53,7 @@ class Call:
     input: torch.Tensor | None = None
     output: torch.Tensor | None = None
     arguments: tuple | None = None  # (args, kwargs) in full, for experts modules only
+    second: torch.Tensor | None = None  # a 4-D second output: attention code of a model's own returns its probabilities there
 
 
 @dataclass
@@ -97,7 +98,7 @@ def _identical(a, b) -> bool:
     return torch.equal(a.to(b.device).reshape(b.shape), b)
 
 
-def run_probe(model, tokens: int = PROBE_TOKENS) -> Probe:
+def run_probe(model, tokens: int = PROBE_TOKENS, output_attentions: bool = True) -> Probe:
     """One forward pass of `tokens` token ids with every module and the attention function recorded."""
     counter = iter(range(10**9))
     calls, by_module, handles = [], {}, []
@@ -117,6 +118,8 @@ def run_probe(model, tokens: int = PROBE_TOKENS) -> Probe:
         def post(module, args, kwargs, output):
             by_module[id(module)][-1].end = next(counter)
             by_module[id(module)][-1].output = _first(output)
+            if isinstance(output, tuple) and len(output) > 1 and isinstance(output[1], torch.Tensor) and output[1].dim() == 4:
+                by_module[id(module)][-1].second = output[1].detach().clone()
 
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(module.register_forward_hook(post, with_kwargs=True))
@@ -124,7 +127,7 @@ def run_probe(model, tokens: int = PROBE_TOKENS) -> Probe:
     capture._PROBES.append(attention_calls)
     try:  # the hooks come off whatever happens in the pass
         with torch.no_grad():
-            out = model(ids.to(model.device), use_cache=False, output_hidden_states=True, output_attentions=True)
+            out = model(ids.to(model.device), use_cache=False, output_hidden_states=True, output_attentions=output_attentions)
     finally:
         capture._PROBES.remove(attention_calls)
         for handle in handles:
@@ -176,17 +179,21 @@ def _decoder_layers(model, probe: Probe) -> str:
 
 
 def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], layer_call: Call, table: Architecture | None):
-    """(taps, attention module or None, absent {site: reason}) of one decoder layer."""
+    """(taps, attention module or None, absent {site: reason}, whether the attention returns its probabilities
+    from code of its own) of one decoder layer."""
     prefix = f"{layers}.{index}."
     rel = {c.name: c.name[len(prefix) :] for c in calls}
     once = [c for c in calls if probe.counts[c.name] == 1 and c.end > 0]
     taps, absent = {"layer_input": Tap("", "input"), "layer_output": Tap("")}, {}
     x_in, x_out = layer_call.input, layer_call.output
 
-    # attention: the module that calls the registered attention function, or the table's (MPT's own code)
+    # attention: the module that calls the registered attention function; else attention code of the
+    # model's own (MPT, GPT-J, Bloom, …) that returns as its second output the model's output_attentions
     attention = next((c for c in once if id(c.module) in probe.attention_calls), None)
-    if attention is None and table is not None and table.attention:
-        attention = next((c for c in once if rel[c.name] == table.attention), None)
+    own = None
+    if attention is None and probe.attentions is not None and len(probe.attentions) == len(probe.hidden_states) - 1:
+        own = next((c for c in once if c.second is not None and _same(c.second, probe.attentions[index])), None)
+        attention = own
     mixer = None
     if attention is None:
         mixer = next((c for c in once if c.name.count(".") == prefix.count(".") and _has_matrices(c.module)), None)
@@ -212,9 +219,16 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
                 absent["attn_norm_output"] = "no module between the layer input and the attention input"
         if seen is not None:
             taps.update(_head_taps(probe, attention, seen, rel, absent))
-        elif table is not None:  # attention code of the model's own: the table's record
+        elif table is not None and table.attention == rel[attention.name]:  # attention code of its own: the table's record
             taps.update({site: table.taps[site] for site in (*HEAD_SITES, "attn_norm_output") if site in table.taps})
             absent.pop("attn_norm_output", None)
+        else:
+            for site in HEAD_SITES:
+                absent[site] = (
+                    f"attention code of its own ({type(attention.module).__name__}): no query, key and value handed to the attention interface"
+                )
+        if own is not None:
+            absent["attn_logits"] = "the model's own attention code returns its probabilities, not its logits"
 
     # the residual stream between attention and MLP: R + (a later module's output) = layer output
     after = [c for c in once if attention is None or c.start > attention.end]
@@ -269,11 +283,11 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
     experts = [c for c in after if _is_experts(c.module) or capture.is_experts(c.module)]
     if experts:
         taps.update(_experts_taps(experts, rel, absent))
-        return taps, (rel[attention.name] if attention else None), absent
+        return taps, (rel[attention.name] if attention else None), absent, own is not None
     down = next((c for c in reversed(matrices) if c.output.shape[-1] == d_model), None)
     if down is None:
         absent.update({site: "no matrix writing d_model after the attention" for site in mlp_sites})
-        return taps, (rel[attention.name] if attention else None), absent
+        return taps, (rel[attention.name] if attention else None), absent, own is not None
     if _linear_identity(down) is None:
         for site in ("down_proj_input", "down_proj_output"):
             absent[site] = f"{rel[down.name]}: down_proj_output ≠ down_proj_input × W_down (+ bias)"
@@ -281,7 +295,7 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
         taps.update(down_proj_input=Tap(rel[down.name], "input"), down_proj_output=Tap(rel[down.name]))
     inner = [c for c in matrices if c.start >= first.start and c.end < down.start]
     taps.update(_mlp_taps(inner, after, down, rel, absent))
-    return taps, (rel[attention.name] if attention else None), absent
+    return taps, (rel[attention.name] if attention else None), absent, own is not None
 
 
 def _parallel(x_in, attention: Call, after: list[Call], x_out) -> bool:
@@ -437,6 +451,15 @@ def resolve(model) -> Architecture:
         calls = [c for c in probe.calls if c.name.startswith(prefix + ".") and layer_call.start < c.start < layer_call.end]
         per_layer.append(_resolve_layer(probe, layers, index, calls, layer_call, table))
     architecture = _combine(model, layers, per_layer, table)
+    if architecture.probs_from_output and not _returns_probabilities(model, layers, architecture.attention):
+        why = f"{architecture.attention}: attention code of its own that returns its probabilities only with output_attentions"
+        architecture = dataclasses.replace(
+            architecture,
+            attention=None,
+            probs_from_output=False,
+            absent={**architecture.absent, "attn_probs": why},
+            site_layers={s: v for s, v in architecture.site_layers.items() if s not in ATTENTION_SITES},
+        )
     if any(seen["learned_sink"] for seen in probe.attention_calls.values()):
         architecture = dataclasses.replace(architecture, learned_sink=True)
     _RESOLVED[model] = architecture
@@ -446,10 +469,10 @@ def resolve(model) -> Architecture:
 def _combine(model, layers: str, per_layer: list, table: Architecture | None) -> Architecture:
     """One Architecture from the layers' taps. A site found in some layers only (hybrid models)
     names them in `site_layers`, and `absent` says why the others lack it."""
-    attention_modules = {a for _, a, _ in per_layer if a}
+    attention_modules = {a for _, a, _, _ in per_layer if a}
     attention = attention_modules.pop() if len(attention_modules) == 1 else None
-    found = [dict(layer_taps) for layer_taps, _, _ in per_layer]
-    for index, (_, module, layer_absent) in enumerate(per_layer):
+    found = [dict(layer_taps) for layer_taps, _, _, _ in per_layer]
+    for index, (_, module, layer_absent, _) in enumerate(per_layer):
         if module and module == attention:  # the attention sites ride on the attention module
             found[index].update({site: None for site in ATTENTION_SITES if site not in layer_absent})
     taps, absent, site_layers, layer_taps = {}, {}, {}, {}
@@ -468,10 +491,8 @@ def _combine(model, layers: str, per_layer: list, table: Architecture | None) ->
             absent[site] = why if not where else f"layers {_ranges([i + 1 for i in missing])}: {why}"  # 1-based, as in the figures
         if where and missing:
             site_layers[site] = tuple(where)
-    probs_from_output = bool(table and attention and attention == table.attention and table.probs_from_output)
-    if probs_from_output:  # attention code of the model's own (MPT) that returns its probabilities
-        absent.pop("attn_probs", None)
-        absent["attn_logits"] = "the model's own attention code returns its probabilities, not its logits"
+    # attention code of the model's own (MPT, GPT-J, …) that returns its probabilities: no logits
+    probs_from_output = bool(attention) and all(own for _, module, _, own in per_layer if module == attention)
     return Architecture(
         layers,
         taps,
@@ -483,6 +504,15 @@ def _combine(model, layers: str, per_layer: list, table: Architecture | None) ->
         layer_taps=layer_taps,
         experts_transposed=_experts_transposed(model, layers, taps, layer_taps),
     )
+
+
+def _returns_probabilities(model, layers: str, attention: str) -> bool:
+    """Whether attention code of the model's own returns its probabilities in a pass without
+    output_attentions, as capture runs (which must not keep every layer's maps)."""
+    probe = run_probe(model, tokens=4, output_attentions=False)
+    named = {c.name: c for c in probe.calls}
+    calls = [named.get(f"{layers}.{i}.{attention}") for i in range(len(model.get_submodule(layers)))]
+    return all(c is None or c.second is not None for c in calls) and any(c is not None for c in calls)
 
 
 def _ranges(indices) -> str:

@@ -1,7 +1,8 @@
 """Weight statistics, read one tensor at a time from safetensors (no forward pass, no model).
 
-For every matrix inside a decoder layer (attention and MLP linears; Mixtral's 3-D expert
-tensors one expert at a time), with |W| laid out as [output rows, input columns]:
+For every matrix inside a decoder layer (attention and MLP linears; the experts of a
+mixture-of-experts MLP one at a time, whether the checkpoint stacks them in 3-D tensors or stores
+each expert's matrices), with |W| laid out as [output rows, input columns]:
 column ratio r_col[j] = max_i |W_ij| / mean_i |W_ij| (j is an input channel, for the
 down-projection an intermediate channel) and row ratio r_row[i] = max_j |W_ij| / mean_j |W_ij|.
 """
@@ -111,6 +112,8 @@ def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
                 if not match:
                     continue
                 layer, module = (int(match[1]), match[2]) if match[1] else (int(match[3]), match[4])
+                if module.endswith("_bias"):  # the experts' biases, [experts, out]: not matrices
+                    continue
                 weight = handle.get_tensor(name)
                 expert = re.match(r"^(.*\.experts)\.(\d+)\.(\w+)$", module)  # one expert's matrix ([out, in], as a Linear)
                 if weight.dim() == 2 and expert:
@@ -119,9 +122,7 @@ def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
                 elif weight.dim() == 2:
                     rows.append(matrix_row(layer, module, weight.T if architecture.weights_transposed else weight))
                     rows[-1]["mlp_down"] = module in down
-                elif weight.dim() == 3 and not module.endswith(
-                    "_bias"
-                ):  # experts stacked as [experts, out, in] ([experts, in, out] transposed)
+                elif weight.dim() == 3:  # experts stacked as [experts, out, in] ([experts, in, out] transposed)
                     weight = weight.transpose(1, 2) if architecture.experts_transposed else weight
                     is_down = module.rpartition(".")[0] in down and module.endswith(".down_proj")
                     rows.extend({**matrix_row(layer, f"{module}[{e}]", weight[e]), "mlp_down": is_down} for e in range(weight.shape[0]))
