@@ -167,7 +167,7 @@ def synthetic(
         "activation": {"layer": 1, "channels": [5], "tokens": {}, "found": found, "why": ""},
         "mean_values": [100.0],
         "sink": {"first_layer": 0, "keys": {}, "found": True, "why": ""} if sink else None,
-        "sink_not_measured": "" if sink else "falcon has no attention capture in the capture table",
+        "sink_not_measured": "" if sink else "falcon has no attention capture (its architecture.json says why)",
     }
     evidence = types.SimpleNamespace(
         has_attention=sink,
@@ -265,7 +265,7 @@ def test_the_layer_diagram_names_this_architectures_modules_and_sites(architectu
 @pytest.mark.parametrize(
     "architecture, reason",
     [
-        ("falcon", "falcon has no attention capture in the capture table"),
+        ("falcon", "falcon runs attention code of its own: keys cannot be removed or head outputs read"),
         ("mpt", "mpt runs attention code of its own: keys cannot be removed or head outputs read"),
     ],
 )

@@ -120,8 +120,9 @@ def test_the_cpu_slurm_profile_asks_for_no_gpu_and_polls_squeue(tmp_path):
 
 
 def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tmp_path):
-    """Falcon has no attention capture and an ungated MLP; MPT has no attention logits. The
-    architecture.json that fetch_model resolves is written here from the hand table's record."""
+    """Falcon and MPT return their attention probabilities from code of their own: no logits, no
+    query, key and value for Falcon, and no gate. The architecture.json that fetch_model resolves is
+    written here from the hand table's record."""
     from systematic_outliers.architectures import ARCHITECTURES
 
     for model, model_type in (("falcon-7b", "falcon"), ("mpt-7b", "mpt"), ("llama2-7b", "llama")):
@@ -137,17 +138,19 @@ def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tm
 
     # every model gets Fig 2 and the interventions' figures, which say what its architecture lacks
     assert planned("falcon-7b") == {
+        "fig01_existence",
         "fig02_layer",
         "fig03_activation_positions",
         "fig04_down_proj_positions",
         "fig05_weight_positions",
+        "fig06_attention_positions",
         "interventions",
         "scaling_factor",
     }
-    assert planned("mpt-7b") == planned("falcon-7b") | {"fig01_existence", "fig06_attention_positions"}
+    assert planned("mpt-7b") == planned("falcon-7b")
     assert len(planned("llama2-7b")) == 11
     # the other 9 models are not fetched: their figures are planned once they are (fetch_model is a checkpoint)
-    assert planned_jobs(done.stdout)["figure"] == 4 + 6 + 9  # MPT: no logits (Fig 8), no gate (Figs 7, 9)
+    assert planned_jobs(done.stdout)["figure"] == 6 + 6 + 9  # no logits (Fig 8), no gate (Figs 7, 9)
 
 
 @pytest.mark.parametrize(
@@ -331,7 +334,7 @@ def tiny_family_model(model_type: str):
 @pytest.fixture(scope="module")
 def finished_run(smollm2_dir, tmp_path_factory):
     """One run from an empty folder of a mixed config, each model from `path:`: SmolLM2, a random
-    Llama (dense, no outlier of any kind), a random Falcon (no attention capture), a tiny gpt-oss
+    Llama (dense, no outlier of any kind), a random Falcon (attention code of its own: no edits), a tiny gpt-oss
     (mixture of experts, a learned sink) and a tiny Jamba (a hybrid: Mamba, then softmax attention
     with experts), plus two tiny training tasks run by their targets. Returns (workdir, config, run)."""
     import transformers
@@ -398,7 +401,7 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(finishe
     workdir, _, _, _ = finished_run
     results = workdir / "results"
     # the MoE models lack Figs 7 and 9 (gate, up and act inside the experts are not captured)
-    for model, count in (("smollm2", 11), ("random-llama", 11), ("random-falcon", 6), ("tiny-gpt-oss", 9), ("tiny-jamba", 9)):
+    for model, count in (("smollm2", 11), ("random-llama", 11), ("random-falcon", 8), ("tiny-gpt-oss", 9), ("tiny-jamba", 9)):
         assert len(list((results / "figures" / model).glob("*.png"))) == count, model
     claims = (results / "claims" / "random-llama.md").read_text()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in claims.splitlines() if line.startswith("| ")}

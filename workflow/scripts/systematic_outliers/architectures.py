@@ -212,8 +212,13 @@ ARCHITECTURES: dict[str, Architecture] = {
         probs_from_output=True,
     ),
     # Falcon has its own attention code (no eager_attention_forward) and a fused multi-query
-    # projection; its residual, norm and MLP sites are captured, attention is not.
-    "falcon": Architecture("transformer.h", _ungated("input_layernorm", None, "mlp.dense_h_to_4h", "mlp.act", "mlp.dense_4h_to_h")),
+    # projection; loaded eager, it returns its probabilities (no logits, no query/key/value).
+    "falcon": Architecture(
+        "transformer.h",
+        _ungated("input_layernorm", None, "mlp.dense_h_to_4h", "mlp.act", "mlp.dense_4h_to_h"),
+        attention="self_attention",
+        probs_from_output=True,
+    ),
 }
 
 
@@ -279,7 +284,9 @@ def layer_diagram(architecture: Architecture) -> tuple[list[Block], list[Block],
         softmax = architecture.site_layers.get("attn_probs")  # a hybrid: in these layers only
         attention.append(
             Block(
-                "softmax($q k^T / \\sqrt{d}$)" + (f" (layers {', '.join(str(i + 1) for i in softmax)})" if softmax else ""),
+                "softmax($q k^T / \\sqrt{d}$)"
+                + (" + sink" if architecture.learned_sink else "")  # gpt-oss: a learned logit per head in the denominator
+                + (f" (layers {', '.join(str(i + 1) for i in softmax)})" if softmax else ""),
                 (architecture.attention,),
                 tuple(s for s in ATTENTION_SITES if s in have),
                 "$A_\\ell^i$",
@@ -296,6 +303,11 @@ def layer_diagram(architecture: Architecture) -> tuple[list[Block], list[Block],
         mlp.append(Block("MLP norm", modules("mlp_norm_output"), ("mlp_norm_output",)))
     if "down_proj_input" not in taps:
         mlp.append(Block("MLP experts (not per token)", (), ()))
+        return attention, mlp, parallel
+    if taps["down_proj_input"].side == "experts":  # read inside the experts, per routed token
+        experts = modules("down_proj_input")
+        mlp.append(Block("experts: gate, up, act", experts, ("down_proj_input",), "$x_\\ell^{down}$ per expert"))
+        mlp.append(Block("experts' $W^{down}$, summed", experts, (), "$W_\\ell^{down}$ per expert"))
         return attention, mlp, parallel
     gated = "gate_output" in taps
     shared_norm = "" if mlp or "attn_norm_output" not in taps else " (on the attention norm)"  # Phi, Falcon

@@ -240,7 +240,7 @@ def intervene(name: str, model, evidence, input_ids: torch.Tensor, seeds: list[i
     activation = choices.activation_targets(evidence, choices.for_model(evidence))
     sink = choices.sink_targets(evidence)
     if sink is None:
-        reason = f"{evidence.manifest['model_type']} has no attention capture in the capture table"
+        reason = f"{evidence.manifest['model_type']} has no attention capture (its architecture.json says why)"
     elif not capture.edits_attention(model):
         sink, reason = None, f"{model.config.model_type} runs attention code of its own: keys cannot be removed or head outputs read"
     else:

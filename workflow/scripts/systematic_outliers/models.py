@@ -80,7 +80,10 @@ def _resolve_architecture(name: str, entry: dict, folder: Path) -> None:
     from .probe import resolve
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[entry["dtype"]], trust_remote_code=entry["trust_remote_code"])
+        # eager attention, as the capture rules load attention code of a model's own (which returns its probabilities there)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=DTYPES[entry["dtype"]], attn_implementation="eager", trust_remote_code=entry["trust_remote_code"]
+        )
     except (ValueError, KeyError, OSError) as error:
         raise SourceError(f"models.{name}: transformers cannot load it as a causal LM: {str(error).splitlines()[0]}") from None
     try:
