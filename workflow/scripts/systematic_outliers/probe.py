@@ -12,8 +12,9 @@ Every site is found by an identity that must hold on the probe, not by a module'
   query and key: the projections of the same input with the query's and key's widths;
 - attn_norm_output: the module between the layer input and the attention's input;
 - attn_residual: the residual stream R between attention and MLP, found as the input of a module with
-  R + (a later module's output) = the layer output; a block without one runs attention and MLP in
-  parallel on the layer input. Post-norm and sandwich-norm blocks (OLMo 2, Gemma 2/3) normalise the
+  R + (a later module's output) = the layer output; else with scaled adds (β·R + α·b, constants fitted
+  on the probe: MiniCPM, Beam) or a norm after the add (post-norm: OpenAI GPT, XLNet); a block with
+  none of these runs attention and MLP in parallel on the layer input. Post-norm and sandwich-norm blocks (OLMo 2, Gemma 2/3) normalise the
   branches before the add, so R is still the residual stream, never a normalised branch;
 - down_proj: the last matrix of the MLP writing d_model, with down_proj_output = down_proj_input W^T (+ b);
   gate, up and act by gated (act(gate) · up) or ungated (act(up)) equality with down_proj_input;
@@ -245,13 +246,15 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
         ):
             residual = r
             break
+    if residual is None and not ((attention or mixer) is not None and _parallel(x_in, attention or mixer, after, x_out)):
+        residual = _scaled_or_post_norm_residual(after, x_in, x_out)
     if residual is not None:
         taps["attn_residual"] = Tap(rel[residual.name], "input")
         after = [c for c in after if c.start >= residual.start]
     elif (attention or mixer) is not None and _parallel(x_in, attention or mixer, after, x_out):
         absent["attn_residual"] = "parallel block: attention and MLP both read the layer input"
     else:
-        absent["attn_residual"] = "no residual stream R with R + a later module's output = the layer output (scaled or post-norm residual)"
+        absent["attn_residual"] = "no residual stream R with β·R + α·(a later module's output) = the layer output or its final norm's input"
     if attention is not None:
         after = [c for c in after if not c.name.startswith(attention.name + ".")]
 
@@ -296,6 +299,28 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
     inner = [c for c in matrices if c.start >= first.start and c.end < down.start]
     taps.update(_mlp_taps(inner, after, down, rel, absent))
     return taps, (rel[attention.name] if attention else None), absent, own is not None
+
+
+def _scaled_or_post_norm_residual(after: list[Call], x_in, x_out) -> Call | None:
+    """The residual stream R of a block whose adds are scaled (MiniCPM: x_out = R + α·b; Beam:
+    β·R + α·b, constants fitted on the probe) or normed after (post-norm: the layer output is a norm
+    of R + b): the module whose input is R, with b a later module's output."""
+    final = next(
+        (c for c in reversed(after) if _identical(c.output, x_out) and c.input is not None and c.input.numel() == x_out.numel()), None
+    )
+    targets = [x_out.reshape(-1).float()] + ([final.input.reshape(-1).float()] if final is not None else [])
+    for r in after:
+        if r.input is None or r.input.numel() != x_out.numel() or _identical(r.input, x_in) or r is final:
+            continue
+        for b in after:
+            if b.start < r.start or b is final or b.output is None or b.output.numel() != x_out.numel():
+                continue
+            pair = torch.stack([r.input.reshape(-1).float(), b.output.reshape(-1).float()], dim=1)
+            for target in targets:
+                scales = torch.linalg.lstsq(pair, target[:, None]).solution.flatten()
+                if (scales.abs() > 1e-3).all() and _same((pair @ scales).reshape(x_out.shape), target.reshape(x_out.shape)):
+                    return r
+    return None
 
 
 def _parallel(x_in, attention: Call, after: list[Call], x_out) -> bool:
