@@ -192,13 +192,22 @@ def complete(row: dict) -> bool:
     return not any(site in row["site_layers"] for site in FULL if site != "attn_probs")
 
 
+def softmax_attention(model_type: str) -> bool:
+    """Whether the family's config names attention heads: a state-space model (Mamba) has none, and is
+    no softmax-attention family for the coverage count."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type)
+    return any(getattr(config, key, None) for key in ("num_attention_heads", "n_head", "num_heads", "n_heads"))
+
+
 def write_table(rows: list[dict], skipped: dict[str, str]) -> str:
     import transformers
     from systematic_outliers.architectures import SITES
 
     captured = [r for r in rows if r["status"] == "captured"]
     full = [r for r in captured if complete(r)]
-    built = [r for r in rows if r["status"] != "does not build tiny"]
+    built = [r for r in rows if r["status"] != "does not build tiny" and softmax_attention(r["model_type"])]
     lines = [
         "# Architectures: what capture resolves for each causal-LM family of transformers",
         "",
@@ -215,9 +224,10 @@ def write_table(rows: list[dict], skipped: dict[str, str]) -> str:
             if any(r["status"] == "probe fails" for r in rows)
             else "."
         ),
-        f"- {len(full)} of the {len(built)} that build tiny ({len(full) / len(built):.0%}) are captured with every residual, MLP and",
-        f"  attention site the figures need ({', '.join(FULL)}) where their block has one (a parallel",
-        "  block has no attention residual; a hybrid attends in its softmax layers only), identities holding.",
+        f"- {len(full)} of the {len(built)} softmax-attention families that build tiny ({len(full) / len(built):.0%}) are captured with every",
+        f"  residual, MLP and attention site the figures need ({', '.join(FULL)})",
+        "  where their block has one (a parallel block has no attention residual; a hybrid attends in its softmax",
+        "  layers only), identities holding.",
         f"- {sum(bool(r['expert_layers']) for r in captured)} captured families have mixture-of-experts MLPs whose down-projection",
         "  input is captured per expert (through transformers' experts interface), in the layers listed;",
         f"  {sum('without transformers' in ' '.join(r['absent'].values()) for r in captured)} have experts of their own code, not captured per token.",

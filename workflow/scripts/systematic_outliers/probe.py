@@ -192,7 +192,13 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
     # model's own (MPT, GPT-J, Bloom, …) that returns as its second output the model's output_attentions
     attention = next((c for c in once if id(c.module) in probe.attention_calls), None)
     own = None
-    if attention is None and probe.attentions is not None and len(probe.attentions) == len(probe.hidden_states) - 1:
+    # only in models that never call the interface: a hybrid's linear attention (MiniMax) returns weights of its own
+    if (
+        attention is None
+        and not probe.attention_calls
+        and probe.attentions is not None
+        and len(probe.attentions) == len(probe.hidden_states) - 1
+    ):
         own = next((c for c in once if c.second is not None and _same(c.second, probe.attentions[index])), None)
         attention = own
     mixer = None
