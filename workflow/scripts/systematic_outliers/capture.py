@@ -344,7 +344,7 @@ class ExpertInputs:
     def dense(self) -> torch.Tensor:
         tokens, top_k, width = self.values.shape
         out = self.values.new_zeros(tokens, self.num_experts, width)
-        out.scatter_(1, self.experts[..., None].expand(-1, -1, width), self.values)
+        out.scatter_(1, self.experts.long()[..., None].expand(-1, -1, width), self.values)
         return out.reshape(tokens, -1)
 
 

@@ -163,7 +163,7 @@ def sink_curves(evidence) -> pd.DataFrame | None:
     table = table.merge(top, on=["window", "layer"], how="left")
     table["sink_over"] = table.sink >= table.threshold
     table["key_over"] = table.top1 >= table.threshold
-    table["first_is_top"] = table.position == 0
+    table["first_is_top"] = (table.position == 0) & table.key_over  # among the windows where a key reaches it
     return table.groupby("layer").agg(
         sink=("sink", "mean"),
         top1=("top1", "mean"),
@@ -408,13 +408,13 @@ def top_channels(channel_max: pd.DataFrame, site: str, count: int = 2) -> list[t
     return [(int(row.layer), [int(c) for c in np.argsort(-np.asarray(row.max_abs), kind="stable")[:count]]) for row in rows.itertuples()]
 
 
-def prompt_ratio(values) -> str:
+def prompt_ratio(values, routed: bool = False) -> str:
     """The largest |x| of a prompt tensor against its median, in words: what a panel without an outlier
-    shows. The median of the nonzero entries: the experts' inputs side by side are zero where a token
-    was not routed, as the statistics' routed-only median."""
+    shows. `routed`: the experts' inputs side by side, zero where a token was not routed, so the
+    median of the nonzero entries, as the statistics' routed-only median."""
     magnitude = np.abs(np.asarray(values))
-    nonzero = magnitude[magnitude > 0]
-    median = float(np.median(nonzero)) if nonzero.size else 0.0
+    kept = magnitude[magnitude > 0] if routed else magnitude
+    median = float(np.median(kept)) if kept.size else 0.0
     largest = float(magnitude.max())
     shown = f"{largest:,.0f}" if largest >= 100 else f"{largest:.3g}"
     return f"largest |x| {shown}, {largest / median if median else float('inf'):,.0f}× the median"

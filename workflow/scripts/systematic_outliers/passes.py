@@ -127,6 +127,12 @@ def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: P
         for name in ("gate_proj", "up_proj"):
             if name in matrices:
                 tensors[f"{name}_weight.{layer}"] = matrices[name][index].float().cpu().contiguous()
+    architecture = capture.architecture_of(model)
+    expert_layers = [
+        layer
+        for layer in range(len(capture.decoder_layers(model, architecture)))
+        if architecture.has("down_proj_input", layer) and architecture.tap("down_proj_input", layer).side == "experts"
+    ]
     record = {
         "text": text,
         "add_special_tokens": add_special_tokens,
@@ -134,6 +140,7 @@ def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: P
         "tokens": [token_label(tokenizer, i) for i in input_ids[0].tolist()],
         "sites": list(sites),
         "layers": len(capture.decoder_layers(model, capture.architecture_of(model))),
+        **({"expert_layers": expert_layers} if expert_layers else {}),  # down_proj_input: the experts' inputs side by side
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "model_type": model.config.model_type,

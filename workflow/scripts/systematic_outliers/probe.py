@@ -22,9 +22,10 @@ Every site is found by an identity that must hold on the probe, not by a module'
   `capture.experts_forward` (which shows each expert's down-projection input) must reproduce from
   the same inputs as the model's own experts loop.
 
-A site whose identity fails is left out with the reason (`Architecture.absent`). The hand table
-(`architectures.ARCHITECTURES`) supplies what the probe cannot see: attention code of a model's
-own that bypasses the attention interface (MPT returns its probabilities).
+A site whose identity fails is left out with the reason (`Architecture.absent`). Attention code of a
+model's own (MPT, GPT-J, Bloom, …) is the module whose second output is the model's output_attentions,
+in a model that never calls the attention interface; the hand table (`architectures.ARCHITECTURES`)
+supplies what the probe cannot see there: MPT's query, key and value.
 """
 
 from __future__ import annotations
@@ -260,7 +261,11 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
     elif (attention or mixer) is not None and _parallel(x_in, attention or mixer, after, x_out):
         absent["attn_residual"] = "parallel block: attention and MLP both read the layer input"
     else:
-        absent["attn_residual"] = "no residual stream R with β·R + α·(a later module's output) = the layer output or its final norm's input"
+        absent["attn_residual"] = (
+            "no residual stream R with R + (a later module's output) = the layer output (scaled or post-norm adds: only in float32)"
+            if x_out.dtype in (torch.float16, torch.bfloat16)
+            else "no residual stream R with β·R + α·(a later module's output) = the layer output or its final norm's input"
+        )
     if attention is not None:
         after = [c for c in after if not c.name.startswith(attention.name + ".")]
 
@@ -308,24 +313,28 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
 
 
 def _scaled_or_post_norm_residual(after: list[Call], x_in, x_out) -> Call | None:
-    """The residual stream R of a block whose adds are scaled (MiniCPM: x_out = R + α·b; Beam:
-    β·R + α·b, constants fitted on the probe) or normed after (post-norm: the layer output is a norm
-    of R + b): the module whose input is R, with b a later module's output."""
+    """The residual stream R of a block normed after the add (post-norm: the layer output is a norm of
+    R + b) or whose adds are scaled (MiniCPM: x_out = R + α·b; Beam: β·R + α·b, constants fitted on
+    the probe): the module whose input is R, with b a later module's output. In float32 and float64
+    only: at half precision the rounding admits pairs that match by chance."""
+    if x_out.dtype in (torch.float16, torch.bfloat16):
+        return None
     final = next(
         (c for c in reversed(after) if _identical(c.output, x_out) and c.input is not None and c.input.numel() == x_out.numel()), None
     )
-    targets = [x_out.reshape(-1).float()] + ([final.input.reshape(-1).float()] if final is not None else [])
     for r in after:
         if r.input is None or r.input.numel() != x_out.numel() or _identical(r.input, x_in) or r is final:
             continue
         for b in after:
             if b.start < r.start or b is final or b.output is None or b.output.numel() != x_out.numel():
                 continue
+            summed = r.input.reshape(x_out.shape) + b.output.reshape(x_out.shape)
+            if final is not None and _same(summed, final.input):  # post-norm
+                return r
             pair = torch.stack([r.input.reshape(-1).float(), b.output.reshape(-1).float()], dim=1)
-            for target in targets:
-                scales = torch.linalg.lstsq(pair, target[:, None]).solution.flatten()
-                if (scales.abs() > 1e-3).all() and _same((pair @ scales).reshape(x_out.shape), target.reshape(x_out.shape)):
-                    return r
+            scales = torch.linalg.lstsq(pair, x_out.reshape(-1, 1).float()).solution.flatten()
+            if (scales.abs() > 1e-3).all() and _same((pair @ scales).reshape(x_out.shape), x_out):
+                return r
     return None
 
 
@@ -369,7 +378,7 @@ def _experts_taps(experts: list[Call], rel: dict, absent: dict) -> dict[str, Tap
         with torch.no_grad():
             same = _same(capture.experts_forward(module, *args, **kwargs), type(module).forward.__wrapped__(module, *args, **kwargs))
         why = f"{rel[interface.name]}: capture.experts_forward ≠ the model's own experts loop on the same routing"
-    except (AttributeError, TypeError, RuntimeError) as error:  # an experts module that does not follow the interface
+    except (AttributeError, TypeError, RuntimeError, KeyError, IndexError, ValueError) as error:  # not following the interface
         same, why = False, f"{rel[interface.name]}: capture.experts_forward fails ({type(error).__name__}: {error})"
     if not same:
         absent.update({site: why for site in (*inside, "down_proj_input")})

@@ -57,7 +57,8 @@ COLUMNS = {
     "channel_max": {
         "layer": "",
         "site": "",
-        "max_abs": "list: max_abs[channel] is the max |x| of that channel over every token of every window",
+        "max_abs": "list: max_abs[channel] is the max |x| of that channel over every token of every window "
+        "(inside experts: channel expert × intermediate + c, over the tokens routed to that expert)",
     },
     "token_max": {
         "window": "",
@@ -191,7 +192,7 @@ class CorpusStatistics:
             token_max, channel_max, mean = magnitude.amax(dim=1), magnitude.amax(dim=0), magnitude.mean(dtype=torch.float32)
             if routed:  # per expert's channel, over the tokens routed to it
                 per_expert = magnitude.new_zeros(routed.num_experts, routed.intermediate)
-                index = routed.experts.reshape(-1, 1).expand(-1, routed.intermediate)
+                index = routed.experts.long().reshape(-1, 1).expand(-1, routed.intermediate)
                 per_expert.scatter_reduce_(0, index, magnitude.reshape(-1, routed.intermediate), "amax")
                 channel_max = per_expert.flatten()
         else:  # signed reductions need no |x| at all

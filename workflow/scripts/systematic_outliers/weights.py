@@ -87,9 +87,18 @@ def _expert_down(architecture: Architecture, layer: int, name: str, weight: torc
     `experts.{e}.down_proj`), is its down projection: the one writing d_model from the expert's width."""
     if not architecture.has("down_proj_input", layer) or architecture.tap("down_proj_input", layer).side != "experts":
         return False
-    if weight.shape[0] == weight.shape[1]:  # the shape cannot tell: the two names transformers' checkpoints use
+    if weight.shape[0] == weight.shape[1] or hidden is None:  # the shape cannot tell: the names transformers' checkpoints use
         return name in ("down_proj", "w2")
     return weight.shape[0] == hidden
+
+
+def _oriented(weight: torch.Tensor, is_down: bool, hidden: int | None, transposed: bool) -> torch.Tensor:
+    """Stacked experts [experts, out, in], as stored on disk: the down projection writes d_model, the
+    others read it (loading may transpose them, so the module's layout is only the fallback)."""
+    out_is_hidden, in_is_hidden = weight.shape[1] == hidden, weight.shape[2] == hidden
+    if out_is_hidden != in_is_hidden:
+        return weight if out_is_hidden == is_down else weight.transpose(1, 2)
+    return weight.transpose(1, 2) if transposed else weight
 
 
 def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
@@ -112,7 +121,7 @@ def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
                 if not match:
                     continue
                 layer, module = (int(match[1]), match[2]) if match[1] else (int(match[3]), match[4])
-                if module.endswith("_bias"):  # the experts' biases, [experts, out]: not matrices
+                if module.endswith(("_bias", "_blocks", "_scales")):  # experts' biases; quantized (MXFP4) experts, not read
                     continue
                 weight = handle.get_tensor(name)
                 expert = re.match(r"^(.*\.experts)\.(\d+)\.(\w+)$", module)  # one expert's matrix ([out, in], as a Linear)
@@ -123,8 +132,8 @@ def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
                     rows.append(matrix_row(layer, module, weight.T if architecture.weights_transposed else weight))
                     rows[-1]["mlp_down"] = module in down
                 elif weight.dim() == 3:  # experts stacked as [experts, out, in] ([experts, in, out] transposed)
-                    weight = weight.transpose(1, 2) if architecture.experts_transposed else weight
                     is_down = module.rpartition(".")[0] in down and module.endswith(".down_proj")
+                    weight = _oriented(weight, is_down, hidden, architecture.experts_transposed)
                     rows.extend({**matrix_row(layer, f"{module}[{e}]", weight[e]), "mlp_down": is_down} for e in range(weight.shape[0]))
     if not rows:
         raise UnsupportedModel(f"{model_dir}: no decoder-layer weights found under {architecture.layers!r}")
