@@ -146,11 +146,7 @@ def survey(model_type: str) -> dict:
         "absent": architecture.absent,
         "site_layers": {site: list(layers) for site, layers in architecture.site_layers.items()},
         "learned_sink": architecture.learned_sink,
-        "expert_layers": [
-            i
-            for i in range(len(capture.decoder_layers(model, architecture)))
-            if architecture.has("down_proj_input", i) and architecture.tap("down_proj_input", i).side == "experts"
-        ],
+        "expert_layers": [i for i in range(len(capture.decoder_layers(model, architecture))) if architecture.in_experts(i)],
     }
 
 

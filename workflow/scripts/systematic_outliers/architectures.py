@@ -100,6 +100,10 @@ class Architecture:
         """Where `site` is read in decoder layer `layer`."""
         return self.layer_taps.get(site, {}).get(layer) or self.taps[site]
 
+    def in_experts(self, layer: int) -> bool:
+        """Whether layer `layer` reads its down projection's input inside mixture-of-experts modules."""
+        return self.has("down_proj_input", layer) and self.tap("down_proj_input", layer).side == "experts"
+
     @property
     def reads_experts(self) -> bool:
         """Whether some layer's MLP is read inside mixture-of-experts modules (`capture.EXPERTS_CAPTURE`)."""

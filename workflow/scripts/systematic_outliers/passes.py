@@ -128,11 +128,7 @@ def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: P
             if name in matrices:
                 tensors[f"{name}_weight.{layer}"] = matrices[name][index].float().cpu().contiguous()
     architecture = capture.architecture_of(model)
-    expert_layers = [
-        layer
-        for layer in range(len(capture.decoder_layers(model, architecture)))
-        if architecture.has("down_proj_input", layer) and architecture.tap("down_proj_input", layer).side == "experts"
-    ]
+    expert_layers = [layer for layer in range(len(capture.decoder_layers(model, architecture))) if architecture.in_experts(layer)]
     record = {
         "text": text,
         "add_special_tokens": add_special_tokens,

@@ -85,7 +85,7 @@ def _hidden_size(model_dir: Path) -> int | None:
 def _expert_down(architecture: Architecture, layer: int, name: str, weight: torch.Tensor, hidden: int | None) -> bool:
     """Whether one expert's matrix, as its checkpoint stores it (Mixtral's `experts.{e}.w2`, Qwen-MoE's
     `experts.{e}.down_proj`), is its down projection: the one writing d_model from the expert's width."""
-    if not architecture.has("down_proj_input", layer) or architecture.tap("down_proj_input", layer).side != "experts":
+    if not architecture.in_experts(layer):
         return False
     if weight.shape[0] == weight.shape[1] or hidden is None:  # the shape cannot tell: the names transformers' checkpoints use
         return name in ("down_proj", "w2")
