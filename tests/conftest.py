@@ -125,6 +125,15 @@ def planted_capture(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def gradual_capture(tmp_path_factory):
+    """The gradually built outlier (test_capture.gradual_model): written by the MLPs of four layers, needed by a no-op head."""
+    from test_capture import MASSIVE_TOKEN, gradual_model, gradual_windows
+
+    folder = tmp_path_factory.mktemp("gradual")
+    return capture_everything(gradual_model(), gradual_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+
+
+@pytest.fixture(scope="session")
 def random_capture(tmp_path_factory):
     """The negative control: a tiny randomly initialised Llama, with no outlier of any kind.
 

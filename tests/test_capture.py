@@ -152,6 +152,58 @@ def planted_windows(tmp_path, count=3, length=48):
     return ids
 
 
+# A gradually built outlier: the MLPs of layers 1–4 each write onto GRADUAL_CHANNEL at the massive
+# token, reading its marker channel, which the norm squashes more the larger the outlier is. Zeroed
+# once, the outlier is written again by the next layer (from an unsquashed marker); held at zero it
+# is gone. Layer 5 is a no-op head that parks on it: the outlier's key draws every query, its value
+# is zero; without it attention spreads over the other tokens, whose values write a large vector
+# onto DISRUPTED_CHANNEL, which the LM head reads as a confident vote for one token, NEVER_SEEN.
+
+GRADUAL_CHANNEL, DISRUPTED_CHANNEL, NEVER_SEEN = 20, 25, 95
+GRADUAL_WRITES = {1: (2.5, 2.5, 2.5), 2: (100.0, 10.0, 10.0), 3: (200.0, 30.0, 20.0), 4: (500.0, 50.0, 50.0)}  # layer: gate, up, down
+GRADUAL_SINK = 5
+
+
+def gradual_model():
+    model = tiny_model("llama", num_hidden_layers=6, attention_bias=True, intermediate_size=64)
+    head_dim, groups = model.config.head_dim, model.config.num_attention_heads // model.config.num_key_value_heads
+    low_frequency = head_dim // 2 - 1
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        embed[:, [EMBED_CHANNEL, GRADUAL_CHANNEL]] = 0.0
+        embed[MASSIVE_TOKEN, EMBED_CHANNEL] = 5.0
+        for layer in model.model.layers:  # nothing but the embedding writes the marker
+            layer.self_attn.o_proj.weight[EMBED_CHANNEL] = 0.0
+            layer.mlp.down_proj.weight[EMBED_CHANNEL] = 0.0
+        for layer, (gate, up, down) in GRADUAL_WRITES.items():
+            mlp = model.model.layers[layer].mlp
+            mlp.gate_proj.weight[DOWN_COLUMN] = 0.0
+            mlp.up_proj.weight[DOWN_COLUMN] = 0.0
+            mlp.down_proj.weight[:, DOWN_COLUMN] = 0.0
+            mlp.gate_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = gate
+            mlp.up_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = up
+            mlp.down_proj.weight[GRADUAL_CHANNEL, DOWN_COLUMN] = down
+        attention = model.model.layers[GRADUAL_SINK].self_attn
+        scale = model.model.layers[GRADUAL_SINK].input_layernorm.weight[GRADUAL_CHANNEL] * model.config.hidden_size**0.5
+        for head in range(model.config.num_attention_heads):
+            attention.q_proj.bias[head * head_dim + low_frequency] = 12.0
+        for head in range(model.config.num_key_value_heads):
+            attention.k_proj.weight[head * head_dim + low_frequency] = 0.0
+            attention.k_proj.weight[head * head_dim + low_frequency, GRADUAL_CHANNEL] = 4.0
+        attention.v_proj.bias[:] = 1.0  # every ordinary token's value
+        attention.v_proj.weight[:, GRADUAL_CHANNEL] = -1.0 / scale  # … and none at the outlier token
+        attention.o_proj.weight[DISRUPTED_CHANNEL] = 5.0
+        model.lm_head.weight[NEVER_SEEN, DISRUPTED_CHANNEL] = 5.0
+    return capturing(model.eval())
+
+
+def gradual_windows(tmp_path, count=3, length=48):
+    ids = torch.randint(0, 60, (count, length), generator=torch.Generator().manual_seed(2))
+    ids[:, 0] = MASSIVE_TOKEN
+    save_file({"input_ids": ids}, tmp_path / "input_ids.safetensors")
+    return ids
+
+
 def test_planted_outliers_are_found_exactly(tmp_path):
     model = planted_model()
     planted_windows(tmp_path)

@@ -8,9 +8,29 @@ import pytest
 import torch
 from conftest import tiny_model
 from systematic_outliers import architectures, capture, choices, intervention_report, interventions, readers
-from systematic_outliers.interventions import BASELINE, KEYS_REMOVED, MEAN, RANDOM_KEYS_REMOVED, RANDOM_ZEROED, ZEROED
+from systematic_outliers.interventions import (
+    BASELINE,
+    HELD_MEAN,
+    HELD_ZEROED,
+    INTERVENTIONS,
+    KEYS_REMOVED,
+    MEAN,
+    RANDOM_HELD,
+    RANDOM_KEYS_REMOVED,
+    RANDOM_ZEROED,
+    ZEROED,
+)
 from systematic_outliers.verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY
-from test_capture import MLP_LAYER, OUTPUT_CHANNEL, PROMPT_IDS, SINK_LAYER, capturing
+from test_capture import (
+    DOWN_COLUMN,
+    GRADUAL_CHANNEL,
+    GRADUAL_SINK,
+    MLP_LAYER,
+    OUTPUT_CHANNEL,
+    PROMPT_IDS,
+    SINK_LAYER,
+    capturing,
+)
 
 EDITABLE = ("gemma3_text", "gpt2", "gpt_neox", "llama", "opt", "qwen2")
 
@@ -23,7 +43,7 @@ def test_with_nothing_edited_the_logits_are_the_plain_models_bit_for_bit(archite
         plain = model(PROMPT_IDS).logits
         with (
             capture.attention_edits(model, range(layers), remove_keys=lambda: [], observe=lambda *seen: None),
-            capture.replace_layer_output(model, 0, lambda hidden: interventions.set_entries(hidden, [], [], 0.0)),
+            capture.replace_layer_output(model, 0, lambda hidden: interventions.set_entries(hidden, [([], 3, 0.0)])),
         ):
             hooked = model(PROMPT_IDS).logits
     assert torch.equal(plain, hooked)
@@ -31,7 +51,7 @@ def test_with_nothing_edited_the_logits_are_the_plain_models_bit_for_bit(archite
 
 def test_the_activation_ablation_sets_exactly_the_targeted_entries():
     model = capturing(tiny_model("llama", num_hidden_layers=3))
-    tokens, channels, values = [0, 4], [3, 17], torch.tensor([2.5, -7.0])
+    edits = [([0, 4], 3, 2.5), ([4, 6], 17, -7.0)]  # (tokens, channel, value)
     seen = {}
 
     def keep(site, layer, tensor):
@@ -42,18 +62,18 @@ def test_the_activation_ablation_sets_exactly_the_targeted_entries():
             model(PROMPT_IDS)
         before = seen["layer_input", 2]
         with (
-            capture.replace_layer_output(model, 1, lambda h: interventions.set_entries(h, tokens, channels, values)),
+            capture.replace_layer_output(model, 1, lambda h: interventions.set_entries(h, edits)),
             capture.hooks(model, ["layer_input"], keep),
         ):
             model(PROMPT_IDS)
     after = seen["layer_input", 2]  # what layer 2 receives: layer 1's edited output
-    index = (torch.tensor(tokens)[:, None], torch.tensor(channels)[None, :])
-    assert torch.equal(after[index], values.expand(2, 2))
     untouched = torch.ones_like(after, dtype=torch.bool)
-    untouched[index] = False
+    for tokens, channel, value in edits:
+        assert torch.equal(after[tokens, channel], torch.full((2,), value))
+        untouched[tokens, channel] = False
     assert torch.equal(after[untouched], before[untouched])
-    zeroed = interventions.set_entries(before[None], tokens, channels, 0.0)[0]
-    assert torch.equal(zeroed[index], torch.zeros(2, 2)) and zeroed.data_ptr() != before.data_ptr()
+    zeroed = interventions.set_entries(before[None], [([0, 4], 3, 0.0)])[0]
+    assert torch.equal(zeroed[[0, 4], 3], torch.zeros(2)) and zeroed.data_ptr() != before.data_ptr()
 
 
 @pytest.mark.parametrize("architecture", ("llama", "gpt2", "gpt_neox"))
@@ -99,10 +119,12 @@ def test_the_loss_is_the_one_transformers_computes():
 
 
 def test_the_random_controls_are_fixed_by_their_seed_and_avoid_the_targets():
-    targets = choices.ActivationTargets(layer=0, channels=[3, 7, 20], tokens={0: [0]})
+    targets = [choices.ChannelTarget(c, layers, {0: [0]}) for c, layers in ((3, (1,)), (7, (1, 2, 3)), (20, (2,)))]
     first = interventions.random_channels(targets, 32, seed=1)
     assert first == interventions.random_channels(targets, 32, seed=1) != interventions.random_channels(targets, 32, seed=2)
-    assert len(first) == 3 and not set(first) & {3, 7, 20}
+    drawn = [t.channel for t in first]
+    assert len(set(drawn)) == 3 and not set(drawn) & {3, 7, 20}
+    assert [(t.layers, t.tokens) for t in first] == [(t.layers, t.tokens) for t in targets]  # matched in layers and tokens
     keys = interventions.random_keys([0, 5], 48, seed=0, window=2)
     assert keys == interventions.random_keys([0, 5], 48, seed=0, window=2) != interventions.random_keys([0, 5], 48, seed=0, window=3)
     assert len(keys) == 2 and not set(keys) & {0, 5}
@@ -110,25 +132,58 @@ def test_the_random_controls_are_fixed_by_their_seed_and_avoid_the_targets():
 
 def test_the_planted_outlier_is_what_the_ablation_edits(planted_capture):
     evidence = readers.Evidence.load("planted", planted_capture["stats_dir"], planted_capture["weights_path"])
-    activation = choices.activation_targets(evidence, choices.for_model(evidence))
-    assert activation.found and activation.value.layer == MLP_LAYER and activation.value.channels == [OUTPUT_CHANNEL]
-    assert activation.value.tokens == {0: [0], 1: [9], 2: [0]}  # where the windows hold the massive token
+    chosen = choices.for_model(evidence)
+    (life,) = chosen.channels  # one outlier channel, appearing at once where it is planted and never cancelled
+    assert (life.channel, life.emergence, life.built, life.disappearance) == (OUTPUT_CHANNEL, MLP_LAYER, MLP_LAYER, None)
+    assert life.writer == MLP_LAYER and not life.gradual and chosen.creation.value == MLP_LAYER
+    activation = choices.activation_targets(evidence, chosen)
+    (once,), (held,) = activation.value.once, activation.value.held
+    assert activation.found and (once.channel, once.layers) == (OUTPUT_CHANNEL, (MLP_LAYER,))
+    assert (held.channel, held.layers) == (OUTPUT_CHANNEL, (MLP_LAYER, MLP_LAYER + 1))  # to the last layer
+    assert once.tokens == held.tokens == {0: [0], 1: [9], 2: [0]}  # where the windows hold the massive token
     sink = choices.sink_targets(evidence)
     assert sink.found and sink.value.first_layer == SINK_LAYER
-    assert all(positions[0] in sink.value.keys[window] for window, positions in activation.value.tokens.items())
+    assert all(positions[0] in sink.value.keys[window] for window, positions in once.tokens.items())
     results = readers.InterventionResults.load(planted_capture["interventions_path"])
-    assert results.record["activation"]["channels"] == [OUTPUT_CHANNEL] and results.record["mean_values"][0] > 100
-    assert set(results.losses.intervention) == {BASELINE, ZEROED, MEAN, RANDOM_ZEROED, KEYS_REMOVED, RANDOM_KEYS_REMOVED}
-    assert len(results.losses) == 3 * (4 + 2 * 3)  # 3 windows × (4 passes + 2 controls × 3 seeds)
+    assert results.record["activation"]["channels"] == [OUTPUT_CHANNEL]
+    assert all(v["value"] > 100 for v in results.record["mean_values"])
+    assert set(results.losses.intervention) == set(INTERVENTIONS)
+    assert len(results.losses) == 3 * (6 + 3 * 3)  # 3 windows × (6 passes + 3 controls × 3 seeds)
     edited = results.losses.groupby("intervention").edited.sum()
     assert edited[ZEROED] == 3 and edited[RANDOM_ZEROED] == 9  # one entry per window, in each of 3 seeds
+    assert edited[HELD_ZEROED] == 6 and edited[RANDOM_HELD] == 18  # … at each of two layers
+
+
+def test_an_outlier_built_over_layers_is_followed_per_channel(gradual_capture):
+    """The positive control of the held-at-zero ablation: zeroed once the outlier is written again, held
+    at zero the no-op head that parks on it spreads its attention and the model breaks."""
+    evidence = readers.Evidence.load("gradual", gradual_capture["stats_dir"], gradual_capture["weights_path"])
+    chosen = choices.for_model(evidence)
+    (life,) = chosen.channels
+    assert (life.channel, life.emergence, life.disappearance) == (GRADUAL_CHANNEL, 1, None) and life.gradual
+    assert life.built == life.writer == 4 and life.peak >= 4  # reaches half its peak where the last MLP writes it
+    assert "channel 20 is built over layers 2–5" in life.describe() and chosen.creation.value == 4
+    assert life.magnitude[1] < 0.3 * life.magnitude[life.peak]
+    results = readers.InterventionResults.load(gradual_capture["interventions_path"])
+    assert [t["layers"] for t in results.record["activation"]["held"]] == [[1, 2, 3, 4, GRADUAL_SINK]]
+    found = intervention_report.activation_ablations(results)
+    assert found["held"][0] == HOLDS and found["held"][1] > 5
+    assert found["once"][0] in (PARTLY, DOES_NOT_HOLD) and found["once"][1] < 0.5
+    verdicts = {
+        claim.key: claim.judge(types.SimpleNamespace(interventions=results, evidence=evidence))
+        for claim in intervention_report.INTERVENTION_CLAIMS[:2]
+    }
+    assert verdicts["needed"].verdict == HOLDS and "the held ablation's" in verdicts["needed"].measured
+    assert verdicts["value"].verdict == HOLDS and "held at their mean" in verdicts["value"].measured
 
 
 def test_a_model_without_outliers_gets_every_pass_on_its_largest_entries(random_capture):
     results = readers.InterventionResults.load(random_capture["interventions_path"])
     assert not results.record["activation"]["found"] and not results.record["sink"]["found"]
     assert "no activation outlier" in results.record["activation"]["why"]
-    assert (results.losses.intervention == RANDOM_ZEROED).sum() == 3 * 3
+    assert (results.losses.intervention == RANDOM_ZEROED).sum() == (results.losses.intervention == RANDOM_HELD).sum() == 3 * 3
+    found = intervention_report.activation_ablations(results)  # the negative control: neither ablation hurts
+    assert found["once"][0] == found["held"][0] == DOES_NOT_HOLD
     # without a sink, concentrated attention gives larger head outputs: the reading's sign is not built in
     assert intervention_report.correlations(results.scaling).correlation.mean() > 0.3
 
@@ -141,6 +196,9 @@ def synthetic(
     zeroed=4.0,
     mean=2.0,
     random=(2.0, 2.001, 2.002),
+    held=2.0005,
+    held_mean=2.0,
+    random_held=(2.0, 2.001, 2.002),
     removed=3.0,
     random_keys=(2.0, 2.0, 2.001),
     found=True,
@@ -150,6 +208,7 @@ def synthetic(
     windows=4,
 ):
     rows = [(BASELINE, -1, 2.0), (ZEROED, -1, zeroed), (MEAN, -1, mean)] + [(RANDOM_ZEROED, s, v) for s, v in enumerate(random)]
+    rows += [(HELD_ZEROED, -1, held), (HELD_MEAN, -1, held_mean)] + [(RANDOM_HELD, s, v) for s, v in enumerate(random_held)]
     if sink:
         rows += [(KEYS_REMOVED, -1, removed)] + [(RANDOM_KEYS_REMOVED, s, v) for s, v in enumerate(random_keys)]
     losses = pd.DataFrame(
@@ -164,8 +223,15 @@ def synthetic(
         ]
     )
     record = {
-        "activation": {"layer": 1, "channels": [5], "tokens": {}, "found": found, "why": ""},
-        "mean_values": [100.0],
+        "activation": {
+            "channels": [5],
+            "once": [{"channel": 5, "layers": [1], "tokens": {}}],
+            "held": [{"channel": 5, "layers": [1, 2], "tokens": {}}],
+            "found": found,
+            "why": "",
+        },
+        "mean_values": [{"ablation": "once", "channel": 5, "layer": 1, "value": 100.0}]
+        + [{"ablation": "held", "channel": 5, "layer": layer, "value": 100.0 + layer} for layer in (1, 2)],
         "sink": {"first_layer": 0, "keys": {}, "found": True, "why": ""} if sink else None,
         "sink_not_measured": "" if sink else "falcon has no attention capture (its architecture.json says why)",
     }
@@ -219,6 +285,26 @@ def verdicts_of(m):
             {"found": False},
             {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
         ),
+        # zeroed once the outlier is written again; held at zero it breaks the model, and its mean restores it
+        (
+            {"zeroed": 2.0015, "held": 5.0, "held_mean": 2.1},
+            {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+        ),
+        # … its mean held restores only half of it: partly, whatever the once ablation's mean did
+        (
+            {"zeroed": 2.0015, "mean": 9.0, "held": 4.0, "held_mean": 3.0},
+            {"needed": HOLDS, "value": PARTLY, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+        ),
+        # once hurts a little, held breaks it: the stronger verdict, from the held ablation
+        (
+            {"zeroed": 2.2, "mean": 2.2, "held": 6.0, "held_mean": 2.0},
+            {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+        ),
+        # both within their controls
+        (
+            {"zeroed": 2.0015, "held": 2.0015},
+            {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+        ),
         # zeroing overflowed the logits (a float16 model): read as an infinite loss, the model broke
         ({"zeroed": float("nan")}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
         # one window gives no interval over windows
@@ -232,6 +318,16 @@ def verdicts_of(m):
 )
 def test_every_intervention_verdict_is_reachable(changes, expected):
     assert verdicts_of(synthetic(**changes)) == expected
+
+
+def test_the_needed_claim_says_which_ablation_broke_the_model():
+    once = intervention_report.judge_needed(synthetic())
+    held = intervention_report.judge_needed(synthetic(zeroed=2.0015, held=5.0))
+    assert "the verdict is the once ablation's" in once.measured and once.value.endswith("(once)")
+    assert "the verdict is the held ablation's" in held.measured and held.value == "+3.000 nats (held)"
+    assert "held at zero from each channel's emergence to its disappearance (channel 5 at layers 2–3)" in held.measured
+    assert "held at their mean (100.0, 101.0, 102.0)" not in intervention_report.judge_value(synthetic(zeroed=2.0015, held=5.0)).measured
+    assert "(101.0, 102.0)" in intervention_report.judge_value(synthetic(zeroed=2.0015, held=5.0, held_mean=2.1)).measured
 
 
 def test_a_broken_model_says_how_many_windows_broke():
@@ -284,7 +380,7 @@ def test_an_architecture_whose_attention_cannot_be_edited_gets_the_activation_ab
     folder = capture_everything(model, windows, [5, 8, 30, 2], tmp_path / architecture)
     results = readers.InterventionResults.load(folder["interventions_path"])
     assert results.record["sink"] is None and results.record["sink_not_measured"] == reason
-    assert set(results.losses.intervention) == {BASELINE, ZEROED, MEAN, RANDOM_ZEROED} and results.scaling.empty
+    assert set(results.losses.intervention) == {BASELINE, ZEROED, MEAN, RANDOM_ZEROED, HELD_ZEROED, HELD_MEAN, RANDOM_HELD} and results.scaling.empty
     m = verdicts.measure(architecture, folder["stats_dir"], folder["weights_path"], folder["prompt_path"], folder["interventions_path"])
     found = {claim.key: finding for claim, finding in verdicts.judge(m)}
     assert found["sink_no_op"].verdict == NOT_MEASURED and found["sink_no_op"].measured == f"no sink ablation: {reason}"

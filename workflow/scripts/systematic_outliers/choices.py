@@ -27,6 +27,7 @@ TICK_SHARE = 0.3  # channels whose |x| at the outlier tokens reaches this share 
 WEIGHT_OUTLIER_FACTOR = 5.0  # × the median max/mean ratio over all matrices: a down-projection column that stands out
 SLICE_EDGES = (0, 1, 2)  # and the last column: the paper's W_down panels show [0, 1, 2, …, c-1, c, c+1, …, N-1]
 CARRYING_DIMS = 2  # head dims starred in Fig 8
+BUILT_SHARE = 0.5  # an outlier channel is built once its mean |h| reaches this share of its peak
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,16 @@ def layerwise(sites: pd.DataFrame, topk: pd.DataFrame, site: str) -> pd.DataFram
     return curves
 
 
-def is_massive(top1: float, median: float) -> bool:
-    """Sun et al.'s criterion for a massive activation: > 100 and > 1000 × the median of its layer."""
-    return bool(top1 > SUN_FLOOR and top1 > SUN_RATIO * median)
+def is_massive(magnitude, median):
+    """Sun et al.'s criterion for a massive activation, element-wise: |x| > SUN_FLOOR and > SUN_RATIO × the
+    median |x| of its layer. Scalars give a numpy bool, arrays broadcast."""
+    magnitude, median = np.asarray(magnitude), np.asarray(median)
+    return (magnitude > SUN_FLOOR) & (magnitude > SUN_RATIO * median)
 
 
 def massive_layers(curves: pd.DataFrame) -> list[int]:
     """Every layer whose mean top-1 |x| is massive against its mean median."""
-    return [int(layer) for layer, row in curves.iterrows() if is_massive(row.top1, row["median"])]
+    return [int(layer) for layer in curves.index[is_massive(curves.top1, curves["median"])]]
 
 
 def peak_layer(curves: pd.DataFrame) -> Choice:
@@ -143,6 +146,140 @@ def disappearance_layer(curves: pd.DataFrame, after: int, override: int | None =
 def cancellation_fall(curves: pd.DataFrame, layer: int) -> float:
     """The share by which the mean top-1 |h| falls at `layer`."""
     return float(1 - curves.top1[layer] / curves.top1[layer - 1]) if layer > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Each outlier channel through the layers: where it appears, how it is built, who writes it.
+
+
+@dataclass(frozen=True)
+class ChannelLife:
+    """One massive residual channel through the layers (0-based layers; magnitudes are means over the
+    windows of the channel's largest |h| in each window, `writes` of what the layer's MLP writes onto
+    it, signed so that positive adds to the outlier)."""
+
+    channel: int
+    emergence: int  # the first layer whose output has it massive (Sun et al.) in most windows
+    last: int  # the last such layer
+    disappearance: int | None  # the first layer after `last`, where most windows no longer have it; None: massive to the end
+    peak: int  # the layer of its largest mean |h| from its emergence on
+    built: int  # the first layer from the emergence on where its mean |h| reaches BUILT_SHARE of the peak
+    magnitude: dict[int, float]  # layer -> mean |h|
+    writes: dict[int, float]  # layer -> the MLP's mean write onto it; empty where down_proj_output is not captured
+
+    @property
+    def gradual(self) -> bool:
+        return self.built > self.emergence
+
+    @property
+    def writer(self) -> int | None:
+        """The layer whose MLP writes the most onto the channel up to its peak; None without MLP writes."""
+        before = {layer: w for layer, w in self.writes.items() if layer <= self.peak}
+        return max(before, key=before.get) if before else None
+
+    @property
+    def held_layers(self) -> list[int]:
+        """The layers whose outputs carry it: from its emergence to its disappearance (or the last layer)."""
+        end = self.disappearance if self.disappearance is not None else max(self.magnitude)
+        return list(range(self.emergence, end + 1))
+
+    def describe(self) -> str:
+        """One clause for captions, claims and the atlas, 1-based."""
+        m = self.magnitude
+        if self.gradual:
+            text = (
+                f"channel {self.channel} is built over layers {self.emergence + 1}–{self.built + 1} "
+                f"(|h| {m[self.emergence]:,.0f} → {m[self.built]:,.0f}; peak {m[self.peak]:,.0f} at layer {self.peak + 1})"
+            )
+        else:
+            text = (
+                f"channel {self.channel} appears at layer {self.emergence + 1} "
+                f"(|h| {m[self.emergence]:,.0f}; peak {m[self.peak]:,.0f} at layer {self.peak + 1})"
+            )
+        if self.writer is not None:
+            text += f", written most by the MLP of layer {self.writer + 1} ({self.writes[self.writer]:+,.0f})"
+        return text + (f", gone at layer {self.disappearance + 1}" if self.disappearance is not None else ", massive to the last layer")
+
+
+def _by_layer(table: pd.DataFrame, site: str, windows: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """[windows, layers, channels] of the signed channel extremes at `site` (NaN where a layer lacks the
+    site) and the layers present; None when the site was not captured."""
+    rows = table[table.site == site]
+    if rows.empty:
+        return None
+    layers = int(table.layer.max()) + 1
+    values = np.full((windows, layers, len(rows.value.iloc[0])), np.nan)
+    values[rows.window.to_numpy(), rows.layer.to_numpy()] = np.stack(rows.value.to_numpy())
+    return values, np.sort(rows.layer.unique())
+
+
+def channel_lives(evidence) -> list[ChannelLife]:
+    """Every residual channel that is massive (Sun et al., against its window's median |h|) at the layer
+    outputs in most windows of some layer, the largest peak first. Read from the per-window channel
+    extremes of the statistics, so a channel's growth, its writer and its end are its own, whatever the
+    other channels do."""
+    windows = evidence.windows
+    residual = _by_layer(evidence.channel_extremes, "layer_output", windows)
+    if residual is None:
+        return []
+    values, _ = residual
+    medians = evidence.sites[evidence.sites.site == "layer_output"].pivot_table(index="window", columns="layer", values="median_abs")
+    medians = medians.reindex(index=range(windows), columns=range(values.shape[1])).to_numpy()
+    magnitude = np.abs(values)
+    massive_windows = is_massive(magnitude, medians[:, :, None]).sum(axis=0)  # [layers, channels]
+    most = massive_windows >= MOST_WINDOWS * windows
+    mean_magnitude = np.nanmean(magnitude, axis=0)  # [layers, channels]
+    mean_signed = np.nanmean(values, axis=0)
+    mlp = _by_layer(evidence.channel_extremes, "down_proj_output", windows)
+    lives = []
+    for channel in np.nonzero(most.any(axis=0))[0]:
+        layers = np.nonzero(most[:, channel])[0]
+        first, last = int(layers.min()), int(layers.max())
+        curve = mean_magnitude[:, channel]
+        peak = first + int(np.nanargmax(curve[first:]))
+        built = first + int(np.argmax(curve[first:] >= BUILT_SHARE * curve[peak]))
+        sign = np.sign(mean_signed[peak, channel]) or 1.0
+        writes = {}
+        if mlp is not None:
+            written, present = mlp
+            writes = {int(layer): float(sign * np.nanmean(written[:, layer, channel])) for layer in present}
+        lives.append(
+            ChannelLife(
+                channel=int(channel),
+                emergence=first,
+                last=last,
+                disappearance=last + 1 if last + 1 < len(curve) else None,
+                peak=peak,
+                built=built,
+                magnitude={layer: float(v) for layer, v in enumerate(curve)},
+                writes=writes,
+            )
+        )
+    return sorted(lives, key=lambda life: -life.magnitude[life.peak])
+
+
+def creation_layer(lives: list[ChannelLife], emergence: Choice, override: int | None = None) -> Choice:
+    """The layer whose MLP makes the largest outlier channel (Figs 4b and 7): the layer that writes the
+    most onto it, or its emergence without MLP writes; without outlier channels, the emergence choice."""
+    chosen = _override(override, "layer")
+    if chosen:
+        return chosen
+    if not lives:
+        return emergence
+    largest = lives[0]
+    layer = largest.writer if largest.writer is not None else largest.emergence
+    why = (
+        f"the MLP of layer {layer + 1} writes the most onto channel {largest.channel}, the largest outlier "
+        f"({largest.writes[layer]:+,.0f} on average over the windows)"
+        if largest.writer is not None
+        else f"channel {largest.channel}, the largest outlier, emerges at layer {layer + 1} (the MLP's writes are not captured)"
+    )
+    if largest.gradual:
+        why += f"; it is built over layers {largest.emergence + 1}–{largest.built + 1}"
+    earlier = [life for life in lives if life.emergence < layer]
+    if earlier:
+        why += "; earlier: " + ", ".join(f"channel {life.channel} from layer {life.emergence + 1}" for life in earlier)
+    return Choice(layer, why)
 
 
 def attention_curves(attention_layers: pd.DataFrame) -> pd.DataFrame:
@@ -250,8 +387,7 @@ def prompt_outlier_tokens(prompt: dict) -> list[int]:
     layer = 0
     while f"layer_output.{layer}" in prompt:
         magnitude = np.abs(np.asarray(prompt[f"layer_output.{layer}"]))
-        token_max = magnitude.max(axis=1)
-        found |= set(((token_max > SUN_FLOOR) & (token_max > SUN_RATIO * np.median(magnitude))).nonzero()[0].tolist())
+        found |= set(is_massive(magnitude.max(axis=1), np.median(magnitude)).nonzero()[0].tolist())
         layer += 1
     return sorted(int(t) for t in found)
 
@@ -292,8 +428,7 @@ def residual_outlier_channels(channel_max: pd.DataFrame, sites: pd.DataFrame, si
     medians = sites[sites.site == site].groupby("layer").median_abs.mean()
     found = {}
     for row in channel_max[channel_max.site == site].itertuples():
-        values = np.asarray(row.max_abs)
-        channels = ((values > SUN_FLOOR) & (values > SUN_RATIO * medians[row.layer])).nonzero()[0]
+        channels = is_massive(row.max_abs, medians[row.layer]).nonzero()[0]
         if len(channels):
             found[int(row.layer)] = [int(c) for c in channels]
     return found
@@ -372,6 +507,8 @@ class ModelChoices:
     spread: Choice | None
     outlier_tokens: pd.DataFrame  # corpus (window, layer, token) rows by the paper's rule, layer outputs
     weight_columns: pd.DataFrame  # down-projection layers whose top column stands out
+    channels: list[ChannelLife]  # each massive residual channel, the largest first; empty without
+    creation: Choice  # the layer whose MLP makes the largest outlier channel (Figs 4b, 7)
 
 
 def for_model(evidence, overrides: dict | None = None) -> ModelChoices:
@@ -379,6 +516,7 @@ def for_model(evidence, overrides: dict | None = None) -> ModelChoices:
     figures.overrides as 0-based layers and heads (-1 or absent: choose from the data)."""
     overrides = overrides or {}
     curves = layerwise(evidence.sites, evidence.topk, "layer_output")
+    lives = channel_lives(evidence)
     emergence = emergence_layer(evidence.outliers, evidence.windows, curves, overrides.get("emergence_layer"))
     if emergence.found or overrides.get("disappearance_layer", -1) >= 0:
         disappearance = disappearance_layer(curves, emergence.value, overrides.get("disappearance_layer"))
@@ -399,6 +537,8 @@ def for_model(evidence, overrides: dict | None = None) -> ModelChoices:
         spread=spread,
         outlier_tokens=outlier_token_rows(evidence.outliers),
         weight_columns=weight_outlier_columns(evidence.weights),
+        channels=lives,
+        creation=creation_layer(lives, emergence, overrides.get("emergence_layer")),
     )
 
 
@@ -425,10 +565,24 @@ def prompt_ratio(values, routed: bool = False) -> str:
 
 
 @dataclass(frozen=True)
-class ActivationTargets:
-    layer: int  # the decoder layer whose output is edited
-    channels: list[int]
+class ChannelTarget:
+    channel: int
+    layers: tuple[int, ...]  # the decoder layers whose outputs are edited
     tokens: dict[int, list[int]]  # window -> positions
+
+
+@dataclass(frozen=True)
+class ActivationTargets:
+    """The two activation ablations: `once` (Sun et al.) edits each outlier channel at its own emergence
+    layer; `held` edits it at every layer from its emergence to its disappearance, so that what later
+    layers write onto it again is removed too."""
+
+    once: list[ChannelTarget]
+    held: list[ChannelTarget]
+
+    @property
+    def channels(self) -> list[int]:
+        return sorted({target.channel for target in self.once})
 
 
 @dataclass(frozen=True)
@@ -442,29 +596,41 @@ def _positions(rows: pd.DataFrame, windows: int) -> dict[int, list[int]]:
     return {window: found.get(window, []) for window in range(windows)}
 
 
+def _sun_tokens(outliers: pd.DataFrame, layers: list[int], windows: int) -> dict[int, list[int]]:
+    """Each window's activation-outlier tokens by Sun et al.'s rule at the outputs of `layers`."""
+    rows = outliers[(outliers.site == "layer_output") & outliers.sun_rule & outliers.layer.isin(layers)]
+    return _positions(rows, windows)
+
+
 def activation_targets(evidence, chosen: ModelChoices) -> Choice:
-    """The activation ablation's entries (after Sun et al.): at the emergence layer's output, every
-    window's outlier tokens (paper's rule) in the channels that are massive there over the corpus
-    and those of the tokens' own maxima. Without outliers (not found): each window's largest |h|
-    at the layer shown instead, so that the ablation and its controls still run."""
+    """The activation ablations' entries: for each outlier channel (`ChannelLife`), its entries at each
+    window's outlier tokens (Sun et al.'s rule) at its emergence layer (once) and at every layer it
+    is carried through (held; the tokens outlying at any of those layers). Without outlier channels
+    (not found): each window's largest |h| at the layer shown, once there and held from there to the
+    last layer, so that the ablations and their controls still run."""
+    lives = chosen.channels
+    if lives:
+        once = [
+            ChannelTarget(life.channel, (life.emergence,), _sun_tokens(evidence.outliers, [life.emergence], evidence.windows))
+            for life in lives
+        ]
+        held = [
+            ChannelTarget(life.channel, tuple(life.held_layers), _sun_tokens(evidence.outliers, life.held_layers, evidence.windows))
+            for life in lives
+        ]
+        return Choice(ActivationTargets(once, held), "; ".join(life.describe() for life in lives))
     layer = chosen.emergence.value
-    if chosen.emergence.found:
-        rows = chosen.outlier_tokens[chosen.outlier_tokens.layer == layer]
-        massive = residual_outlier_channels(evidence.channel_max, evidence.sites, "layer_output").get(layer, [])
-        channels = sorted(set(massive) | {int(c) for c in rows.channel})
-        tokens = _positions(rows, evidence.windows)
-        return Choice(
-            ActivationTargets(layer, channels, tokens),
-            f"layer {layer + 1} is the emergence layer; its {len(rows)} outlier tokens in {rows.window.nunique()} of "
-            f"{evidence.windows} windows, in channel(s) {', '.join(map(str, channels))} (massive at that layer's output "
-            "over the corpus, or the outlier tokens' largest)",
-        )
+    last = int(chosen.curves.index.max())
     top = evidence.topk[(evidence.topk.site == "layer_output") & (evidence.topk.layer == layer) & (evidence.topk["rank"] == 1)]
+    tokens = _positions(top, evidence.windows)
     channels = sorted({int(c) for c in top.channel})
     return Choice(
-        ActivationTargets(layer, channels, _positions(top, evidence.windows)),
-        f"no activation outlier ({chosen.emergence.why}); ablated instead: each window's largest |h| at layer "
-        f"{layer + 1}, in channel(s) {', '.join(map(str, channels))}",
+        ActivationTargets(
+            [ChannelTarget(c, (layer,), tokens) for c in channels],
+            [ChannelTarget(c, tuple(range(layer, last + 1)), tokens) for c in channels],
+        ),
+        f"no activation outlier: no residual channel is massive in most windows of any layer ({chosen.emergence.why}); ablated instead: each window's "
+        f"largest |h| at layer {layer + 1}, in channel(s) {', '.join(map(str, channels))}, and held from there to the last layer",
         False,
     )
 

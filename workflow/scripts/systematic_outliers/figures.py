@@ -103,6 +103,42 @@ def plot_layerwise(ax, curves: pd.DataFrame, title: str, first_layer: int = 1) -
     ax.legend(frameon=False)
 
 
+CHANNEL_COLORS = ("darkorange", "teal", "crimson", "olive")  # outlier channels, largest first
+
+
+def mark_channel_lives(ax, lives: list, draw_curves: bool, count: int = len(CHANNEL_COLORS)) -> None:
+    """Each outlier channel (`choices.ChannelLife`, the `count` largest): a dotted line at its emergence
+    layer labelled with the channel, a shaded span where it is built over several layers and, with
+    `draw_curves`, its mean |h| per layer as a dashed line (1-based layers, as plot_layerwise)."""
+    for index, life in enumerate(lives[:count]):
+        colour = CHANNEL_COLORS[index]
+        if draw_curves:
+            layers = sorted(life.magnitude)
+            ax.plot(
+                [layer + 1 for layer in layers],
+                [life.magnitude[layer] for layer in layers],
+                "--",
+                color=colour,
+                linewidth=1.2,
+                label=f"channel {life.channel}",
+            )
+        ax.axvline(life.emergence + 1, color=colour, linestyle=":", linewidth=1.2)
+        ax.annotate(
+            f"ch {life.channel}",
+            xy=(life.emergence + 1, 1.0 - 0.07 * index),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -2),
+            textcoords="offset points",
+            color=colour,
+            fontsize=8,
+            va="top",
+        )
+        if life.gradual:
+            ax.axvspan(life.emergence + 1, life.built + 1, color=colour, alpha=0.12, linewidth=0)
+    if draw_curves and lives:
+        ax.legend(frameon=False, fontsize=8)
+
+
 VARIANT_COLORS = {
     "default": "tab:blue",
     "fixed_bias": "tab:orange",

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .choices import attention_outlier_layers
-from .interventions import BASELINE, CONTROLS, INTERVENTIONS, KEYS_REMOVED, MEAN, RANDOM_KEYS_REMOVED, RANDOM_ZEROED, ZEROED
+from .interventions import ABLATIONS, BASELINE, CONTROLS, INTERVENTIONS, KEYS_REMOVED, RANDOM_KEYS_REMOVED
 from .readers import InterventionResults
 from .verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY, Claim, Finding, graded, markdown_table
 
@@ -122,36 +122,80 @@ def _not_run(r: InterventionResults | None) -> Finding | None:
     return None
 
 
+ABLATION_TEXT = {
+    "once": "zeroed once, at each channel's emergence layer (Sun et al.)",
+    "held": "held at zero from each channel's emergence to its disappearance",
+}
+
+
+EFFECT = {HOLDS: "breaks the model", PARTLY: "hurts", DOES_NOT_HOLD: "no more than its controls"}  # an ablation's verdict, in words
+
+
+def ablation_where(record: dict, kind: str) -> str:
+    """Which channels at which layers an activation ablation edits (1-based), from the record."""
+    targets = record["activation"][kind]
+    if kind == "once":
+        return ", ".join(f"channel {t['channel']} at layer {t['layers'][0] + 1}" for t in targets)
+    return ", ".join(f"channel {t['channel']} at layers {t['layers'][0] + 1}–{t['layers'][-1] + 1}" for t in targets)
+
+
+def activation_ablations(r: InterventionResults) -> dict[str, tuple[str, float, str]]:
+    """Per activation ablation (once, held): whether it breaks the model against its controls (`_hurts`),
+    its loss rise and a sentence with the numbers."""
+    found = {}
+    for kind, (zeroed, _, _) in ABLATIONS.items():
+        rise, control, noise, text = _rise_against_control(r.losses, zeroed)
+        found[kind] = (_hurts(rise, control, noise), rise, f"{ABLATION_TEXT[kind]} ({ablation_where(r.record, kind)}): {text}")
+    return found
+
+
+def breaking_ablation(found: dict[str, tuple[str, float, str]]) -> str:
+    """The ablation the verdict comes from: the one that hurts most by its verdict, Sun et al.'s on a tie."""
+    rank = {HOLDS: 2, PARTLY: 1, DOES_NOT_HOLD: 0}
+    return max(ABLATIONS, key=lambda kind: rank[found[kind][0]])  # the first of equals: "once"
+
+
 def judge_needed(m) -> Finding:
     r = m.interventions
     if (missing := _not_run(r)) is not None:
         return missing
-    rise, control, noise, text = _rise_against_control(r.losses, ZEROED)
-    target = r.record["activation"]
-    where = f"layer {target['layer'] + 1}, channel(s) {', '.join(map(str, target['channels']))}"
-    if not target["found"]:
-        return Finding(f"no activation outlier; zeroing each window's largest |h| ({where}): {text}", DOES_NOT_HOLD, f"{rise:+.3f} nats")
-    return Finding(f"zeroing {where} at the outlier tokens: {text}", _hurts(rise, control, noise), f"{rise:+.3f} nats")
+    found = activation_ablations(r)
+    both = "; ".join(text for _, _, text in found.values())
+    if not r.record["activation"]["found"]:
+        return Finding(
+            f"no activation outlier; on each window's largest |h| instead: {both}", DOES_NOT_HOLD, f"{found['once'][1]:+.3f} nats"
+        )
+    kind = breaking_ablation(found)
+    verdict, rise, _ = found[kind]
+    by = f"; the verdict is the {kind} ablation's" if verdict != DOES_NOT_HOLD else "; neither ablation hurts beyond its controls"
+    return Finding(both + by, verdict, f"{rise:+.3f} nats ({kind})")
 
 
 def judge_value(m) -> Finding:
     r = m.interventions
     if (missing := _not_run(r)) is not None:
         return missing
-    rise, control, noise, _ = _rise_against_control(r.losses, ZEROED)
-    if not r.record["activation"]["found"] or _hurts(rise, control, noise) == DOES_NOT_HOLD:
+    found = activation_ablations(r)
+    kind = breaking_ablation(found)
+    verdict, rise, _ = found[kind]
+    if not r.record["activation"]["found"] or verdict == DOES_NOT_HOLD:
+        changes = ", ".join(f"{found[k][1]:+.3f} nats {k}" for k in ABLATIONS)
         return Finding(
-            f"zeroing changed the loss by {rise:+.3f} nats, which does not count as hurting: nothing for the mean to restore", NOT_MEASURED
+            f"zeroing changed the loss by {changes}, which does not count as hurting: nothing for the mean to restore", NOT_MEASURED
         )
+    zeroed, mean, _ = ABLATIONS[kind]
     baseline = float(seed_losses(r.losses, BASELINE).mean())
-    mean_rise = float(seed_losses(r.losses, MEAN).mean()) - baseline
+    mean_rise = float(seed_losses(r.losses, mean).mean()) - baseline
     restored = 1 - mean_rise / rise  # 1 when zeroing broke the model (an infinite rise) and the mean did not
-    values = ", ".join(f"{v:,.1f}" for v in r.record["mean_values"])
+    values = [v["value"] for v in r.record["mean_values"] if v["ablation"] == kind]
+    shown = (
+        ", ".join(f"{v:,.1f}" for v in values) if len(values) <= 4 else f"{len(values)} values, {min(values):,.1f} to {max(values):,.1f}"
+    )
     return Finding(
-        f"set to their mean ({values}) the loss is {mean_rise:+.4f} nats from the baseline, against {rise:+.3f} zeroed: "
-        f"{restored:.1%} restored",
+        f"{ABLATION_TEXT[kind].replace('zeroed', 'set to their mean').replace('held at zero', 'held at their mean')} ({shown}), the "
+        f"ablation that hurt: the loss is {mean_rise:+.4f} nats from the baseline, against {rise:+.3f} zeroed: {restored:.1%} restored",
         graded(restored, RESTORED_HOLDS, RESTORED_PARTLY),
-        f"{restored:.1%} restored",
+        f"{restored:.1%} restored ({kind})",
     )
 
 
@@ -247,18 +291,21 @@ INTERVENTION_CLAIMS = [
     Claim(
         "needed",
         "The activation outliers are needed: zeroing them breaks the model",
-        f"at the emergence layer's output, the outlier channels at the outlier tokens set to 0; holds: the mean loss rises by ≥ "
-        f"{FAR_RISE:g} nats and ≥ {FAR_FACTOR:g}× the largest rise of zeroing as many random channels (or their seed spread); "
-        f"partly: by ≥ {SOME_RISE:g} nats and beyond the controls by more than their seed spread (at least {LOSS_FLOOR:g}); "
-        "does not hold otherwise or without outliers",
+        "two ablations of each outlier channel's entries at the outlier tokens: set to 0 once, at the output of the channel's own "
+        "emergence layer (Sun et al.), and held at 0 at the output of every layer from its emergence to its disappearance; each "
+        f"against as many random channels at the same layers and tokens. An ablation breaks the model when the mean loss rises by ≥ "
+        f"{FAR_RISE:g} nats and ≥ {FAR_FACTOR:g}× the largest rise of its control (or their seed spread); it hurts when it rises by ≥ "
+        f"{SOME_RISE:g} nats and beyond the controls by more than their seed spread (at least {LOSS_FLOOR:g}). Holds when either "
+        "breaks it, partly when either hurts, does not hold otherwise or without outliers; the measured text says which ablation",
         f"{SUN}: perplexity 5.47 → ∞ (WikiText); random channels unchanged",
         judge_needed,
     ),
     Claim(
         "value",
         "… but not their exact value: their mean restores the model",
-        f"share of the zeroing's loss rise taken back by setting them to their mean over the windows: holds ≥ {RESTORED_HOLDS:.0%}, "
-        f"partly ≥ {RESTORED_PARTLY:.0%}; not measured when zeroing does not hurt (the claim above does not hold)",
+        "share of the zeroing's loss rise taken back by setting the same entries to their mean over the windows (layer by layer "
+        f"when held), in the ablation the claim above comes from: holds ≥ {RESTORED_HOLDS:.0%}, partly ≥ {RESTORED_PARTLY:.0%}; not "
+        "measured when zeroing does not hurt (the claim above does not hold)",
         f"{SUN}: perplexity 5.47 at the mean (unchanged)",
         judge_value,
     ),
@@ -302,10 +349,11 @@ def table(results: dict[str, InterventionResults]) -> pd.DataFrame:
     """results/tables/interventions.csv: one row per model and intervention."""
     rows = []
     for model, r in results.items():
-        target, sink = r.record["activation"], r.record.get("sink")
+        sink = r.record.get("sink")
         for row in loss_summary(r.losses).itertuples():
-            if row.intervention in (ZEROED, MEAN, RANDOM_ZEROED):
-                where = f"layer {target['layer'] + 1}, {len(target['channels'])} channel(s)"
+            kind = next((k for k, names in ABLATIONS.items() if row.intervention in names), None)
+            if kind:
+                where = ablation_where(r.record, kind)
             elif row.intervention in (KEYS_REMOVED, RANDOM_KEYS_REMOVED):
                 where = f"from layer {sink['first_layer'] + 1}" if sink else ""
             else:
@@ -344,7 +392,8 @@ def table_markdown(losses: pd.DataFrame, scaling: dict[str, str]) -> str:
             "# Interventions: what the outliers do",
             "",
             "Mean next-token loss (nats) over the statistics' windows; controls: the mean over seeds with the range of the seeds' means. "
-            "Activation ablation: at the emergence layer's output, the outlier channels at the outlier tokens; sink ablation: the "
+            "Activation ablations: each outlier channel at the outlier tokens, zeroed once at its emergence layer's output (Sun et al.) "
+            "or held at zero from its emergence to its disappearance; sink ablation: the "
             "window's outlier keys removed from every head's softmax from the first attention-outlier layer on.",
             "",
             *markdown_table(["model", "intervention", "where", "seeds", "loss", "perplexity", "change"], shown),

@@ -1,11 +1,16 @@
 """What the outliers do: forward passes that edit a pretrained model, on the statistics' windows.
 
-Three experiments, each on the entries `choices.activation_targets` and `choices.sink_targets`
+Four experiments, each on the entries `choices.activation_targets` and `choices.sink_targets`
 pick from the corpus statistics:
 
-- activation ablation (after Sun et al.): at the emergence layer's output, the outlier channels
-  at the outlier tokens set to zero, or to their mean over the windows; control: as many randomly
-  drawn other channels at the same tokens set to zero, one draw per seed;
+- activation ablation once (Sun et al.): each outlier channel's entries at the outlier tokens set
+  to zero, or to their mean over the windows, at the output of the channel's own emergence layer,
+  all channels in one pass; control: as many randomly drawn other channels at the same layers and
+  tokens set to zero, one draw per seed;
+- activation ablation held: the same entries set to zero (or held at their mean, layer by layer) at
+  the output of every layer from the channel's emergence to its disappearance, so that what later
+  layers write onto the channel again is removed too (an outlier built over many layers survives
+  being zeroed once); control likewise;
 - sink ablation: from the first attention-outlier layer on, every head's attention on the
   window's outlier keys removed and renormalised over the other keys; control: as many randomly
   drawn ordinary keys removed the same way, one draw per seed and window;
@@ -28,13 +33,16 @@ import torch
 from tqdm import tqdm
 
 from . import capture
-from .choices import ActivationTargets, SinkTargets
+from .choices import ActivationTargets, ChannelTarget, SinkTargets
 
 BASELINE = "baseline"
 ZEROED, MEAN, RANDOM_ZEROED = "outliers zeroed", "outliers set to their mean", "random channels zeroed"
+HELD_ZEROED, HELD_MEAN, RANDOM_HELD = "outliers held at zero", "outliers held at their mean", "random channels held at zero"
 KEYS_REMOVED, RANDOM_KEYS_REMOVED = "outlier keys removed", "random keys removed"
-INTERVENTIONS = (BASELINE, ZEROED, MEAN, RANDOM_ZEROED, KEYS_REMOVED, RANDOM_KEYS_REMOVED)
-CONTROLS = {ZEROED: RANDOM_ZEROED, KEYS_REMOVED: RANDOM_KEYS_REMOVED}
+INTERVENTIONS = (BASELINE, ZEROED, MEAN, RANDOM_ZEROED, HELD_ZEROED, HELD_MEAN, RANDOM_HELD, KEYS_REMOVED, RANDOM_KEYS_REMOVED)
+CONTROLS = {ZEROED: RANDOM_ZEROED, HELD_ZEROED: RANDOM_HELD, KEYS_REMOVED: RANDOM_KEYS_REMOVED}
+# the two activation ablations: (targets in ActivationTargets, zeroed, set to the mean, random control)
+ABLATIONS = {"once": (ZEROED, MEAN, RANDOM_ZEROED), "held": (HELD_ZEROED, HELD_MEAN, RANDOM_HELD)}
 POINTS_PER_LAYER = 2000  # (head, query) points per layer kept for the scatter plots; the correlations use all
 
 LOSS_COLUMNS = {
@@ -42,7 +50,7 @@ LOSS_COLUMNS = {
     "seed": "the control's random draw; -1 for the others",
     "window": "window index in the windows file",
     "loss": "mean next-token cross-entropy over the window's tokens (nats)",
-    "edited": "entries set (activation ablation) or keys removed (sink ablation) in this window",
+    "edited": "entries set (activation ablations, summed over the edited layers) or keys removed (sink ablation) in this window",
 }
 SCALING_COLUMNS = {
     "window": "",
@@ -62,10 +70,12 @@ def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> float:
     return float(torch.nn.functional.cross_entropy(logits[:-1].float(), ids[1:].to(logits.device)))
 
 
-def random_channels(targets: ActivationTargets, width: int, seed: int) -> list[int]:
-    """As many channels as the targets have, drawn from the other channels of the layer."""
-    others = np.setdiff1d(np.arange(width), targets.channels)
-    return sorted(np.random.default_rng(seed).choice(others, size=len(targets.channels), replace=False).tolist())
+def random_channels(targets: list[ChannelTarget], width: int, seed: int) -> list[ChannelTarget]:
+    """The control of `targets`: each target's layers and tokens in a channel drawn from the other
+    channels of the layer (as many as the targets, without repeats; one draw per seed)."""
+    others = np.setdiff1d(np.arange(width), [target.channel for target in targets])
+    drawn = np.random.default_rng(seed).choice(others, size=len(targets), replace=False).tolist()
+    return [ChannelTarget(int(channel), target.layers, target.tokens) for target, channel in zip(targets, drawn)]
 
 
 def random_keys(keys: list[int], window_length: int, seed: int, window: int) -> list[int]:
@@ -74,12 +84,15 @@ def random_keys(keys: list[int], window_length: int, seed: int, window: int) -> 
     return sorted(np.random.default_rng([seed, window]).choice(others, size=len(keys), replace=False).tolist())
 
 
-def set_entries(hidden: torch.Tensor, tokens: list[int], channels: list[int], values) -> torch.Tensor:
-    """A copy of `hidden` [1, tokens, d_model] with hidden[0, tokens, channels] set to `values` (one per channel, or 0)."""
+def set_entries(hidden: torch.Tensor, edits: list[tuple[list[int], int, float]]) -> torch.Tensor:
+    """A copy of `hidden` [1, tokens, d_model] with hidden[0, tokens, channel] set to value for each
+    (tokens, channel, value) of `edits`."""
     edited = hidden.clone()
-    if tokens and channels:
-        index = torch.tensor(tokens, device=hidden.device)[:, None], torch.tensor(channels, device=hidden.device)[None, :]
-        edited[0][index] = torch.as_tensor(values, dtype=hidden.dtype, device=hidden.device).expand(len(tokens), len(channels))
+    for tokens, channel, value in edits:
+        if tokens:
+            edited[0, torch.tensor(tokens, device=hidden.device), channel] = torch.as_tensor(
+                value, dtype=hidden.dtype, device=hidden.device
+            )
     return edited
 
 
@@ -159,14 +172,21 @@ def run(
                 )
         seconds[f"{name}{f' seed {seed}' if seed >= 0 else ''}"] = round(time.perf_counter() - started, 2)
 
-    # 1. the unedited model: losses, the scaling reading and the values the mean ablation sets
+    # 1. the unedited model: losses, the scaling reading and the values the mean ablations set
     reading = ScalingReading(sink.keys if sink else {}, len(input_ids))
-    seen_values = []
+    # (ablation, channel, layer) -> the tokens whose values there the mean ablations set
+    watched = {
+        (kind, target.channel, layer): target.tokens
+        for kind in ABLATIONS
+        for target in getattr(activation, kind)
+        for layer in target.layers
+    }
+    seen_values = {key: [] for key in watched}
 
     def keep_targets(site, layer, tensor):
-        tokens = activation.tokens.get(state["window"], [])
-        if layer == activation.layer and tokens:
-            seen_values.append(tensor[tokens][:, activation.channels].float().cpu())
+        for (kind, channel, at), tokens in watched.items():
+            if at == layer and tokens.get(state["window"]):
+                seen_values[kind, channel, at].append(tensor[tokens[state["window"]], channel].float().cpu())
 
     @contextmanager
     def observe():
@@ -177,21 +197,40 @@ def run(
             yield
 
     run_pass(BASELINE, -1, observe)
-    mean_values = torch.cat(seen_values).mean(0) if seen_values else torch.zeros(len(activation.channels))
+    mean_values = {key: float(torch.cat(values).mean()) if values else 0.0 for key, values in seen_values.items()}
+    means = {kind: {(c, layer): v for (k, c, layer), v in mean_values.items() if k == kind} for kind in ABLATIONS}
 
-    # 2. activation ablation and its random controls
-    def set_at_targets(channels, values):
-        def replace(hidden):
-            tokens = activation.tokens.get(state["window"], [])
-            state["edited"] = len(tokens) * len(channels)
-            return set_entries(hidden, tokens, channels, values)
+    # 2. the activation ablations, once and held, and their random controls
+    def set_at(targets: list[ChannelTarget], values=None):
+        """Edits that set each target's entries to 0, or with `values` to its mean at that layer."""
+        by_layer = {}
+        for target in targets:
+            for layer in target.layers:
+                by_layer.setdefault(layer, []).append(target)
 
-        return lambda: capture.replace_layer_output(model, activation.layer, replace)
+        def replace(layer, hidden):
+            edits = [
+                (target.tokens.get(state["window"], []), target.channel, values[target.channel, layer] if values else 0.0)
+                for target in by_layer[layer]
+            ]
+            state["edited"] = state.get("edited", 0) + sum(len(tokens) for tokens, _, _ in edits)
+            return set_entries(hidden, edits)
 
-    run_pass(ZEROED, -1, set_at_targets(activation.channels, 0.0))
-    run_pass(MEAN, -1, set_at_targets(activation.channels, mean_values))
-    for seed in seeds:
-        run_pass(RANDOM_ZEROED, seed, set_at_targets(random_channels(activation, width, seed), 0.0))
+        @contextmanager
+        def edits():
+            with ExitStack() as stack:
+                for layer in by_layer:
+                    stack.enter_context(capture.replace_layer_output(model, layer, lambda hidden, layer=layer: replace(layer, hidden)))
+                yield
+
+        return edits
+
+    for kind, (zeroed, mean, random) in ABLATIONS.items():
+        targets = getattr(activation, kind)
+        run_pass(zeroed, -1, set_at(targets))
+        run_pass(mean, -1, set_at(targets, means[kind]))
+        for seed in seeds:
+            run_pass(random, seed, set_at(random_channels(targets, width, seed)))
 
     # 3. sink ablation and its random controls
     if sink is not None:
@@ -214,7 +253,11 @@ def run(
             )
 
     points = pd.DataFrame(reading.points, columns=["window", "layer", "head", "query", "outlier_share", "output_norm"])
-    record = {"mean_values": [float(v) for v in mean_values], "seconds": seconds, "sink_not_measured": sink_reason}
+    record = {
+        "mean_values": [{"ablation": k, "channel": c, "layer": layer, "value": v} for (k, c, layer), v in sorted(mean_values.items())],
+        "seconds": seconds,
+        "sink_not_measured": sink_reason,
+    }
     return pd.DataFrame(losses), pd.DataFrame(reading.rows, columns=list(SCALING_COLUMNS)), points, record
 
 
@@ -258,9 +301,11 @@ def intervene(name: str, model, evidence, input_ids: torch.Tensor, seeds: list[i
             "model_type": model.config.model_type,
             "seeds": list(seeds),
             "activation": {
-                "layer": activation.value.layer,
                 "channels": activation.value.channels,
-                "tokens": activation.value.tokens,
+                **{
+                    kind: [{"channel": t.channel, "layers": list(t.layers), "tokens": t.tokens} for t in getattr(activation.value, kind)]
+                    for kind in ABLATIONS
+                },
                 "why": activation.why,
                 "found": activation.found,
             },

@@ -112,6 +112,7 @@ class Evidence:
     topk: pd.DataFrame
     outliers: pd.DataFrame  # may be empty: no activation-outlier token in any window
     channel_max: pd.DataFrame
+    channel_extremes: pd.DataFrame  # per window, layer and residual-width site: each channel's signed extreme
     attention_layers: pd.DataFrame | None  # None: the architecture has no attention capture (Falcon)
     attention_keys: pd.DataFrame | None
     attention_heads: pd.DataFrame | None
@@ -147,6 +148,7 @@ class Evidence:
                 ("window", "layer", "site", "position", "channel", "token_class", "paper_rule", "sun_rule", "max_abs"),
             ),
             channel_max=read_table(stats_dir, "channel_max", ("layer", "site", "max_abs")),
+            channel_extremes=read_table(stats_dir, "channel_extremes", ("window", "layer", "site", "value")),
             attention_layers=attention_table(
                 "attention_layers", ("window", "layer", "top1", "top2", "median", "threshold", "outlier_keys")
             ),
@@ -183,10 +185,11 @@ class InterventionResults:
             record = json.loads(record_path.read_text())
         except Exception as error:
             raise FigureDataError(f"{record_path}: cannot be read ({type(error).__name__}: {error}); rerun rule interventions") from None
-        for part in ("activation", "sink"):  # JSON keys are strings: windows back to ints
-            if record.get(part):
-                key = "tokens" if part == "activation" else "keys"
-                record[part][key] = {int(window): positions for window, positions in record[part][key].items()}
+        # JSON keys are strings: windows back to ints
+        for target in [t for kind in ("once", "held") for t in record.get("activation", {}).get(kind, [])]:
+            target["tokens"] = {int(window): positions for window, positions in target["tokens"].items()}
+        if record.get("sink"):
+            record["sink"]["keys"] = {int(window): positions for window, positions in record["sink"]["keys"].items()}
 
         def beside(part):  # empty where the attention cannot be read
             part_path = path.with_name(f"{path.stem}.{part}.parquet")

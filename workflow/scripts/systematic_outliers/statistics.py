@@ -26,6 +26,9 @@ SUN_RATIO, SUN_FLOOR = 1000.0, 100.0  # × median |x|, and an absolute floor
 ATTENTION_SHARE = 0.1  # × window length
 # Sites that also get the median, per-token maxima and outlier tokens (they need |x| in full).
 TOKEN_SITES = ("attn_residual", "down_proj_input", "layer_output")
+# Residual-width sites whose per-window signed channel extremes follow each outlier channel through
+# the layers: the residual stream itself and what the MLP writes onto it.
+EXTREME_SITES = ("layer_output", "down_proj_output")
 
 STRONG_DELIMITERS = set(". <0x0A> , ; : ! ? - -- --- ' \" ( ) [ ] { } / \\ | * & ^ % $ # @ ~ `".split())
 WEAK_SEMANTIC = set(
@@ -59,6 +62,12 @@ COLUMNS = {
         "site": "",
         "max_abs": "list: max_abs[channel] is the max |x| of that channel over every token of every window "
         "(inside experts: channel expert × intermediate + c, over the tokens routed to that expert)",
+    },
+    "channel_extremes": {
+        "window": "",
+        "layer": "",
+        "site": f"one of {', '.join(EXTREME_SITES)}",
+        "value": "list: value[channel] is x (signed) at the token where |x| of that channel is largest in this window",
     },
     "token_max": {
         "window": "",
@@ -156,7 +165,7 @@ class CorpusStatistics:
 
     def __init__(self, tokenizer, windows: int, top_k: int = 8, learned_sink: bool = False):
         self.tokenizer, self.windows, self.top_k = tokenizer, windows, top_k
-        skipped = ("channel_max", "token_max") + (() if learned_sink else ("attention_sink",))
+        skipped = ("channel_max", "token_max", "channel_extremes") + (() if learned_sink else ("attention_sink",))
         self.rows = {name: [] for name in COLUMNS if name not in skipped}
         self.learned_sink = learned_sink
         self.channel_max: dict[tuple[int, str], torch.Tensor] = {}
@@ -164,6 +173,7 @@ class CorpusStatistics:
         # across windows would otherwise pin the C heap between large transient ones, and the
         # process would grow with every window
         self.token_max: dict[tuple[int, str], np.ndarray] = {}
+        self.channel_extremes: dict[tuple[int, str], np.ndarray] = {}  # [windows, channels] per (layer, site), likewise
         self.labels: dict[int, str] = {}
         self.buffers: dict[tuple, torch.Tensor] = {}
 
@@ -219,6 +229,9 @@ class CorpusStatistics:
                 flagged=flagged,
                 flagged_channel=routed.channels(flagged, x[flagged].abs().argmax(dim=1)) if routed else x[flagged].abs().argmax(dim=1),
             )
+        if site in EXTREME_SITES and not routed:  # signed: an outlier's growth and its cancellation differ in sign
+            high, low = x.amax(dim=0), x.amin(dim=0)
+            reduced["extremes"] = torch.where(high >= -low, high, low)
         key = (layer, site)
         if key in self.channel_max:  # in place: nothing long-lived is reallocated per window
             torch.maximum(self.channel_max[key], channel_max, out=self.channel_max[key])
@@ -256,6 +269,10 @@ class CorpusStatistics:
         top = zip(reduced["top_values"].tolist(), reduced["top_position"].tolist(), reduced["top_channel"].tolist())
         for rank, (value, position, channel) in enumerate(top, start=1):
             self.rows["topk"].append((window, layer, site, rank, float(value), position, channel, ids[position]))
+        if "extremes" in reduced:
+            if (layer, site) not in self.channel_extremes:
+                self.channel_extremes[layer, site] = np.full((self.windows, len(reduced["extremes"])), np.nan, dtype=np.float32)
+            self.channel_extremes[layer, site][window] = reduced["extremes"].float().numpy()
         if site not in TOKEN_SITES:
             return
         token_max = reduced["token_max"].float()
@@ -320,6 +337,14 @@ class CorpusStatistics:
                 for window in range(self.windows)
             ],
             columns=list(COLUMNS["token_max"]),
+        ).sort_values(["window", "layer", "site"], kind="stable", ignore_index=True)
+        tables["channel_extremes"] = pd.DataFrame(
+            [
+                (window, layer, site, values[window])
+                for (layer, site), values in sorted(self.channel_extremes.items())
+                for window in range(self.windows)
+            ],
+            columns=list(COLUMNS["channel_extremes"]),
         ).sort_values(["window", "layer", "site"], kind="stable", ignore_index=True)
         tables["channel_max"] = pd.DataFrame(
             [(layer, site, maxima.cpu().numpy()) for (layer, site), maxima in sorted(self.channel_max.items())],

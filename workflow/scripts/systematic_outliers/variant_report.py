@@ -150,7 +150,7 @@ def measures(analysis_dir: Path) -> dict:
     out = {"_convergence": {"target": target, "resolution": resolution, "quiet": quiet}}
     for variant in [v for v in VARIANTS if v in set(runs.variant)]:
         rows = layerwise[layerwise.variant == variant].assign(ratio=lambda t: t.top1 / t["median"])
-        rows["massive"] = [is_massive(top1, median) for top1, median in zip(rows.top1, rows["median"])]
+        rows["massive"] = is_massive(rows.top1, rows["median"])
         peaks = rows.loc[rows.groupby("seed").ratio.idxmax()].set_index("seed")
         # where the head parks what it does not want: the first key and k′, times S_c for (e)
         parked = sink[sink.variant == variant].assign(parked=lambda t: (t.first_key + t.extra_key.fillna(0)) * t.scale.fillna(1))

@@ -527,6 +527,7 @@ def atlas_row(m: Measured) -> dict:
         "emergence_layer": c.emergence.value + 1 if c.emergence.found else "none",
         "disappearance_layer": (c.disappearance.value + 1 if c.disappearance.found else "never") if c.emergence.found else "none",
         "outlier_channels": " ".join(map(str, residual)) or "none",
+        "channel_lives": "; ".join(life.describe() for life in c.channels) or "none",
         "peak_magnitude": round(float(peak.top1), 1),
         "peak_ratio_to_median": round(float(peak.ratio), 1),
         "peak_layer": c.peak.value + 1,
@@ -545,6 +546,7 @@ PAPER_ATLAS = {  # LLaMA-2-7B as the paper shows it (its Figs 1, 3–6 and Table
     "emergence_layer": 2,
     "disappearance_layer": 31,
     "outlier_channels": "1415 2533",
+    "channel_lives": "1415 and 2533 appear at layer 2, written by its MLP (column 7890), until layer 30 (Figs 3a, 7, 9)",
     "peak_magnitude": "≈ 2,380",
     "peak_ratio_to_median": "–",
     "peak_layer": "2–30",
@@ -588,7 +590,9 @@ def summary(measured: list[Measured]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
             "",
             "## Atlas: where each model's outliers are",
             "",
-            "Layers are 1-based. Outlier channels: residual channels whose corpus maximum is massive (Sun et al.). Peak: the layer "
+            "Layers are 1-based. Outlier channels: residual channels whose corpus maximum is massive (Sun et al.). Channel lives: each "
+            "channel massive in most windows of some layer, where it appears (or over which layers it is built, to "
+            f"{choices.BUILT_SHARE:.0%} of its peak), which layer's MLP writes the most onto it and where it is gone. Peak: the layer "
             "with the largest mean top-1 |h| over the median. Token classes: the activation-outlier tokens (paper's rule) over all "
             "layers. First sink layer: the first with outlier keys in most windows. Weight outliers: outstanding W_down columns and "
             "the rows they write.",
