@@ -244,6 +244,25 @@ def test_planted_outliers_are_found_exactly(tmp_path):
     assert largest.top_columns[0] == DOWN_COLUMN and largest.top_column_rows[0] == OUTPUT_CHANNEL
 
 
+def test_channel_extremes_are_each_windows_signed_extreme_per_channel(tmp_path):
+    """Against an independent computation from the full tensors: per window, layer and channel, x at
+    the token where |x| is largest, for the residual stream and the MLP's output."""
+    model = gradual_model()
+    ids = gradual_windows(tmp_path)
+    passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / "stats")
+    table = pd.read_parquet(tmp_path / "stats" / "channel_extremes.parquet").set_index(["window", "layer", "site"]).value
+    assert set(table.index.get_level_values("site")) == {"layer_output", "down_proj_output"}
+    full = {}
+    with capture.hooks(model, ("layer_output", "down_proj_output"), lambda s, layer, t: full.__setitem__((s, layer), t.clone())):
+        for window in range(len(ids)):
+            with torch.no_grad():
+                model(ids[window : window + 1])
+            for (site, layer), x in full.items():
+                expected = x.gather(0, x.abs().argmax(dim=0, keepdim=True))[0]
+                assert torch.equal(torch.tensor(table[window, layer, site]), expected), (window, layer, site)
+    assert table[0, 4, "down_proj_output"][GRADUAL_CHANNEL] > 1000  # the last MLP that builds the outlier
+
+
 def test_too_long_windows_and_too_large_models_fail_before_any_work(tmp_path, tiny_model_dir, monkeypatch):
     from systematic_outliers.config import ConfigError
     from systematic_outliers.models import SourceError

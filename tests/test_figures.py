@@ -86,7 +86,8 @@ def test_fig06_runs_standalone_and_finds_the_planted_sink(planted_capture, tmp_p
 def test_fig04_shows_the_planted_down_projection_column(planted_capture, tmp_path):
     run_notebook("fig04_down_proj_positions", tmp_path, **planted_capture, model="planted", output_stem=str(tmp_path / "fig04"))
     caption = caption_of(tmp_path, "fig04")
-    assert f"(b) |x_down| on the prompt at layer {MLP_LAYER + 1} (layer {MLP_LAYER + 1} is the first where" in caption
+    assert f"(b) |x_down| on the prompt at layer {MLP_LAYER + 1} (the MLP of layer {MLP_LAYER + 1} writes the most onto channel" in caption
+    assert f"Dotted in (a): each residual outlier channel's emergence; channel {OUTPUT_CHANNEL} appears at layer {MLP_LAYER + 1}" in caption
     assert f"ticked channels {DOWN_COLUMN}." in caption and "outlier tokens ('w61')" in caption
     assert "(c) the same at layer 4 (the mean top-1 |h| never falls after layer 3; shown: the last layer, 4)" in caption
 
@@ -141,6 +142,25 @@ def test_lifecycle_follows_the_planted_channel_and_draws_a_cancellation_that_nev
     run_notebook("lifecycle_mlp", tmp_path, **planted_capture, model="planted", output_stem=str(tmp_path / "fig09"), stage="disappearance")
     assert "layer 4 (the mean top-1 |h| never falls after layer 3; shown: the last layer, 4)" in caption_of(tmp_path, "fig09")
     assert (tmp_path / "fig09.png").stat().st_size > 10_000
+
+
+def test_figures_follow_an_outlier_built_over_layers(gradual_capture, tmp_path):
+    """Fig 7 draws the MLP that writes the most onto the outlier, not the layer where it first crosses the
+    threshold; Figs 3 and 4 and the interventions figure say that it is built over layers."""
+    from test_capture import GRADUAL_CHANNEL
+
+    built = f"channel {GRADUAL_CHANNEL} is built over layers 2–5"
+    run_notebook("lifecycle_mlp", tmp_path, **gradual_capture, model="gradual", output_stem=str(tmp_path / "fig07"), stage="emergence")
+    caption = caption_of(tmp_path, "fig07")
+    assert f"layer 5 (the MLP of layer 5 writes the most onto channel {GRADUAL_CHANNEL}, the largest outlier" in caption
+    assert "it is built over layers 2–5" in caption
+    for notebook in ("fig03_activation_positions", "fig04_down_proj_positions"):
+        run_notebook(notebook, tmp_path, **gradual_capture, model="gradual", output_stem=str(tmp_path / notebook))
+        assert built in caption_of(tmp_path, notebook) and (tmp_path / f"{notebook}.png").stat().st_size > 10_000
+    run_notebook("interventions", tmp_path, **gradual_capture, model="gradual", output_stem=str(tmp_path / "interventions"))
+    caption = caption_of(tmp_path, "interventions")
+    assert "(b) held at zero from each channel's emergence to its disappearance: channel 20 at layers 2–6;" in caption
+    assert caption.count("breaks the model") == 1 and built in caption
 
 
 def test_spread_marks_the_planted_sink_dim(planted_capture, tmp_path):

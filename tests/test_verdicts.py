@@ -86,6 +86,8 @@ def test_table1_and_the_summary_keep_a_model_without_outliers_beside_a_planted_o
     assert rows.emergence_layer["planted"] == str(MLP_LAYER + 1) and rows.emergence_layer["random"] == "none"
     assert rows.outlier_channels["planted"] == str(OUTPUT_CHANNEL) and rows.weight_outliers["random"] == "none"
     assert rows.disappearance_layer["planted"] == "never" and rows.first_sink_layer["paper: LLaMA-2-7B"] == "3"
+    assert rows.channel_lives["planted"].startswith(f"channel {OUTPUT_CHANNEL} appears at layer {MLP_LAYER + 1} (")
+    assert rows.channel_lives["planted"].endswith("massive to the last layer") and rows.channel_lives["random"] == "none"
     paper = scorecard[scorecard.claim == "… in a few fixed channels"].paper_llama2_7b.iloc[0]
     assert paper == "1415, 2533 (Figs 1c, 3c)" and "## Atlas" in text
 

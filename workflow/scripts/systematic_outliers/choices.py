@@ -276,7 +276,7 @@ def creation_layer(lives: list[ChannelLife], emergence: Choice, override: int | 
     )
     if largest.gradual:
         why += f"; it is built over layers {largest.emergence + 1}–{largest.built + 1}"
-    earlier = [life for life in lives if life.emergence < layer]
+    earlier = [life for life in lives[1:] if life.emergence < layer]  # other channels, there before it is written
     if earlier:
         why += "; earlier: " + ", ".join(f"channel {life.channel} from layer {life.emergence + 1}" for life in earlier)
     return Choice(layer, why)

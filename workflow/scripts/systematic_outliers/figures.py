@@ -103,7 +103,7 @@ def plot_layerwise(ax, curves: pd.DataFrame, title: str, first_layer: int = 1) -
     ax.legend(frameon=False)
 
 
-CHANNEL_COLORS = ("darkorange", "teal", "crimson", "olive")  # outlier channels, largest first
+CHANNEL_COLORS = ("darkviolet", "teal", "saddlebrown", "gray")  # outlier channels, largest first
 
 
 def mark_channel_lives(ax, lives: list, draw_curves: bool, count: int = len(CHANNEL_COLORS)) -> None:
