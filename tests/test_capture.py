@@ -166,7 +166,7 @@ GRADUAL_SINK = 5
 
 def gradual_model():
     model = tiny_model("llama", num_hidden_layers=6, attention_bias=True, intermediate_size=64)
-    head_dim, groups = model.config.head_dim, model.config.num_attention_heads // model.config.num_key_value_heads
+    head_dim = model.config.head_dim
     low_frequency = head_dim // 2 - 1
     with torch.no_grad():
         embed = model.model.embed_tokens.weight

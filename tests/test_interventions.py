@@ -22,7 +22,6 @@ from systematic_outliers.interventions import (
 )
 from systematic_outliers.verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY
 from test_capture import (
-    DOWN_COLUMN,
     GRADUAL_CHANNEL,
     GRADUAL_SINK,
     MLP_LAYER,
@@ -174,7 +173,7 @@ def test_an_outlier_built_over_layers_is_followed_per_channel(gradual_capture):
         for claim in intervention_report.INTERVENTION_CLAIMS[:2]
     }
     assert verdicts["needed"].verdict == HOLDS and "the held ablation's" in verdicts["needed"].measured
-    assert verdicts["value"].verdict == HOLDS and "held at their mean" in verdicts["value"].measured
+    assert verdicts["value"].verdict == HOLDS and "instead of 0 in the held ablation" in verdicts["value"].measured
 
 
 def test_a_model_without_outliers_gets_every_pass_on_its_largest_entries(random_capture):
@@ -326,8 +325,8 @@ def test_the_needed_claim_says_which_ablation_broke_the_model():
     assert "the verdict is the once ablation's" in once.measured and once.value.endswith("(once)")
     assert "the verdict is the held ablation's" in held.measured and held.value == "+3.000 nats (held)"
     assert "held at zero from each channel's emergence to its disappearance (channel 5 at layers 2–3)" in held.measured
-    assert "held at their mean (100.0, 101.0, 102.0)" not in intervention_report.judge_value(synthetic(zeroed=2.0015, held=5.0)).measured
-    assert "(101.0, 102.0)" in intervention_report.judge_value(synthetic(zeroed=2.0015, held=5.0, held_mean=2.1)).measured
+    value = intervention_report.judge_value(synthetic(zeroed=2.0015, held=5.0, held_mean=2.1)).measured
+    assert "in the held ablation, the one that hurt (101.0, 102.0)" in value and "96.7% restored" in value
 
 
 def test_a_broken_model_says_how_many_windows_broke():
@@ -380,7 +379,10 @@ def test_an_architecture_whose_attention_cannot_be_edited_gets_the_activation_ab
     folder = capture_everything(model, windows, [5, 8, 30, 2], tmp_path / architecture)
     results = readers.InterventionResults.load(folder["interventions_path"])
     assert results.record["sink"] is None and results.record["sink_not_measured"] == reason
-    assert set(results.losses.intervention) == {BASELINE, ZEROED, MEAN, RANDOM_ZEROED, HELD_ZEROED, HELD_MEAN, RANDOM_HELD} and results.scaling.empty
+    assert (
+        set(results.losses.intervention) == {BASELINE, ZEROED, MEAN, RANDOM_ZEROED, HELD_ZEROED, HELD_MEAN, RANDOM_HELD}
+        and results.scaling.empty
+    )
     m = verdicts.measure(architecture, folder["stats_dir"], folder["weights_path"], folder["prompt_path"], folder["interventions_path"])
     found = {claim.key: finding for claim, finding in verdicts.judge(m)}
     assert found["sink_no_op"].verdict == NOT_MEASURED and found["sink_no_op"].measured == f"no sink ablation: {reason}"

@@ -121,7 +121,7 @@ def test_every_figure_of_a_model_without_outliers_is_drawn_and_says_so(random_ca
         "fig06_attention_positions": "no layer has outlier keys",
         "fig08_spread": "No token of the prompt is an outlier",
         "lifecycle_mlp": "No token of the prompt is an outlier",
-        "fig02_layer": "activation ablation at h_ℓ of the emergence layer and the sink ablation",
+        "fig02_layer": "or held from there to its disappearance) and the sink ablation",
         "interventions": "no activation outlier",
         "scaling_factor": "the first, middle and last of the 4 layers (no attention-outlier layer)",
     }[notebook]

@@ -166,6 +166,13 @@ class ChannelLife:
     built: int  # the first layer from the emergence on where its mean |h| reaches BUILT_SHARE of the peak
     magnitude: dict[int, float]  # layer -> mean |h|
     writes: dict[int, float]  # layer -> the MLP's mean write onto it; empty where down_proj_output is not captured
+    windows: tuple[int, int] = (1, 1)  # (the most windows it is massive in at one layer, of how many)
+
+    @property
+    def in_most(self) -> bool:
+        """Massive in most windows of some layer; otherwise only its corpus maximum is massive, and its
+        layers are those where it is massive in any window."""
+        return self.windows[0] >= MOST_WINDOWS * self.windows[1]
 
     @property
     def gradual(self) -> bool:
@@ -198,7 +205,10 @@ class ChannelLife:
             )
         if self.writer is not None:
             text += f", written most by the MLP of layer {self.writer + 1} ({self.writes[self.writer]:+,.0f})"
-        return text + (f", gone at layer {self.disappearance + 1}" if self.disappearance is not None else ", massive to the last layer")
+        text += (
+            f", no longer massive from layer {self.disappearance + 1}" if self.disappearance is not None else ", massive to the last layer"
+        )
+        return text if self.in_most else text + f" (massive in at most {self.windows[0]} of {self.windows[1]} windows at a layer)"
 
 
 def _by_layer(table: pd.DataFrame, site: str, windows: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -214,10 +224,11 @@ def _by_layer(table: pd.DataFrame, site: str, windows: int) -> tuple[np.ndarray,
 
 
 def channel_lives(evidence) -> list[ChannelLife]:
-    """Every residual channel that is massive (Sun et al., against its window's median |h|) at the layer
-    outputs in most windows of some layer, the largest peak first. Read from the per-window channel
-    extremes of the statistics, so a channel's growth, its writer and its end are its own, whatever the
-    other channels do."""
+    """Every massive residual channel (Sun et al.) at the layer outputs, the largest peak first: each
+    channel massive against its window's median |h| in most windows of some layer, and each whose
+    corpus maximum is massive (`residual_outlier_channels`), followed then through the layers where it
+    is massive in any window. Read from the per-window channel extremes of the statistics, so a
+    channel's growth, its writer and its end are its own, whatever the other channels do."""
     windows = evidence.windows
     residual = _by_layer(evidence.channel_extremes, "layer_output", windows)
     if residual is None:
@@ -228,12 +239,15 @@ def channel_lives(evidence) -> list[ChannelLife]:
     magnitude = np.abs(values)
     massive_windows = is_massive(magnitude, medians[:, :, None]).sum(axis=0)  # [layers, channels]
     most = massive_windows >= MOST_WINDOWS * windows
+    by_corpus = {c for cs in residual_outlier_channels(evidence.channel_max, evidence.sites, "layer_output").values() for c in cs}
     mean_magnitude = np.nanmean(magnitude, axis=0)  # [layers, channels]
     mean_signed = np.nanmean(values, axis=0)
     mlp = _by_layer(evidence.channel_extremes, "down_proj_output", windows)
     lives = []
-    for channel in np.nonzero(most.any(axis=0))[0]:
-        layers = np.nonzero(most[:, channel])[0]
+    for channel in sorted(set(np.nonzero(most.any(axis=0))[0].tolist()) | by_corpus):
+        layers = np.nonzero(most[:, channel] if most[:, channel].any() else massive_windows[:, channel] > 0)[0]
+        if not len(layers):  # massive by its corpus maximum against the mean median, in no window against its own
+            continue
         first, last = int(layers.min()), int(layers.max())
         curve = mean_magnitude[:, channel]
         peak = first + int(np.nanargmax(curve[first:]))
@@ -253,6 +267,7 @@ def channel_lives(evidence) -> list[ChannelLife]:
                 built=built,
                 magnitude={layer: float(v) for layer, v in enumerate(curve)},
                 writes=writes,
+                windows=(int(massive_windows[:, channel].max()), windows),
             )
         )
     return sorted(lives, key=lambda life: -life.magnitude[life.peak])

@@ -192,8 +192,8 @@ def judge_value(m) -> Finding:
         ", ".join(f"{v:,.1f}" for v in values) if len(values) <= 4 else f"{len(values)} values, {min(values):,.1f} to {max(values):,.1f}"
     )
     return Finding(
-        f"{ABLATION_TEXT[kind].replace('zeroed', 'set to their mean').replace('held at zero', 'held at their mean')} ({shown}), the "
-        f"ablation that hurt: the loss is {mean_rise:+.4f} nats from the baseline, against {rise:+.3f} zeroed: {restored:.1%} restored",
+        f"set to their mean instead of 0 in the {kind} ablation, the one that hurt ({shown}): the loss is {mean_rise:+.4f} nats from "
+        f"the baseline, against {rise:+.3f} zeroed: {restored:.1%} restored",
         graded(restored, RESTORED_HOLDS, RESTORED_PARTLY),
         f"{restored:.1%} restored ({kind})",
     )
