@@ -246,21 +246,30 @@ def test_planted_outliers_are_found_exactly(tmp_path):
 
 def test_channel_extremes_are_each_windows_signed_extreme_per_channel(tmp_path):
     """Against an independent computation from the full tensors: per window, layer and channel, x at
-    the token where |x| is largest, for the residual stream and the MLP's output."""
+    the token where |x| is largest, for the residual stream and what the layer adds after attention;
+    and the channels massive at each outlier token."""
     model = gradual_model()
     ids = gradual_windows(tmp_path)
     passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / "stats")
     table = pd.read_parquet(tmp_path / "stats" / "channel_extremes.parquet").set_index(["window", "layer", "site"]).value
-    assert set(table.index.get_level_values("site")) == {"layer_output", "down_proj_output"}
+    assert set(table.index.get_level_values("site")) == {"layer_output", "mlp_write"}
+    outliers = pd.read_parquet(tmp_path / "stats" / "activation_outliers.parquet").query("site == 'layer_output'")
     full = {}
-    with capture.hooks(model, ("layer_output", "down_proj_output"), lambda s, layer, t: full.__setitem__((s, layer), t.clone())):
+    with capture.hooks(model, ("attn_residual", "layer_output"), lambda s, layer, t: full.__setitem__((s, layer), t.clone())):
         for window in range(len(ids)):
             with torch.no_grad():
                 model(ids[window : window + 1])
-            for (site, layer), x in full.items():
-                expected = x.gather(0, x.abs().argmax(dim=0, keepdim=True))[0]
-                assert torch.equal(torch.tensor(table[window, layer, site]), expected), (window, layer, site)
-    assert table[0, 4, "down_proj_output"][GRADUAL_CHANNEL] > 1000  # the last MLP that builds the outlier
+            for layer in range(model.config.num_hidden_layers):
+                h = full["layer_output", layer]
+                for site, x in (("layer_output", h), ("mlp_write", h - full["attn_residual", layer])):
+                    expected = x.gather(0, x.abs().argmax(dim=0, keepdim=True))[0]
+                    assert torch.equal(torch.tensor(table[window, layer, site]), expected), (window, layer, site)
+                median = h.abs().flatten().median()
+                for row in outliers.query("window == @window and layer == @layer").itertuples():
+                    at = h[row.position].abs()
+                    assert list(row.massive_channels) == ((at > 100) & (at > 1000 * median)).nonzero().flatten().tolist()
+    assert table[0, 4, "mlp_write"][GRADUAL_CHANNEL] > 1000  # the last MLP that builds the outlier
+    assert outliers.query("layer == 1").massive_channels.map(list).tolist() == [[GRADUAL_CHANNEL]] * 3  # at the massive token
 
 
 def test_too_long_windows_and_too_large_models_fail_before_any_work(tmp_path, tiny_model_dir, monkeypatch):

@@ -155,8 +155,8 @@ def cancellation_fall(curves: pd.DataFrame, layer: int) -> float:
 @dataclass(frozen=True)
 class ChannelLife:
     """One massive residual channel through the layers (0-based layers; magnitudes are means over the
-    windows of the channel's largest |h| in each window, `writes` of what the layer's MLP writes onto
-    it, signed so that positive adds to the outlier)."""
+    windows of the channel's largest |h| in each window, `writes` of what the layer adds onto it after
+    its attention, the MLP's write as the stream receives it, signed so that positive adds to the outlier)."""
 
     channel: int
     emergence: int  # the first layer whose output has it massive (Sun et al.) in most windows
@@ -165,7 +165,7 @@ class ChannelLife:
     peak: int  # the layer of its largest mean |h| from its emergence on
     built: int  # the first layer from the emergence on where its mean |h| reaches BUILT_SHARE of the peak
     magnitude: dict[int, float]  # layer -> mean |h|
-    writes: dict[int, float]  # layer -> the MLP's mean write onto it; empty where down_proj_output is not captured
+    writes: dict[int, float]  # layer -> the MLP's mean write onto it (layer_output − attn_residual); empty without attn_residual
     windows: tuple[int, int] = (1, 1)  # (the most windows it is massive in at one layer, of how many)
 
     @property
@@ -242,7 +242,7 @@ def channel_lives(evidence) -> list[ChannelLife]:
     by_corpus = {c for cs in residual_outlier_channels(evidence.channel_max, evidence.sites, "layer_output").values() for c in cs}
     mean_magnitude = np.nanmean(magnitude, axis=0)  # [layers, channels]
     mean_signed = np.nanmean(values, axis=0)
-    mlp = _by_layer(evidence.channel_extremes, "down_proj_output", windows)
+    mlp = _by_layer(evidence.channel_extremes, "mlp_write", windows)
     lives = []
     for channel in sorted(set(np.nonzero(most.any(axis=0))[0].tolist()) | by_corpus):
         layers = np.nonzero(most[:, channel] if most[:, channel].any() else massive_windows[:, channel] > 0)[0]
@@ -611,26 +611,27 @@ def _positions(rows: pd.DataFrame, windows: int) -> dict[int, list[int]]:
     return {window: found.get(window, []) for window in range(windows)}
 
 
-def _sun_tokens(outliers: pd.DataFrame, layers: list[int], windows: int) -> dict[int, list[int]]:
-    """Each window's activation-outlier tokens by Sun et al.'s rule at the outputs of `layers`."""
-    rows = outliers[(outliers.site == "layer_output") & outliers.sun_rule & outliers.layer.isin(layers)]
-    return _positions(rows, windows)
+def channel_tokens(outliers: pd.DataFrame, channel: int, layers: list[int], windows: int) -> dict[int, list[int]]:
+    """Each window's tokens where `channel` is massive (Sun et al.) at the output of any of `layers`."""
+    rows = outliers[(outliers.site == "layer_output") & outliers.layer.isin(layers)]
+    return _positions(rows[[channel in massive for massive in rows.massive_channels]], windows)
 
 
 def activation_targets(evidence, chosen: ModelChoices) -> Choice:
-    """The activation ablations' entries: for each outlier channel (`ChannelLife`), its entries at each
-    window's outlier tokens (Sun et al.'s rule) at its emergence layer (once) and at every layer it
-    is carried through (held; the tokens outlying at any of those layers). Without outlier channels
+    """The activation ablations' entries: for each outlier channel (`ChannelLife`), its entries at the
+    tokens of each window where it is massive (Sun et al.), at its emergence layer (once) and at every
+    layer it is carried through (held; the tokens where it is massive at any of those layers). Without outlier channels
     (not found): each window's largest |h| at the layer shown, once there and held from there to the
     last layer, so that the ablations and their controls still run."""
     lives = chosen.channels
     if lives:
+        windows = evidence.windows
         once = [
-            ChannelTarget(life.channel, (life.emergence,), _sun_tokens(evidence.outliers, [life.emergence], evidence.windows))
+            ChannelTarget(life.channel, (life.emergence,), channel_tokens(evidence.outliers, life.channel, [life.emergence], windows))
             for life in lives
         ]
         held = [
-            ChannelTarget(life.channel, tuple(life.held_layers), _sun_tokens(evidence.outliers, life.held_layers, evidence.windows))
+            ChannelTarget(life.channel, tuple(life.held_layers), channel_tokens(evidence.outliers, life.channel, life.held_layers, windows))
             for life in lives
         ]
         return Choice(ActivationTargets(once, held), "; ".join(life.describe() for life in lives))

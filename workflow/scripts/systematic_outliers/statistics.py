@@ -26,9 +26,10 @@ SUN_RATIO, SUN_FLOOR = 1000.0, 100.0  # × median |x|, and an absolute floor
 ATTENTION_SHARE = 0.1  # × window length
 # Sites that also get the median, per-token maxima and outlier tokens (they need |x| in full).
 TOKEN_SITES = ("attn_residual", "down_proj_input", "layer_output")
-# Residual-width sites whose per-window signed channel extremes follow each outlier channel through
-# the layers: the residual stream itself and what the MLP writes onto it.
-EXTREME_SITES = ("layer_output", "down_proj_output")
+# What follows each outlier channel through the layers, as per-window signed channel extremes: the
+# residual stream, and what a layer adds to it after its attention (its MLP's write, through any
+# post-norm or scale, as the stream receives it: layer_output − attn_residual).
+EXTREME_SITES = ("layer_output", "mlp_write")
 
 STRONG_DELIMITERS = set(". <0x0A> , ; : ! ? - -- --- ' \" ( ) [ ] { } / \\ | * & ^ % $ # @ ~ `".split())
 WEAK_SEMANTIC = set(
@@ -66,7 +67,7 @@ COLUMNS = {
     "channel_extremes": {
         "window": "",
         "layer": "",
-        "site": f"one of {', '.join(EXTREME_SITES)}",
+        "site": f"one of {', '.join(EXTREME_SITES)} (layer_output − attn_residual: what the layer adds after its attention)",
         "value": "list: value[channel] is x (signed) at the token where |x| of that channel is largest in this window",
     },
     "token_max": {
@@ -85,6 +86,7 @@ COLUMNS = {
         "token_class": f"one of {', '.join(TOKEN_CLASSES)}",
         "max_abs": "max |x| over channels at this token",
         "channel": "channel of that maximum",
+        "massive_channels": "list: the channels massive at this token by Sun et al.'s rule against the window's median (empty inside experts)",
         "ratio_to_mean": "max_abs / mean |x| of the window",
         "ratio_to_median": "max_abs / median |x| of the window",
         "paper_rule": f"ratio_to_mean > {PAPER_RATIO:g} (the official code)",
@@ -138,6 +140,12 @@ def lower_median(values: torch.Tensor) -> torch.Tensor:
     return torch.tensor(flat[index])
 
 
+def signed_extremes(x: torch.Tensor) -> torch.Tensor:
+    """Per channel of x [tokens, channels], x at the token where |x| is largest (signed)."""
+    high, low = x.amax(dim=0), x.amin(dim=0)
+    return torch.where(high >= -low, high, low)
+
+
 def token_label(tokenizer, token_id: int) -> str:
     """The token decoded alone, with a newline shown as \\n (for tables and axis labels)."""
     return tokenizer.decode([int(token_id)]).replace("\n", "\\n")
@@ -176,6 +184,7 @@ class CorpusStatistics:
         self.channel_extremes: dict[tuple[int, str], np.ndarray] = {}  # [windows, channels] per (layer, site), likewise
         self.labels: dict[int, str] = {}
         self.buffers: dict[tuple, torch.Tensor] = {}
+        self.attn_residual: dict[int, torch.Tensor] = {}  # until the layer's output: what the layer adds after attention
 
     # -- per window, inside the hooks ------------------------------------------------------
     def start_window(self, window: int, input_ids: torch.Tensor) -> None:
@@ -223,15 +232,21 @@ class CorpusStatistics:
             median = lower_median(magnitude)  # last: on the CPU it reorders the buffer in place
             flagged = torch.nonzero((token_max > PAPER_RATIO * mean) | ((token_max > SUN_FLOOR) & (token_max > SUN_RATIO * median)))
             flagged = flagged.flatten()
+            at_flagged = x[flagged].abs() if not routed else x[flagged][:, :0]  # inside experts the channels are routed slots
             reduced.update(
                 median=median,
                 token_max=token_max,
                 flagged=flagged,
+                flagged_massive=(at_flagged > SUN_FLOOR) & (at_flagged > SUN_RATIO * median),
                 flagged_channel=routed.channels(flagged, x[flagged].abs().argmax(dim=1)) if routed else x[flagged].abs().argmax(dim=1),
             )
-        if site in EXTREME_SITES and not routed:  # signed: an outlier's growth and its cancellation differ in sign
-            high, low = x.amax(dim=0), x.amin(dim=0)
-            reduced["extremes"] = torch.where(high >= -low, high, low)
+        if site == "attn_residual":  # a copy: the model may reuse the residual's memory
+            self.attn_residual[layer] = x.clone()
+        if site == "layer_output":  # signed extremes: an outlier's growth and its cancellation differ in sign
+            reduced["extreme.layer_output"] = signed_extremes(x)
+            before = self.attn_residual.pop(layer, None)
+            if before is not None:
+                reduced["extreme.mlp_write"] = signed_extremes(x - before)
         key = (layer, site)
         if key in self.channel_max:  # in place: nothing long-lived is reallocated per window
             torch.maximum(self.channel_max[key], channel_max, out=self.channel_max[key])
@@ -269,17 +284,19 @@ class CorpusStatistics:
         top = zip(reduced["top_values"].tolist(), reduced["top_position"].tolist(), reduced["top_channel"].tolist())
         for rank, (value, position, channel) in enumerate(top, start=1):
             self.rows["topk"].append((window, layer, site, rank, float(value), position, channel, ids[position]))
-        if "extremes" in reduced:
-            if (layer, site) not in self.channel_extremes:
-                self.channel_extremes[layer, site] = np.full((self.windows, len(reduced["extremes"])), np.nan, dtype=np.float32)
-            self.channel_extremes[layer, site][window] = reduced["extremes"].float().numpy()
+        for name in [name for name in reduced if name.startswith("extreme.")]:
+            key = (layer, name.removeprefix("extreme."))
+            if key not in self.channel_extremes:
+                self.channel_extremes[key] = np.full((self.windows, len(reduced[name])), np.nan, dtype=np.float32)
+            self.channel_extremes[key][window] = reduced[name].float().numpy()
         if site not in TOKEN_SITES:
             return
         token_max = reduced["token_max"].float()
         if (layer, site) not in self.token_max:
             self.token_max[layer, site] = np.full((self.windows, len(token_max)), np.nan, dtype=np.float32)
         self.token_max[layer, site][window] = token_max.numpy()
-        for position, channel in zip(reduced["flagged"].tolist(), reduced["flagged_channel"].tolist()):
+        massive = reduced["flagged_massive"]
+        for row, (position, channel) in enumerate(zip(reduced["flagged"].tolist(), reduced["flagged_channel"].tolist())):
             text, value = self.label(ids[position]), token_max[position].item()
             self.rows["activation_outliers"].append(
                 (
@@ -292,6 +309,7 @@ class CorpusStatistics:
                     token_class(position, text),
                     value,
                     channel,
+                    massive[row].nonzero().flatten().tolist(),
                     value / mean if mean else float("inf"),
                     value / median if median else float("inf"),
                     value > PAPER_RATIO * mean,
