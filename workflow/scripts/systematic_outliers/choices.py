@@ -611,29 +611,25 @@ def _positions(rows: pd.DataFrame, windows: int) -> dict[int, list[int]]:
     return {window: found.get(window, []) for window in range(windows)}
 
 
-def channel_tokens(outliers: pd.DataFrame, channel: int, layers: list[int], windows: int) -> dict[int, list[int]]:
-    """Each window's tokens where `channel` is massive (Sun et al.) at the output of any of `layers`."""
-    rows = outliers[(outliers.site == "layer_output") & outliers.layer.isin(layers)]
+def channel_tokens(outliers: pd.DataFrame, channel: int, layer: int, windows: int) -> dict[int, list[int]]:
+    """Each window's tokens where `channel` is massive (Sun et al.) at the output of `layer`."""
+    rows = outliers[(outliers.site == "layer_output") & (outliers.layer == layer)]
     return _positions(rows[[channel in massive for massive in rows.massive_channels]], windows)
 
 
 def activation_targets(evidence, chosen: ModelChoices) -> Choice:
     """The activation ablations' entries: for each outlier channel (`ChannelLife`), its entries at the
-    tokens of each window where it is massive (Sun et al.), at its emergence layer (once) and at every
-    layer it is carried through (held; the tokens where it is massive at any of those layers). Without outlier channels
-    (not found): each window's largest |h| at the layer shown, once there and held from there to the
-    last layer, so that the ablations and their controls still run."""
+    tokens of each window where it is massive (Sun et al.) at its emergence layer, edited there (once)
+    or, the same entries, at every layer that carries it (held). Without outlier channels (not found):
+    each window's largest |h| at the layer shown, once there and held from there to the last layer,
+    so that the ablations and their controls still run."""
     lives = chosen.channels
     if lives:
-        windows = evidence.windows
-        once = [
-            ChannelTarget(life.channel, (life.emergence,), channel_tokens(evidence.outliers, life.channel, [life.emergence], windows))
-            for life in lives
-        ]
-        held = [
-            ChannelTarget(life.channel, tuple(life.held_layers), channel_tokens(evidence.outliers, life.channel, life.held_layers, windows))
-            for life in lives
-        ]
+        once, held = [], []
+        for life in lives:
+            tokens = channel_tokens(evidence.outliers, life.channel, life.emergence, evidence.windows)
+            once.append(ChannelTarget(life.channel, (life.emergence,), tokens))
+            held.append(ChannelTarget(life.channel, tuple(life.held_layers), tokens))
         return Choice(ActivationTargets(once, held), "; ".join(life.describe() for life in lives))
     layer = chosen.emergence.value
     last = int(chosen.curves.index.max())
@@ -645,8 +641,9 @@ def activation_targets(evidence, chosen: ModelChoices) -> Choice:
             [ChannelTarget(c, (layer,), tokens) for c in channels],
             [ChannelTarget(c, tuple(range(layer, last + 1)), tokens) for c in channels],
         ),
-        f"no activation outlier: no residual channel is massive in most windows of any layer ({chosen.emergence.why}); ablated instead: each window's "
-        f"largest |h| at layer {layer + 1}, in channel(s) {', '.join(map(str, channels))}, and held from there to the last layer",
+        f"no activation outlier: no residual channel is massive in most windows of any layer ({chosen.emergence.why}); "
+        f"ablated instead: each window's largest |h| at layer {layer + 1}, in channel(s) {', '.join(map(str, channels))}, "
+        "and held from there to the last layer",
         False,
     )
 
