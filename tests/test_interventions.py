@@ -3,6 +3,7 @@ seed, the loss against plain transformers, and every verdict of the intervention
 
 import types
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -392,3 +393,60 @@ def test_an_architecture_whose_attention_cannot_be_edited_gets_the_activation_ab
     for notebook in ("interventions", "scaling_factor"):
         run_notebook(notebook, tmp_path, **folder, model=architecture, output_stem=str(tmp_path / notebook))
         assert reason in caption_of(tmp_path, notebook) and (tmp_path / f"{notebook}.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Channel lives from synthetic statistics: the layers, not the models, decide.
+
+
+def synthetic_evidence(with_writes=True):
+    """4 windows, 7 layers, 8 channels. Channel 2 is massive at layers 2–4 (1-based) in every window and
+    no longer at layer 5, where the median grows, though it is larger at layer 6 (not massive there
+    either); channel 5 is massive in one window at layer 3 only."""
+    windows, layers, width = 4, 7, 8
+    medians = [1.0] * 4 + [10.0] * 3
+    residual = np.full((windows, layers, width), 0.5)
+    residual[:, :, 2] = [0.5, 2000, 3000, 3000, 1000, 9000, 500]
+    residual[0, 2, 5] = 1500
+    writes = np.zeros((windows, layers, width))
+    writes[:, 1, 2], writes[:, 2, 2], writes[:, 5, 2] = 2000, 1000, 8000
+    extremes = [(w, layer, "layer_output", residual[w, layer]) for w in range(windows) for layer in range(layers)]
+    if with_writes:
+        extremes += [(w, layer, "mlp_write", writes[w, layer]) for w in range(windows) for layer in range(layers)]
+    return types.SimpleNamespace(
+        windows=windows,
+        sites=pd.DataFrame(
+            [(w, layer, "layer_output", medians[layer]) for w in range(windows) for layer in range(layers)],
+            columns=["window", "layer", "site", "median_abs"],
+        ),
+        channel_extremes=pd.DataFrame(extremes, columns=["window", "layer", "site", "value"]),
+        channel_max=pd.DataFrame(
+            [(layer, "layer_output", residual[:, layer].max(0)) for layer in range(layers)], columns=["layer", "site", "max_abs"]
+        ),
+    )
+
+
+def test_a_channel_lives_from_its_emergence_to_where_it_is_no_longer_massive():
+    cancelled, minority = choices.channel_lives(synthetic_evidence())
+    assert (cancelled.channel, cancelled.emergence, cancelled.last, cancelled.disappearance) == (2, 1, 3, 4)
+    assert cancelled.peak == 2 and cancelled.built == 1 and not cancelled.gradual  # not the larger value after it
+    assert cancelled.writer == 1 and cancelled.held_layers == [1, 2, 3, 4]  # not the write after its peak
+    assert cancelled.describe() == (
+        "channel 2 appears at layer 2 (|h| 2,000; peak 3,000 at layer 3), written most by the MLP of layer 2 (+2,000), "
+        "no longer massive from layer 5"
+    )
+    assert (minority.channel, minority.emergence, minority.disappearance, minority.windows) == (5, 2, 3, (1, 4))
+    assert not minority.in_most and minority.describe().endswith("(massive in at most 1 of 4 windows at a layer)")
+    assert choices.creation_layer([cancelled, minority], choices.Choice(0, "")).value == 1
+    (without_writes, _) = choices.channel_lives(synthetic_evidence(with_writes=False))
+    assert without_writes.writer is None and "the MLP's writes are not captured" in choices.creation_layer([without_writes], None).why
+
+
+def test_a_channel_without_massive_tokens_at_a_layer_edits_nothing():
+    columns = ["window", "layer", "site", "position", "massive_channels"]
+    none = pd.DataFrame([], columns=columns)
+    assert choices.channel_tokens(none, 2, 1, windows=2) == {0: [], 1: []}
+    rows = pd.DataFrame(
+        [(0, 1, "layer_output", 0, [2, 5]), (1, 1, "layer_output", 7, [5]), (1, 2, "layer_output", 3, [2])], columns=columns
+    )
+    assert choices.channel_tokens(rows, 2, 1, windows=2) == {0: [0], 1: []}

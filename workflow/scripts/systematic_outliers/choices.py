@@ -156,13 +156,18 @@ def cancellation_fall(curves: pd.DataFrame, layer: int) -> float:
 class ChannelLife:
     """One massive residual channel through the layers (0-based layers; magnitudes are means over the
     windows of the channel's largest |h| in each window, `writes` of what the layer adds onto it after
-    its attention, the MLP's write as the stream receives it, signed so that positive adds to the outlier)."""
+    its attention, the MLP's write as the stream receives it, signed so that positive adds to the outlier).
+
+    Both are per-window extremes over tokens, so a write is the largest in the window, at the outlier's
+    token when the MLP writes the outlier there (a massive write); in a block with a scaled residual or a
+    post-norm the difference also holds the residual's own change. Writes exist only in layers with an
+    attn_residual site (none in a parallel block: `writer` is then None)."""
 
     channel: int
     emergence: int  # the first layer whose output has it massive (Sun et al.) in most windows
     last: int  # the last such layer
     disappearance: int | None  # the first layer after `last`, where most windows no longer have it; None: massive to the end
-    peak: int  # the layer of its largest mean |h| from its emergence on
+    peak: int  # the layer of its largest mean |h| from its emergence to its last massive layer
     built: int  # the first layer from the emergence on where its mean |h| reaches BUILT_SHARE of the peak
     magnitude: dict[int, float]  # layer -> mean |h|
     writes: dict[int, float]  # layer -> the MLP's mean write onto it (layer_output − attn_residual); empty without attn_residual
@@ -186,7 +191,8 @@ class ChannelLife:
 
     @property
     def held_layers(self) -> list[int]:
-        """The layers whose outputs carry it: from its emergence to its disappearance (or the last layer)."""
+        """The layers whose outputs the held ablation edits: from its emergence through the layer where it is
+        no longer massive (what that layer writes, cancelling or not, is held too), or to the last layer."""
         end = self.disappearance if self.disappearance is not None else max(self.magnitude)
         return list(range(self.emergence, end + 1))
 
@@ -250,8 +256,8 @@ def channel_lives(evidence) -> list[ChannelLife]:
             continue
         first, last = int(layers.min()), int(layers.max())
         curve = mean_magnitude[:, channel]
-        peak = first + int(np.nanargmax(curve[first:]))
-        built = first + int(np.argmax(curve[first:] >= BUILT_SHARE * curve[peak]))
+        peak = first + int(np.nanargmax(curve[first : last + 1]))  # while it is massive: not what is left after it
+        built = first + int(np.argmax(curve[first : peak + 1] >= BUILT_SHARE * curve[peak]))
         sign = np.sign(mean_signed[peak, channel]) or 1.0
         writes = {}
         if mlp is not None:
@@ -614,7 +620,7 @@ def _positions(rows: pd.DataFrame, windows: int) -> dict[int, list[int]]:
 def channel_tokens(outliers: pd.DataFrame, channel: int, layer: int, windows: int) -> dict[int, list[int]]:
     """Each window's tokens where `channel` is massive (Sun et al.) at the output of `layer`."""
     rows = outliers[(outliers.site == "layer_output") & (outliers.layer == layer)]
-    return _positions(rows[[channel in massive for massive in rows.massive_channels]], windows)
+    return _positions(rows[np.array([channel in massive for massive in rows.massive_channels], dtype=bool)], windows)
 
 
 def activation_targets(evidence, chosen: ModelChoices) -> Choice:

@@ -352,7 +352,9 @@ def table(results: dict[str, InterventionResults]) -> pd.DataFrame:
         sink = r.record.get("sink")
         for row in loss_summary(r.losses).itertuples():
             kind = next((k for k, names in ABLATIONS.items() if row.intervention in names), None)
-            if kind:
+            if kind and row.intervention == ABLATIONS[kind][2]:
+                where = f"as many other channels, drawn per seed, at the layers and tokens of: {ablation_where(r.record, kind)}"
+            elif kind:
                 where = ablation_where(r.record, kind)
             elif row.intervention in (KEYS_REMOVED, RANDOM_KEYS_REMOVED):
                 where = f"from layer {sink['first_layer'] + 1}" if sink else ""

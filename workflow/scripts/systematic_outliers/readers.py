@@ -145,7 +145,7 @@ class Evidence:
             outliers=read_table(
                 stats_dir,
                 "activation_outliers",
-                ("window", "layer", "site", "position", "channel", "token_class", "paper_rule", "sun_rule", "max_abs"),
+                ("window", "layer", "site", "position", "channel", "massive_channels", "token_class", "paper_rule", "sun_rule", "max_abs"),
             ),
             channel_max=read_table(stats_dir, "channel_max", ("layer", "site", "max_abs")),
             channel_extremes=read_table(stats_dir, "channel_extremes", ("window", "layer", "site", "value")),
@@ -185,6 +185,8 @@ class InterventionResults:
             record = json.loads(record_path.read_text())
         except Exception as error:
             raise FigureDataError(f"{record_path}: cannot be read ({type(error).__name__}: {error}); rerun rule interventions") from None
+        if not all(kind in record.get("activation", {}) for kind in ("once", "held")):
+            raise FigureDataError(f"{record_path}: written by an older version (no once and held ablations); rerun rule interventions")
         # JSON keys are strings: windows back to ints
         for target in [t for kind in ("once", "held") for t in record.get("activation", {}).get(kind, [])]:
             target["tokens"] = {int(window): positions for window, positions in target["tokens"].items()}

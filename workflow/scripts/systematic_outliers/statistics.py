@@ -232,12 +232,12 @@ class CorpusStatistics:
             median = lower_median(magnitude)  # last: on the CPU it reorders the buffer in place
             flagged = torch.nonzero((token_max > PAPER_RATIO * mean) | ((token_max > SUN_FLOOR) & (token_max > SUN_RATIO * median)))
             flagged = flagged.flatten()
-            at_flagged = x[flagged].abs() if not routed else x[flagged][:, :0]  # inside experts the channels are routed slots
+            at_flagged = (x[flagged].abs() if not routed else x[flagged][:, :0]).float()  # inside experts the channels are routed slots
             reduced.update(
                 median=median,
                 token_max=token_max,
                 flagged=flagged,
-                flagged_massive=(at_flagged > SUN_FLOOR) & (at_flagged > SUN_RATIO * median),
+                flagged_massive=(at_flagged > SUN_FLOOR) & (at_flagged > SUN_RATIO * median.float()),
                 flagged_channel=routed.channels(flagged, x[flagged].abs().argmax(dim=1)) if routed else x[flagged].abs().argmax(dim=1),
             )
         if site == "attn_residual":  # a copy: the model may reuse the residual's memory
@@ -246,7 +246,7 @@ class CorpusStatistics:
             reduced["extreme.layer_output"] = signed_extremes(x)
             before = self.attn_residual.pop(layer, None)
             if before is not None:
-                reduced["extreme.mlp_write"] = signed_extremes(x - before)
+                reduced["extreme.mlp_write"] = signed_extremes(x.float() - before.float())  # half precision would round it away
         key = (layer, site)
         if key in self.channel_max:  # in place: nothing long-lived is reallocated per window
             torch.maximum(self.channel_max[key], channel_max, out=self.channel_max[key])

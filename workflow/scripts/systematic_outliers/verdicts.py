@@ -591,8 +591,9 @@ def summary(measured: list[Measured]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
             "## Atlas: where each model's outliers are",
             "",
             "Layers are 1-based. Outlier channels: residual channels whose corpus maximum is massive (Sun et al.). Channel lives: each "
-            "channel massive in most windows of some layer, where it appears (or over which layers it is built, to "
-            f"{choices.BUILT_SHARE:.0%} of its peak), which layer's MLP writes the most onto it and where it is gone. Peak: the layer "
+            "massive channel (in most windows of some layer, or by its corpus maximum), where it appears (or over which layers it is "
+            f"built, to {choices.BUILT_SHARE:.0%} of its peak), which layer's MLP writes the most onto it and from which layer it is no "
+            "longer massive. Peak: the layer "
             "with the largest mean top-1 |h| over the median. Token classes: the activation-outlier tokens (paper's rule) over all "
             "layers. First sink layer: the first with outlier keys in most windows. Weight outliers: outstanding W_down columns and "
             "the rows they write.",
