@@ -125,13 +125,14 @@ def mark_channel_lives(ax, lives: list, draw_curves: bool, count: int = len(CHAN
         ax.axvline(life.emergence + 1, color=colour, linestyle=":", linewidth=1.2)
         ax.annotate(
             f"ch {life.channel}",
-            xy=(life.emergence + 1, 1.0 - 0.07 * index),
+            xy=(life.emergence + 1, 0.08 + 0.07 * index),  # low in the panel, clear of the legend and the peaks
             xycoords=("data", "axes fraction"),
-            xytext=(3, -2),
+            xytext=(3, 0),
             textcoords="offset points",
             color=colour,
             fontsize=8,
-            va="top",
+            va="bottom",
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
         )
         if life.gradual:
             ax.axvspan(life.emergence + 1, life.built + 1, color=colour, alpha=0.12, linewidth=0)
