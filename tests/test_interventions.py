@@ -438,8 +438,12 @@ def test_a_channel_lives_from_its_emergence_to_where_it_is_no_longer_massive():
     assert (minority.channel, minority.emergence, minority.disappearance, minority.windows) == (5, 2, 3, (1, 4))
     assert not minority.in_most and minority.describe().endswith("(massive in at most 1 of 4 windows at a layer)")
     assert choices.creation_layer([cancelled, minority], choices.Choice(0, "")).value == 1
+    by_attention = choices.ChannelLife(
+        1, emergence=0, last=1, disappearance=None, peak=1, built=0, magnitude={0: 200.0, 1: 300.0}, writes={0: -5.0, 1: -1.0}
+    )
+    assert by_attention.writer is None  # no MLP adds to it: no writer, rather than the least negative write
     (without_writes, _) = choices.channel_lives(synthetic_evidence(with_writes=False))
-    assert without_writes.writer is None and "the MLP's writes are not captured" in choices.creation_layer([without_writes], None).why
+    assert without_writes.writer is None and "no MLP write onto it is captured" in choices.creation_layer([without_writes], None).why
 
 
 def test_a_channel_without_massive_tokens_at_a_layer_edits_nothing():

@@ -185,8 +185,9 @@ class ChannelLife:
 
     @property
     def writer(self) -> int | None:
-        """The layer whose MLP writes the most onto the channel up to its peak; None without MLP writes."""
-        before = {layer: w for layer, w in self.writes.items() if layer <= self.peak}
+        """The layer whose MLP writes the most onto the channel up to its peak; None without MLP writes or
+        when no MLP adds to it (attention built it)."""
+        before = {layer: w for layer, w in self.writes.items() if layer <= self.peak and w > 0}
         return max(before, key=before.get) if before else None
 
     @property
@@ -293,7 +294,7 @@ def creation_layer(lives: list[ChannelLife], emergence: Choice, override: int | 
         f"the MLP of layer {layer + 1} writes the most onto channel {largest.channel}, the largest outlier "
         f"({largest.writes[layer]:+,.0f} on average over the windows)"
         if largest.writer is not None
-        else f"channel {largest.channel}, the largest outlier, emerges at layer {layer + 1} (the MLP's writes are not captured)"
+        else f"channel {largest.channel}, the largest outlier, emerges at layer {layer + 1} (no MLP write onto it is captured)"
     )
     if largest.gradual:
         why += f"; it is built over layers {largest.emergence + 1}–{largest.built + 1}"
@@ -528,7 +529,7 @@ class ModelChoices:
     spread: Choice | None
     outlier_tokens: pd.DataFrame  # corpus (window, layer, token) rows by the paper's rule, layer outputs
     weight_columns: pd.DataFrame  # down-projection layers whose top column stands out
-    channels: list[ChannelLife]  # each massive residual channel, the largest first; empty without
+    channels: list[ChannelLife]  # each massive residual channel, the largest first; empty without any
     creation: Choice  # the layer whose MLP makes the largest outlier channel (Figs 4b, 7)
 
 
@@ -647,7 +648,7 @@ def activation_targets(evidence, chosen: ModelChoices) -> Choice:
             [ChannelTarget(c, (layer,), tokens) for c in channels],
             [ChannelTarget(c, tuple(range(layer, last + 1)), tokens) for c in channels],
         ),
-        f"no activation outlier: no residual channel is massive in most windows of any layer ({chosen.emergence.why}); "
+        f"no activation outlier: no residual channel is massive (Sun et al.) in any layer ({chosen.emergence.why}); "
         f"ablated instead: each window's largest |h| at layer {layer + 1}, in channel(s) {', '.join(map(str, channels))}, "
         "and held from there to the last layer",
         False,
