@@ -291,8 +291,9 @@ INTERVENTION_CLAIMS = [
     Claim(
         "needed",
         "The activation outliers are needed: zeroing them breaks the model",
-        "two ablations of each outlier channel's entries at the outlier tokens: set to 0 once, at the output of the channel's own "
-        "emergence layer (Sun et al.), and held at 0 at the output of every layer from its emergence to its disappearance; each "
+        "two ablations of each outlier channel's entries at the tokens where it is massive at its emergence layer: set to 0 once, at "
+        "the output of that layer (Sun et al.), and held at 0 at the output of every layer from there through the one where it is no "
+        "longer massive; each "
         f"against as many random channels at the same layers and tokens. An ablation breaks the model when the mean loss rises by ≥ "
         f"{FAR_RISE:g} nats and ≥ {FAR_FACTOR:g}× the largest rise of its control (or their seed spread); it hurts when it rises by ≥ "
         f"{SOME_RISE:g} nats and beyond the controls by more than their seed spread (at least {LOSS_FLOOR:g}). Holds when either "
