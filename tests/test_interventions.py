@@ -230,8 +230,7 @@ def synthetic(
             "found": found,
             "why": "",
         },
-        "mean_values": [{"ablation": "once", "channel": 5, "layer": 1, "value": 100.0}]
-        + [{"ablation": "held", "channel": 5, "layer": layer, "value": 100.0 + layer} for layer in (1, 2)],
+        "mean_values": [{"channel": 5, "layer": layer, "value": 100.0 + layer} for layer in (1, 2)],
         "sink": {"first_layer": 0, "keys": {}, "found": True, "why": ""} if sink else None,
         "sink_not_measured": "" if sink else "falcon has no attention capture (its architecture.json says why)",
     }

@@ -187,7 +187,8 @@ def judge_value(m) -> Finding:
     baseline = float(seed_losses(r.losses, BASELINE).mean())
     mean_rise = float(seed_losses(r.losses, mean).mean()) - baseline
     restored = 1 - mean_rise / rise  # 1 when zeroing broke the model (an infinite rise) and the mean did not
-    values = [v["value"] for v in r.record["mean_values"] if v["ablation"] == kind]
+    edited = {(t["channel"], layer) for t in r.record["activation"][kind] for layer in t["layers"]}
+    values = [v["value"] for v in r.record["mean_values"] if (v["channel"], v["layer"]) in edited]
     shown = (
         ", ".join(f"{v:,.1f}" for v in values) if len(values) <= 4 else f"{len(values)} values, {min(values):,.1f} to {max(values):,.1f}"
     )

@@ -174,19 +174,14 @@ def run(
 
     # 1. the unedited model: losses, the scaling reading and the values the mean ablations set
     reading = ScalingReading(sink.keys if sink else {}, len(input_ids))
-    # (ablation, channel, layer) -> the tokens whose values there the mean ablations set
-    watched = {
-        (kind, target.channel, layer): target.tokens
-        for kind in ABLATIONS
-        for target in getattr(activation, kind)
-        for layer in target.layers
-    }
+    # (channel, layer) -> the tokens whose values there the mean ablations set (both ablations edit the same entries)
+    watched = {(t.channel, layer): t.tokens for kind in ABLATIONS for t in getattr(activation, kind) for layer in t.layers}
     seen_values = {key: [] for key in watched}
 
     def keep_targets(site, layer, tensor):
-        for (kind, channel, at), tokens in watched.items():
+        for (channel, at), tokens in watched.items():
             if at == layer and tokens.get(state["window"]):
-                seen_values[kind, channel, at].append(tensor[tokens[state["window"]], channel].float().cpu())
+                seen_values[channel, at].append(tensor[tokens[state["window"]], channel].float().cpu())
 
     @contextmanager
     def observe():
@@ -198,7 +193,6 @@ def run(
 
     run_pass(BASELINE, -1, observe)
     mean_values = {key: float(torch.cat(values).mean()) if values else 0.0 for key, values in seen_values.items()}
-    means = {kind: {(c, layer): v for (k, c, layer), v in mean_values.items() if k == kind} for kind in ABLATIONS}
 
     # 2. the activation ablations, once and held, and their random controls
     def set_at(targets: list[ChannelTarget], values=None):
@@ -228,7 +222,7 @@ def run(
     for kind, (zeroed, mean, random) in ABLATIONS.items():
         targets = getattr(activation, kind)
         run_pass(zeroed, -1, set_at(targets))
-        run_pass(mean, -1, set_at(targets, means[kind]))
+        run_pass(mean, -1, set_at(targets, mean_values))
         for seed in seeds:
             run_pass(random, seed, set_at(random_channels(targets, width, seed)))
 
@@ -254,7 +248,7 @@ def run(
 
     points = pd.DataFrame(reading.points, columns=["window", "layer", "head", "query", "outlier_share", "output_norm"])
     record = {
-        "mean_values": [{"ablation": k, "channel": c, "layer": layer, "value": v} for (k, c, layer), v in sorted(mean_values.items())],
+        "mean_values": [{"channel": c, "layer": layer, "value": v} for (c, layer), v in sorted(mean_values.items())],
         "seconds": seconds,
         "sink_not_measured": sink_reason,
     }

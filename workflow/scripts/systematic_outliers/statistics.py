@@ -343,27 +343,19 @@ class CorpusStatistics:
                 self.rows["attention_heads"].append((window, layer, head, value, label))
 
     # -- results ---------------------------------------------------------------------------
+    def _per_window(self, name: str, arrays: dict[tuple[int, str], np.ndarray]) -> pd.DataFrame:
+        """Table `name` from [windows, …] arrays per (layer, site): one row, holding a list, per window, layer and site."""
+        rows = [(window, layer, site, values[window]) for (layer, site), values in sorted(arrays.items()) for window in range(self.windows)]
+        table = pd.DataFrame(rows, columns=list(COLUMNS[name]))
+        return table.sort_values(["window", "layer", "site"], kind="stable", ignore_index=True)
+
     def tables(self) -> dict[str, pd.DataFrame]:
         tables = {}
         for name, rows in self.rows.items():
             tables[name] = pd.DataFrame(rows, columns=list(COLUMNS[name]))
         # one list per row keeps these tables small (the paper's setup has ~40M token maxima)
-        tables["token_max"] = pd.DataFrame(
-            [
-                (window, layer, site, maxima[window])
-                for (layer, site), maxima in sorted(self.token_max.items())
-                for window in range(self.windows)
-            ],
-            columns=list(COLUMNS["token_max"]),
-        ).sort_values(["window", "layer", "site"], kind="stable", ignore_index=True)
-        tables["channel_extremes"] = pd.DataFrame(
-            [
-                (window, layer, site, values[window])
-                for (layer, site), values in sorted(self.channel_extremes.items())
-                for window in range(self.windows)
-            ],
-            columns=list(COLUMNS["channel_extremes"]),
-        ).sort_values(["window", "layer", "site"], kind="stable", ignore_index=True)
+        tables["token_max"] = self._per_window("token_max", self.token_max)
+        tables["channel_extremes"] = self._per_window("channel_extremes", self.channel_extremes)
         tables["channel_max"] = pd.DataFrame(
             [(layer, site, maxima.cpu().numpy()) for (layer, site), maxima in sorted(self.channel_max.items())],
             columns=list(COLUMNS["channel_max"]),
