@@ -3,8 +3,8 @@ profiles/slurm-cpu as the README says to use it.
 
 Where SLURM is missing and the tests run as root with apt-get (as CI here does), the fixture
 installs Debian's slurm-wlm and munge, writes a single-node slurm.conf for this host, starts the
-daemons that are not running and, at the end, cancels the jobs left and stops exactly the
-daemons it started, also when a test fails. A SLURM it did not configure (a real cluster's login
+daemons that are not running and, at the end, cancels the jobs left, stops exactly the daemons
+it started and removes its slurm.conf, also when a test fails. A SLURM it did not configure (a real cluster's login
 node) is left alone: the test skips, as it does without root or apt-get, and says why."""
 
 import json
@@ -148,6 +148,9 @@ def single_node_slurm(request) -> None:
             pytest.skip(f"{SLURM_CONF} exists and was not written by this test; it leaves a SLURM it did not configure alone")
         SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
         SLURM_CONF.write_text(_single_node_conf())  # anew: the host may have changed since
+        # removed at the end (this finalizer runs last): with a slurm.conf and no controller, every
+        # `scontrol show config` waits 10 s, and the SLURM plugin runs one whenever Snakemake starts
+        request.addfinalizer(lambda: SLURM_CONF.unlink(missing_ok=True))
         for folder in ("/var/spool/slurmctld", "/var/spool/slurmd", "/var/log/slurm"):
             Path(folder).mkdir(parents=True, exist_ok=True)
         MUNGE_PID.parent.mkdir(parents=True, exist_ok=True)
