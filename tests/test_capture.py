@@ -354,6 +354,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_by_one_window(tmp_path):
     """Peak RSS of a pass over 40 windows stays within 10% of that of a pass over 4:
     nothing grows with the window count but the small statistics tables (keeping every window's
@@ -373,6 +374,7 @@ def test_memory_is_bounded_by_one_window(tmp_path):
     assert peak[40] <= 1.10 * peak[4], peak
 
 
+@pytest.mark.slow
 def test_real_default_model_shows_the_papers_outliers(smollm2_dir, tmp_path):
     """SmolLM2 on the paper's prompt: the numbers measured when it was chosen as the default model."""
     folder, _ = smollm2_dir

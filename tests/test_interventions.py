@@ -49,6 +49,41 @@ def test_with_nothing_edited_the_logits_are_the_plain_models_bit_for_bit(archite
     assert torch.equal(plain, hooked)
 
 
+@pytest.mark.parametrize("architecture", EDITABLE)
+def test_a_replay_from_a_later_layer_gives_the_plain_logits_bit_for_bit(architecture):
+    """What the interventions skip: layers before the first edited one return what they returned on the plain pass."""
+    model = capturing(tiny_model(architecture))
+    first = capture.decoder_layers(model, capture.architecture_of(model))[0]
+    kept = []
+    with torch.no_grad():
+        handle = first.register_forward_hook(interventions._keep_output(kept))
+        plain = model(PROMPT_IDS).logits
+        handle.remove()
+        with capture.replay_from(model, 1, lambda: kept[0]):
+            replayed = model(PROMPT_IDS).logits
+        again = model(PROMPT_IDS).logits  # the layers run again after the replay
+    assert torch.equal(plain, replayed) and torch.equal(plain, again)
+    assert "forward" not in first.__dict__
+
+
+@pytest.mark.parametrize("fixture", ["planted_capture", "gradual_capture"])
+def test_edited_passes_replayed_from_their_first_layer_lose_what_full_passes_lose(fixture, request, monkeypatch, tmp_path):
+    from test_capture import gradual_model, gradual_windows, planted_model, planted_windows
+
+    folder = request.getfixturevalue(fixture)["stats_dir"].parent
+    evidence = readers.Evidence.load(fixture, folder / "stats", folder / "weights.parquet")
+    model, windows = (planted_model(), planted_windows) if fixture == "planted_capture" else (gradual_model(), gradual_windows)
+    windows = windows(tmp_path)
+    activation = choices.activation_targets(evidence, choices.for_model(evidence)).value
+    sink = choices.sink_targets(evidence).value
+    replayed, _, _, record = interventions.run(model, windows, activation, sink, [0, 1])
+    assert all(start["replayed"] == (start["layer"] > 0) for start in record["replay"].values())
+    assert record["replay"]["once"]["layer"] > 0
+    monkeypatch.setattr(capture, "replay_from", lambda *args: __import__("contextlib").nullcontext())
+    full, _, _, _ = interventions.run(model, windows, activation, sink, [0, 1])
+    pd.testing.assert_frame_equal(replayed, full)
+
+
 def test_the_activation_ablation_sets_exactly_the_targeted_entries():
     model = capturing(tiny_model("llama", num_hidden_layers=3))
     edits = [([0, 4], 3, 2.5), ([4, 6], 17, -7.0)]  # (tokens, channel, value)

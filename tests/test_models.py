@@ -105,6 +105,7 @@ def test_pypi_source_that_does_not_exist(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_smollm2_wheel_converts_to_a_model_with_the_gguf_logits(smollm2_dir, tmp_path):
     import zipfile
 

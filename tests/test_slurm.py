@@ -234,6 +234,7 @@ def slurm_logs(workdir: Path) -> dict[str, list[Path]]:
     return logs
 
 
+@pytest.mark.slow
 def test_a_run_through_slurm_gives_the_results_of_a_local_run_and_shows_the_log_of_a_failing_job(single_node_slurm, smollm2_dir, tmp_path):
     """Capture, statistics, interventions and one tiny training run of a tiny Llama, each job
     submitted to SLURM, give byte for byte the files of the same config run locally. Beside them

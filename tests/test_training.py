@@ -47,6 +47,15 @@ def test_backcopy_sequences_copy_after_triggers_and_follow_the_table_elsewhere()
     ordinary[:, 0] |= True  # position 1 never copies
     pairs = torch.stack([tokens[:, 1:-1][ordinary], tokens[:, 2:][ordinary]], dim=1)
     assert torch.all(task.table[pairs[:, 0], pairs[:, 1]] > 0)  # every other step is a bigram the table allows
+    # … drawn with the table's probabilities: each (previous, next) frequency within 5 standard errors
+    tokens = task.sequences(4000, torch.Generator().manual_seed(1))
+    previous, following = tokens[:, 2:-1].flatten(), tokens[:, 3:].flatten()
+    drawn = ~task.is_trigger[previous]
+    counts = torch.zeros(64, 64).index_put_((previous[drawn], following[drawn]), torch.ones(int(drawn.sum())), accumulate=True)
+    seen = counts.sum(1, keepdim=True)
+    rows = seen.squeeze(1) > 0
+    error = (task.table * (1 - task.table) / seen.clamp_min(1)).sqrt()
+    assert rows.sum() == 64 - 1 - 3 and torch.all((counts / seen.clamp_min(1) - task.table)[rows].abs() <= 5 * error[rows] + 1e-6)
     inputs, targets, mask = task.batch(4, torch.Generator().manual_seed(0))
     assert not mask[:, 0].any() and mask[:, 1:].all() and torch.equal(inputs[:, 1:], targets[:, :-1])
 

@@ -237,6 +237,7 @@ def small_corpus(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_run_whose_capture_job_is_killed_finishes_with_the_same_command_and_results(smollm2_dir, tmp_path):
     """Kill the corpus_statistics job mid-capture (as the OOM killer or a node failure would);
     the same command then finishes the run (the workflow profile sets rerun-incomplete) with
@@ -391,6 +392,7 @@ def finished_run(smollm2_dir, tmp_path_factory):
     return workdir, config, run, training
 
 
+@pytest.mark.slow
 def test_a_model_without_outliers_gets_every_output_beside_one_with_them(finished_run):
     """The negative control through the whole workflow: the random Llama gets every figure, a
     claims file, a Table 1 row and a scorecard row beside SmolLM2, and its existence claims do not
@@ -428,6 +430,7 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(finishe
     assert "over 4 windows of 128 tokens. Outlier keys: from layer" in caption
 
 
+@pytest.mark.slow
 def test_experts_learned_sinks_and_hybrids_get_every_output_their_architecture_gives(finished_run):
     """The MoE model names its W_down columns by expert, its planted learned sink takes the attention,
     and the hybrid's attention claims and figures come from its one softmax layer."""
@@ -453,6 +456,7 @@ def test_experts_learned_sinks_and_hybrids_get_every_output_their_architecture_g
     assert "down_proj_input is read at feed_forward.experts inside the experts, per expert in layers 2" in layer
 
 
+@pytest.mark.slow
 def test_outputs_have_the_modes_of_ordinary_files(finished_run):
     workdir, _, _, _ = finished_run
     for root in ("results", "resources"):
@@ -485,6 +489,7 @@ def changed(config: dict, **paths) -> dict:
     return config
 
 
+@pytest.mark.slow
 def test_a_config_change_reruns_exactly_what_it_affects(finished_run):
     workdir, config, run, training = finished_run
     assert "Nothing to be done" in run("-n").stdout
@@ -509,6 +514,7 @@ def test_a_config_change_reruns_exactly_what_it_affects(finished_run):
     assert planned_for(run("-n", *training, config=schedule).stdout) == {("train_variant", "t1")}
 
 
+@pytest.mark.slow
 def test_a_model_without_decoder_layers_stops_at_fetch_and_writes_nothing(tmp_path, smollm2_dir):
     import transformers
 

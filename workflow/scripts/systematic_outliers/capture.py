@@ -160,6 +160,31 @@ def hooks(model, sites, sink):
 
 
 @contextlib.contextmanager
+def replay_from(model, start: int, entering):
+    """During forward passes, decoder layers 0 … start − 1 do not run: each returns `entering()`,
+    what layer start − 1 returned on an earlier pass of the same input, so layer `start` receives
+    exactly what it received then and the model's own code runs from there.
+
+    A forward hook cannot skip a module, so the skipped layers' `forward` is swapped for the
+    lookup (as accelerate's hooks swap it) and put back on exit. Only exact where nothing in the
+    skipped layers feeds the later ones by another way (a key-value cache shared across layers):
+    callers check that a replay without edits gives the logits of the plain pass bit for bit.
+    """
+    layers = list(decoder_layers(model, architecture_of(model)))[:start]
+    swapped = [(layer, layer.__dict__.get("forward")) for layer in layers]
+    for layer in layers:
+        layer.forward = lambda *args, **kwargs: entering()
+    try:
+        yield
+    finally:
+        for layer, own in swapped:
+            if own is None:
+                del layer.forward  # the class's forward again
+            else:
+                layer.forward = own
+
+
+@contextlib.contextmanager
 def replace_layer_output(model, layer_index: int, replace):
     """During forward passes, decoder layer `layer_index` outputs `replace(hidden)` instead of its
     hidden states `hidden` [batch, tokens, d_model]; `replace` returns a new tensor."""

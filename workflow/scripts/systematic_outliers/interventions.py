@@ -19,13 +19,16 @@ pick from the corpus statistics:
   projection), and the value norms of the outlier keys against the median key's.
 
 The edits go through `capture.replace_layer_output` and `capture.attention_edits`; the model's
-own code does the rest. Every pass reports the mean next-token loss of each window.
+own code does the rest. Every pass reports the mean next-token loss of each window. An edited
+pass runs only from its first edited layer on (`capture.replay_from`), from the hidden state the
+unedited pass gave that layer, where a replay without edits reproduces the unedited logits bit
+for bit (checked on the first window; the record's `replay` says where each kind started).
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import numpy as np
 import pandas as pd
@@ -151,16 +154,31 @@ def run(
 
     Without `sink` (the architecture's attention cannot be edited; `sink_reason` says why) the
     sink ablation and the scaling reading are skipped."""
-    layers = len(capture.decoder_layers(model, capture.architecture_of(model)))
+    layer_modules = capture.decoder_layers(model, capture.architecture_of(model))
+    layers = len(layer_modules)
     width, state = model.config.hidden_size, {"window": 0}
     losses, seconds = [], {}
+    # An edit changes nothing before its first edited layer: each edited pass starts there, from
+    # what the layer before it returned on the unedited pass (kept per window, `entering`).
+    starts = {kind: min((layer for t in getattr(activation, kind) for layer in t.layers), default=0) for kind in ABLATIONS}
+    if sink is not None:
+        starts["sink"] = sink.first_layer
+    entering = {start: [] for start in set(starts.values()) if start > 0}
+    exact = {}  # start -> whether a replay from it without edits gives the unedited logits bit for bit
 
-    def run_pass(name: str, seed: int, edits):
+    def replaying(start: int):
+        if not exact.get(start):
+            return nullcontext()  # from the first layer: no replay, or one that would not be exact
+        return capture.replay_from(model, start, lambda: entering[start][state["window"]])
+
+    def run_pass(name: str, seed: int, edits, start: int = 0):
         started = time.perf_counter()
-        with edits(), torch.no_grad():
+        with edits(), replaying(start), torch.no_grad():
             for window, ids in enumerate(tqdm(input_ids, desc=f"{name}{f' seed {seed}' if seed >= 0 else ''}", unit="window")):
                 state["window"] = window
                 logits = model(ids[None].to(model.device), use_cache=False).logits[0]
+                if name == BASELINE and window == 0:
+                    state["baseline_logits"] = logits
                 losses.append(
                     {
                         "intervention": name,
@@ -189,9 +207,17 @@ def run(
             stack.enter_context(capture.hooks(model, ["layer_output"], keep_targets))
             if sink is not None:
                 stack.enter_context(capture.attention_edits(model, range(layers), observe=_follow(reading, state)))
+            handles = [layer_modules[start - 1].register_forward_hook(_keep_output(entering[start])) for start in entering]
+            stack.callback(lambda: [handle.remove() for handle in handles])
             yield
 
     run_pass(BASELINE, -1, observe)
+    with torch.no_grad():  # the check: window 0 replayed without edits from each start
+        for start in entering:
+            with capture.replay_from(model, start, lambda start=start: entering[start][0]):
+                replayed = model(input_ids[0][None].to(model.device), use_cache=False).logits[0]
+            exact[start] = bool(torch.equal(replayed, state["baseline_logits"]))
+    del state["baseline_logits"]
     mean_values = {key: float(torch.cat(values).mean()) if values else 0.0 for key, values in seen_values.items()}
 
     # 2. the activation ablations, once and held, and their random controls
@@ -221,10 +247,10 @@ def run(
 
     for kind, (zeroed, mean, random) in ABLATIONS.items():
         targets = getattr(activation, kind)
-        run_pass(zeroed, -1, set_at(targets))
-        run_pass(mean, -1, set_at(targets, mean_values))
+        run_pass(zeroed, -1, set_at(targets), starts[kind])
+        run_pass(mean, -1, set_at(targets, mean_values), starts[kind])
         for seed in seeds:
-            run_pass(random, seed, set_at(random_channels(targets, width, seed)))
+            run_pass(random, seed, set_at(random_channels(targets, width, seed)), starts[kind])
 
     # 3. sink ablation and its random controls
     if sink is not None:
@@ -238,21 +264,35 @@ def run(
 
             return lambda: capture.attention_edits(model, range(sink.first_layer, layers), remove_keys=remove_keys)
 
-        run_pass(KEYS_REMOVED, -1, removing(lambda window: sink.keys.get(window, [])))
+        run_pass(KEYS_REMOVED, -1, removing(lambda window: sink.keys.get(window, [])), sink.first_layer)
         for seed in seeds:
             run_pass(
                 RANDOM_KEYS_REMOVED,
                 seed,
                 removing(lambda window, seed=seed: random_keys(sink.keys.get(window, []), window_length, seed, window)),
+                sink.first_layer,
             )
 
     points = pd.DataFrame(reading.points, columns=["window", "layer", "head", "query", "outlier_share", "output_norm"])
     record = {
         "mean_values": [{"channel": c, "layer": layer, "value": v} for (c, layer), v in sorted(mean_values.items())],
         "seconds": seconds,
+        # per pass kind, the layer it starts at and whether it starts there (the replay was exact)
+        "replay": {kind: {"layer": start, "replayed": exact.get(start, False)} for kind, start in starts.items()},
         "sink_not_measured": sink_reason,
     }
     return pd.DataFrame(losses), pd.DataFrame(reading.rows, columns=list(SCALING_COLUMNS)), points, record
+
+
+def _keep_output(kept: list):
+    """Forward hook appending a copy of what a decoder layer returned (a tensor or a tuple) to `kept`."""
+
+    def copy(output):
+        if isinstance(output, torch.Tensor):
+            return output.clone()
+        return tuple(map(copy, output)) if isinstance(output, tuple) else output
+
+    return lambda module, args, output: kept.append(copy(output))
 
 
 def _follow(reading: ScalingReading, state: dict):
