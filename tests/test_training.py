@@ -60,6 +60,20 @@ def test_backcopy_sequences_copy_after_triggers_and_follow_the_table_elsewhere()
     assert not mask[:, 0].any() and mask[:, 1:].all() and torch.equal(inputs[:, 1:], targets[:, :-1])
 
 
+@pytest.mark.parametrize("count, seed", [(32, 0), (32, 7), (1, 20_000), (200, 1)])
+def test_backcopy_sequences_are_torch_multinomials_draws_per_position_bit_for_bit(count, seed):
+    """The sampler draws every exponential at once; the data must be what one multinomial call per position draws."""
+    task = BigramBackcopy(vocab_size=64, length=64, triggers=3)
+    generator = torch.Generator().manual_seed(seed)
+    expected = torch.empty(count, 65, dtype=torch.long)
+    expected[:, 0] = BOS
+    expected[:, 1] = torch.randint(1, 64, (count,), generator=generator)
+    for t in range(1, 64):
+        drawn = torch.multinomial(task.table[expected[:, t]], 1, generator=generator).squeeze(1)
+        expected[:, t + 1] = torch.where(task.is_trigger[expected[:, t]] & (t >= 2), expected[:, t - 1], drawn)
+    assert torch.equal(task.sequences(count, torch.Generator().manual_seed(seed)), expected)
+
+
 def test_text_windows_refuse_a_text_too_short_for_them():
     with pytest.raises(ValueError, match="the text has 10 training and 5 validation tokens; windows of 16 need more"):
         TextWindows(torch.arange(10), torch.arange(5), 16)
