@@ -84,6 +84,24 @@ def test_edited_passes_replayed_from_their_first_layer_lose_what_full_passes_los
     pd.testing.assert_frame_equal(replayed, full)
 
 
+def test_a_replay_that_does_not_give_the_plain_logits_is_not_used(planted_capture, monkeypatch, tmp_path, capsys):
+    """As for a model whose early layers feed later ones by another way: every pass then runs in full, and the record says so."""
+    from test_capture import planted_model, planted_windows
+
+    folder = planted_capture["stats_dir"].parent
+    evidence = readers.Evidence.load("planted", folder / "stats", folder / "weights.parquet")
+    activation = choices.activation_targets(evidence, choices.for_model(evidence)).value
+    sink = choices.sink_targets(evidence).value
+    model, windows = planted_model(), planted_windows(tmp_path)
+    expected = readers.InterventionResults.load(planted_capture["interventions_path"]).losses
+    real = capture.replay_from
+    monkeypatch.setattr(capture, "replay_from", lambda model, start, entering: real(model, start, lambda: entering() * 1.001))
+    losses, _, _, record = interventions.run(model, windows, activation, sink, [0, 1, 2])
+    assert not any(start["replayed"] for start in record["replay"].values())
+    assert "does not give the unedited logits" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(losses, expected[losses.columns])
+
+
 def test_the_activation_ablation_sets_exactly_the_targeted_entries():
     model = capturing(tiny_model("llama", num_hidden_layers=3))
     edits = [([0, 4], 3, 2.5), ([4, 6], 17, -7.0)]  # (tokens, channel, value)
