@@ -66,16 +66,19 @@ def test_a_replay_from_a_later_layer_gives_the_plain_logits_bit_for_bit(architec
     assert "forward" not in first.__dict__
 
 
+def _targets(captured: dict):
+    """The activation and sink targets the interventions chose from a captured fixture's statistics."""
+    evidence = readers.Evidence.load("captured", captured["stats_dir"], captured["weights_path"])
+    return choices.activation_targets(evidence, choices.for_model(evidence)).value, choices.sink_targets(evidence).value
+
+
 @pytest.mark.parametrize("fixture", ["planted_capture", "gradual_capture"])
 def test_edited_passes_replayed_from_their_first_layer_lose_what_full_passes_lose(fixture, request, monkeypatch, tmp_path):
     from test_capture import gradual_model, gradual_windows, planted_model, planted_windows
 
-    folder = request.getfixturevalue(fixture)["stats_dir"].parent
-    evidence = readers.Evidence.load(fixture, folder / "stats", folder / "weights.parquet")
+    activation, sink = _targets(request.getfixturevalue(fixture))
     model, windows = (planted_model(), planted_windows) if fixture == "planted_capture" else (gradual_model(), gradual_windows)
     windows = windows(tmp_path)
-    activation = choices.activation_targets(evidence, choices.for_model(evidence)).value
-    sink = choices.sink_targets(evidence).value
     replayed, _, _, record = interventions.run(model, windows, activation, sink, [0, 1])
     assert all(start["replayed"] == (start["layer"] > 0) for start in record["replay"].values())
     assert record["replay"]["once"]["layer"] > 0
@@ -88,10 +91,7 @@ def test_a_replay_that_does_not_give_the_plain_logits_is_not_used(planted_captur
     """As for a model whose early layers feed later ones by another way: every pass then runs in full, and the record says so."""
     from test_capture import planted_model, planted_windows
 
-    folder = planted_capture["stats_dir"].parent
-    evidence = readers.Evidence.load("planted", folder / "stats", folder / "weights.parquet")
-    activation = choices.activation_targets(evidence, choices.for_model(evidence)).value
-    sink = choices.sink_targets(evidence).value
+    activation, sink = _targets(planted_capture)
     model, windows = planted_model(), planted_windows(tmp_path)
     expected = readers.InterventionResults.load(planted_capture["interventions_path"]).losses
     real = capture.replay_from
