@@ -1,19 +1,30 @@
-"""A GPT-2 in one file (after nanoGPT), with the attention chosen by name: the paper's Section 5.
+"""A GPT-2 in one file (after nanoGPT), with the attention chosen by name: the paper's Section 5
+and the sink-free mechanisms the field compares it with.
 
-The six variants (paper Table 2, plus sigmoid attention), per head with q_i, k_j, v_j and
-p_ij = softmax_j(q_i·k_j/√d) over j ≤ i:
+Per head, with q_i, k_j, v_j, s_ij = q_i·k_j/√d and p_ij = softmax_j(s_ij) over the keys j ≤ i:
 
-  default         (a) y_i = Σ_j p_ij v_j
-  fixed_bias      (b) y_i = Σ_j p_ij v_j + v′          (v′ one learned vector, added after the heads
-                      are merged: the authors' version adds it before and cannot broadcast)
-  context_bias    (c) y_i = Σ_j p_ij v_j + w_i v′       w_i = e^{q_i·k′/√d} / (e^{q_i·k′/√d} + Σ_j e^{q_i·k_j/√d})
-  attention_bias  (d) y_i = (1 − w_i) Σ_j p_ij v_j + w_i v′   (softmax over [k′; K] applied to [v′; V])
-  context_scale   (e) y_i = S_c(x_i) Σ_j p_ij v_j       S_c = 2·sigmoid(Linear(d_model → heads)(x)), x the
-                      block's normalized input, one scalar per token and head
-  sigmoid         (f) y_i = Σ_j sigmoid(q_i·k_j/√d − log T) v_j, no normalization
+  default          (a) y_i = Σ_j p_ij v_j
+  fixed_bias       (b) y_i = Σ_j p_ij v_j + v′          (v′ one learned vector, added after the heads
+                       are merged: the authors' version adds it before and cannot broadcast)
+  context_bias     (c) y_i = Σ_j p_ij v_j + w_i v′       w_i = e^{q_i·k′/√d} / (e^{q_i·k′/√d} + Σ_j e^{s_ij})
+  attention_bias   (d) y_i = (1 − w_i) Σ_j p_ij v_j + w_i v′   (softmax over [k′; K] applied to [v′; V])
+  context_scale    (e) y_i = S_c(x_i) Σ_j p_ij v_j       S_c = 2·sigmoid(Linear(d_model → heads)(x)), x the
+                       block's normalized input, one scalar per token and head
+  sigmoid          (f) y_i = Σ_j sigmoid(s_ij − log T) v_j, no normalization
+  softmax_one      (g) y_i = Σ_j e^{s_ij} / (1 + Σ_k e^{s_ik}) v_j   (Miller 2023; Kaul et al., ICLR 2025)
+  learned_sink     (h) y_i = Σ_j e^{s_ij} / (e^{b_h} + Σ_k e^{s_ik}) v_j, one learned logit b_h per head
+                       (gpt-oss's `sinks`); b_h starts at 0, where (h) is (g)
+  gated            (i) y = SDPA(Q, K, V) ⊙ sigmoid(x W_θ), one gate per token and channel, x the block's
+                       normalized input, W_θ without bias (Qiu et al., NeurIPS 2025)
+  clipped_softmax  (j) y_i = Σ_j clip((ζ − γ)·p_ij + γ, 0, 1) v_j with γ = −0.025, ζ = 1 (Bondarenko et
+                       al., NeurIPS 2023: their best BERT setting); a weight under 2.4 % becomes exactly 0
+  softpick         (k) y_i = Σ_j ReLU(e^{s_ij} − 1) / (Σ_k |e^{s_ik} − 1| + ε) v_j, ε = 10⁻⁸ (Zuhri et al. 2025)
+  gated_headwise   (l) as (i) with one gate per token and head: sigmoid(Linear(d_model → heads)(x)). It is
+                       (e) without (e)'s factor 2 and bias: its range is (0, 1), where (e)'s is (0, 2)
 
-Everything but (f) runs on fused scaled-dot-product attention. `attention_weights` gives the
-weights each variant puts on every key (and on k′), for the analysis only.
+Each variant is one class below: its parameters, its forward, the weights it puts on every key
+(for the analysis), its letter, name and formula. Everything else reads the VARIANTS registry.
+(a)–(e) and (g)–(i) run on fused scaled-dot-product attention; (f), (j) and (k) have no fused kernel.
 """
 
 from __future__ import annotations
@@ -25,14 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-VARIANTS = {
-    "default": ("(a)", "Default attention", "softmax(QKᵀ/√d) V"),
-    "fixed_bias": ("(b)", "Explicit fixed bias", "softmax(QKᵀ/√d) V + v′"),
-    "context_bias": ("(c)", "Explicit context-aware bias", "softmax(QKᵀ/√d) V + softmax(Q[Kᵀ k′]/√d) [0; v′ᵀ]"),
-    "attention_bias": ("(d)", "Attention bias", "softmax(Q[Kᵀ k′]/√d) [V; v′ᵀ]"),
-    "context_scale": ("(e)", "Explicit context-aware scaling factor", "S_c(x) · softmax(QKᵀ/√d) V, S_c = 2·sigmoid(W_s x + b_s)"),
-    "sigmoid": ("(f)", "Sigmoid attention", "sigmoid(QKᵀ/√d − log T) V"),
-}
+VARIANTS: dict[str, type[CausalSelfAttention]] = {}  # filled by the classes below, in their order
 
 
 @dataclass
@@ -56,73 +60,255 @@ class GPTConfig:
         return asdict(self)
 
 
+def causal_mask(T: int, device, extra_keys: int = 0) -> torch.Tensor:
+    """[T, extra_keys + T], true where query i may see the key: every extra key, and keys j ≤ i."""
+    mask = torch.ones(T, extra_keys + T, dtype=torch.bool, device=device)
+    return mask.tril(extra_keys)
+
+
 class CausalSelfAttention(nn.Module):
+    """(a) Default attention; every other variant subclasses it and changes `mix` (and `weights`)."""
+
+    key, letter, title, formula = "default", "(a)", "Default attention", "softmax(QKᵀ/√d) V"
+    paper_keeps_massive: bool | None = True  # the paper's Section 5: (a)–(c) keep massive activations, (d), (e) lose them
+    zoo = False  # a sink-free mechanism of the literature, judged against (a) on the field's metrics
+    extra_keys = 0  # columns before the first real key in `weights`: k′, or a sink's pseudo-key
+    softpick_table3: dict | None = {"sink_rate": 0.349, "kurtosis": 6453, "max_abs": 179}  # Zuhri et al., 340M, 10k steps
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        VARIANTS[cls.key] = cls
+
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.variant, self.n_head, self.head_dim = config.attention, config.n_head, config.n_embd // config.n_head
+        self.n_head, self.head_dim = config.n_head, config.n_embd // config.n_head
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        shape = (1, config.n_head, 1, self.head_dim)
-        if self.variant == "fixed_bias":
-            self.v_bias = nn.Parameter(torch.zeros(config.n_embd))
-        if self.variant in ("context_bias", "attention_bias"):
-            self.k_bias = nn.Parameter(torch.randn(shape) * 0.02)
-            self.v_bias = nn.Parameter(torch.randn(shape) * 0.02)
-        if self.variant == "context_scale":
-            self.context_scale = nn.Linear(config.n_embd, config.n_head)  # with bias, PyTorch's default init
 
-    def _heads(self, x):
+    def heads(self, x):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         return [t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v)]  # [B, H, T, d]
 
-    def _with_extra_key(self, k, v, extra_value):
-        """[k′; K] and [extra_value; V] with the mask that lets every query see k′."""
-        B, _, T, _ = k.shape
-        keys = torch.cat([self.k_bias.expand(B, -1, -1, -1), k], dim=2)
-        values = torch.cat([extra_value.expand(B, -1, -1, -1), v], dim=2)
-        mask = torch.ones(T, T + 1, dtype=torch.bool, device=k.device)
-        mask[:, 1:] = torch.tril(mask[:, 1:])
-        return keys, values, mask
+    def logits(self, q, k):
+        return q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+
+    def mix(self, q, k, v, x):
+        """The heads' outputs [B, H, T, d]; x is the block's normalized input."""
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def weights(self, q, k, x):
+        """The weight each query puts on each key, [B, H, T, extra_keys + T], as `mix` uses them (eagerly)."""
+        return self.logits(q, k).masked_fill(~causal_mask(q.shape[2], q.device), float("-inf")).softmax(-1)
 
     def scale(self, x):
-        """S_c(x) of variant (e): [B, T, heads] in (0, 2)."""
-        return 2 * torch.sigmoid(self.context_scale(x))
+        """What multiplies each head's output per token, [B, T, H] ((e), and the gates' mean), or None."""
+        return None
+
+    def reset_extra(self):
+        """Re-initialise what GPT's init must not touch (called after it)."""
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = self._heads(x)
-        if self.variant == "sigmoid":
-            logits = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim) - math.log(T)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            y = torch.sigmoid(logits).masked_fill(~causal, 0.0) @ v
-        elif self.variant == "attention_bias":
-            y = F.scaled_dot_product_attention(q, *self._with_extra_key(k, v, self.v_bias))
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            if self.variant == "context_bias":
-                y = y + F.scaled_dot_product_attention(q, *self._with_extra_key(k, torch.zeros_like(v), self.v_bias))
-            if self.variant == "context_scale":
-                y = y * self.scale(x).transpose(1, 2).unsqueeze(-1)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        if self.variant == "fixed_bias":
-            y = y + self.v_bias
-        return self.c_proj(y)
+        y = self.mix(*self.heads(x), x)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
     @torch.no_grad()
     def attention_weights(self, x):
-        """The weight each query puts on each key, [B, H, T, T]; for (c) and (d) also on k′ as a
-        first column ([B, H, T, T + 1]); for (e) before S_c scales them; for (f) unnormalized."""
-        T = x.shape[1]
-        q, k, v = self._heads(x)
-        logits = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        if self.variant == "sigmoid":
-            return torch.sigmoid(logits - math.log(T)).masked_fill(~causal, 0.0)
-        if self.variant in ("context_bias", "attention_bias"):
-            extra = q @ self.k_bias.transpose(-2, -1) / math.sqrt(self.head_dim)
-            return torch.cat([extra, logits.masked_fill(~causal, float("-inf"))], dim=-1).softmax(-1)
-        return logits.masked_fill(~causal, float("-inf")).softmax(-1)
+        """`weights` for the analysis: [B, H, T, extra_keys + T]; for (e) and the gates before they
+        scale the output; for (f) unnormalized."""
+        q, k, _ = self.heads(x)
+        return self.weights(q, k, x)
+
+    def extra_parameters(self) -> int:
+        """Parameters this variant adds to (a) (the paper's overhead)."""
+        return sum(p.numel() for name, p in self.named_parameters() if not name.startswith(("c_attn.", "c_proj.")))
+
+
+VARIANTS[CausalSelfAttention.key] = CausalSelfAttention  # subclasses register themselves, in the order below
+
+
+class FixedBias(CausalSelfAttention):
+    key, letter, title, formula = "fixed_bias", "(b)", "Explicit fixed bias", "softmax(QKᵀ/√d) V + v′"
+    softpick_table3 = None
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.v_bias = nn.Parameter(torch.zeros(config.n_embd))
+
+    def mix(self, q, k, v, x):  # v′ split over the heads: the same sum as adding it after they merge
+        return super().mix(q, k, v, x) + self.v_bias.view(1, self.n_head, 1, self.head_dim)
+
+
+class ContextBias(CausalSelfAttention):
+    key, letter, title = "context_bias", "(c)", "Explicit context-aware bias"
+    formula = "softmax(QKᵀ/√d) V + softmax(Q[Kᵀ k′]/√d) [0; v′ᵀ]"
+    extra_keys, softpick_table3 = 1, None
+
+    def __init__(self, config):
+        super().__init__(config)
+        shape = (1, config.n_head, 1, self.head_dim)
+        self.k_bias = nn.Parameter(torch.randn(shape) * 0.02)
+        self.v_bias = nn.Parameter(torch.randn(shape) * 0.02)
+
+    def with_extra_key(self, k, v, extra_value):
+        """[k′; K] and [extra_value; V] with the mask that lets every query see k′."""
+        B = k.shape[0]
+        keys = torch.cat([self.k_bias.expand(B, -1, -1, -1), k], dim=2)
+        values = torch.cat([extra_value.expand(B, -1, -1, -1), v], dim=2)
+        return keys, values, causal_mask(k.shape[2], k.device, extra_keys=1)
+
+    def mix(self, q, k, v, x):
+        return super().mix(q, k, v, x) + F.scaled_dot_product_attention(q, *self.with_extra_key(k, torch.zeros_like(v), self.v_bias))
+
+    def weights(self, q, k, x):
+        logits = self.logits(q, k).masked_fill(~causal_mask(q.shape[2], q.device), float("-inf"))
+        return torch.cat([self.logits(q, self.k_bias), logits], dim=-1).softmax(-1)
+
+
+class AttentionBias(ContextBias):
+    key, letter, title, formula = "attention_bias", "(d)", "Attention bias", "softmax(Q[Kᵀ k′]/√d) [V; v′ᵀ]"
+    paper_keeps_massive = False
+
+    def mix(self, q, k, v, x):
+        return F.scaled_dot_product_attention(q, *self.with_extra_key(k, v, self.v_bias))
+
+
+class ContextScale(CausalSelfAttention):
+    key, letter, title = "context_scale", "(e)", "Explicit context-aware scaling factor"
+    formula = "S_c(x) · softmax(QKᵀ/√d) V, S_c = 2·sigmoid(W_s x + b_s)"
+    paper_keeps_massive, softpick_table3 = False, None
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.context_scale = nn.Linear(config.n_embd, config.n_head)  # with bias
+
+    def scale(self, x):
+        return 2 * torch.sigmoid(self.context_scale(x))
+
+    def reset_extra(self):  # PyTorch's default init, as in the authors' code
+        self.context_scale.reset_parameters()
+
+    def mix(self, q, k, v, x):
+        return super().mix(q, k, v, x) * self.scale(x).transpose(1, 2).unsqueeze(-1)
+
+
+class Sigmoid(CausalSelfAttention):
+    key, letter, title, formula = "sigmoid", "(f)", "Sigmoid attention", "sigmoid(QKᵀ/√d − log T) V"
+    paper_keeps_massive, softpick_table3 = None, None
+
+    def weights(self, q, k, x):
+        T = q.shape[2]
+        return torch.sigmoid(self.logits(q, k) - math.log(T)).masked_fill(~causal_mask(T, q.device), 0.0)
+
+    def mix(self, q, k, v, x):
+        return self.weights(q, k, x) @ v
+
+
+class SoftmaxOne(CausalSelfAttention):
+    """A pseudo-key per head whose logit is fixed (0 here, b_h in (h)) and whose value is zero, run
+    as SDPA with one extra key column: the key 0 gives q·0 = 0, and the float mask adds the logit."""
+
+    key, letter, title, formula = "softmax_one", "(g)", "Softmax plus one", "e^{QKᵀ/√d} V / (1 + Σ e^{QKᵀ/√d})"
+    paper_keeps_massive, zoo, extra_keys = None, True, 1
+    softpick_table3 = {"sink_rate": 0.164, "kurtosis": 574, "max_abs": 84}
+
+    def sink_logits(self):
+        return self.c_attn.weight.new_zeros(self.n_head)
+
+    def mask(self, T, device):
+        """[H, T, 1 + T]: the sink's logit in the first column, 0 where a key is visible, −∞ where it is not."""
+        visible = torch.zeros(T, T, device=device).masked_fill(~causal_mask(T, device), float("-inf"))
+        sink = self.sink_logits().view(-1, 1, 1).expand(-1, T, 1)
+        return torch.cat([sink, visible.expand(sink.shape[0], -1, -1)], dim=-1)
+
+    def mix(self, q, k, v, x):
+        zero = q.new_zeros(q.shape[0], q.shape[1], 1, q.shape[3])
+        return F.scaled_dot_product_attention(q, torch.cat([zero, k], 2), torch.cat([zero, v], 2), attn_mask=self.mask(q.shape[2], q.device))
+
+    def weights(self, q, k, x):
+        logits = torch.cat([q.new_zeros(*q.shape[:3], 1), self.logits(q, k)], dim=-1)
+        return (logits + self.mask(q.shape[2], q.device)).softmax(-1)
+
+
+class LearnedSink(SoftmaxOne):
+    """(g) with a learned sink logit b_h per head (gpt-oss's `sinks`), from 0."""
+
+    key, letter, title, formula = "learned_sink", "(h)", "Learned attention sink", "e^{QKᵀ/√d} V / (e^{b_h} + Σ e^{QKᵀ/√d})"
+    softpick_table3 = {"sink_rate": 0.088, "kurtosis": 1800, "max_abs": 107}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.sinks = nn.Parameter(torch.zeros(config.n_head))
+
+    def sink_logits(self):
+        return self.sinks
+
+
+class Gated(CausalSelfAttention):
+    key, letter, title, formula = "gated", "(i)", "Gated attention", "softmax(QKᵀ/√d) V ⊙ sigmoid(x W_θ)"
+    paper_keeps_massive, zoo = None, True
+    softpick_table3 = {"sink_rate": 0.020, "kurtosis": 136, "max_abs": 23}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.gate = nn.Linear(config.n_embd, self.gate_width(config), bias=False)
+
+    @staticmethod
+    def gate_width(config):
+        return config.n_embd
+
+    def gates(self, x):
+        """sigmoid(x W_θ) as [B, H, T, d] (d = 1 head-wise)."""
+        B, T, _ = x.shape
+        return torch.sigmoid(self.gate(x)).view(B, T, self.n_head, -1).transpose(1, 2)
+
+    def scale(self, x):
+        return self.gates(x).mean(-1).transpose(1, 2)
+
+    def mix(self, q, k, v, x):
+        return super().mix(q, k, v, x) * self.gates(x)
+
+
+class ClippedSoftmax(CausalSelfAttention):
+    key, letter, title, formula = "clipped_softmax", "(j)", "Clipped softmax", "clip((ζ − γ)·softmax(QKᵀ/√d) + γ, 0, 1) V"
+    paper_keeps_massive, zoo, softpick_table3 = None, True, None
+    gamma, zeta = -0.025, 1.0
+
+    def weights(self, q, k, x):
+        return ((self.zeta - self.gamma) * super().weights(q, k, x) + self.gamma).clamp(0, 1)
+
+    def mix(self, q, k, v, x):
+        return self.weights(q, k, x) @ v
+
+
+class Softpick(CausalSelfAttention):
+    key, letter, title, formula = "softpick", "(k)", "Softpick", "ReLU(e^{QKᵀ/√d} − 1) / (Σ|e^{QKᵀ/√d} − 1| + ε) V"
+    paper_keeps_massive, zoo = None, True
+    softpick_table3 = {"sink_rate": 0.0, "kurtosis": 282, "max_abs": 25}
+    epsilon = 1e-8
+
+    def weights(self, q, k, x):
+        # numerator and denominator times e^{−m}, m = max(0, max_j s_ij): nothing overflows and
+        # nothing is lost; hidden keys are −∞ before the exponential, so they carry no gradient
+        visible = causal_mask(q.shape[2], q.device)
+        logits = self.logits(q, k).masked_fill(~visible, float("-inf"))
+        shift = logits.amax(-1, keepdim=True).clamp_min(0)
+        offset = (-shift).exp()
+        shifted = ((logits - shift).exp() - offset).masked_fill(~visible, 0.0)  # (e^{s} − 1)·e^{−m}
+        return F.relu(shifted) / (shifted.abs().sum(-1, keepdim=True) + self.epsilon * offset)
+
+    def mix(self, q, k, v, x):
+        return self.weights(q, k, x) @ v
+
+
+class GatedHeadwise(Gated):
+    key, letter, title, formula = "gated_headwise", "(l)", "Gated attention, one gate per head", "softmax(QKᵀ/√d) V · sigmoid(x W_θ)"
+    softpick_table3 = None
+
+    @staticmethod
+    def gate_width(config):
+        return config.n_head
 
 
 class MLP(nn.Module):
@@ -142,7 +328,7 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = VARIANTS[config.attention](config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
@@ -166,9 +352,8 @@ class GPT(nn.Module):
         for name, parameter in self.named_parameters():  # GPT-2's scaled init of the residual projections
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        for block in self.blocks:  # (e)'s scaling layer keeps PyTorch's default init, as in the authors' code
-            if config.attention == "context_scale":
-                block.attn.context_scale.reset_parameters()
+        for block in self.blocks:
+            block.attn.reset_extra()
 
     @staticmethod
     def _init_weights(module):
@@ -198,4 +383,4 @@ class GPT(nn.Module):
 
     def extra_parameters(self) -> int:
         """Parameters the attention variant adds to the default model (the paper's overhead)."""
-        return sum(p.numel() for name, p in self.named_parameters() if any(k in name for k in ("v_bias", "k_bias", "context_scale")))
+        return sum(block.attn.extra_parameters() for block in self.blocks)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import field_metrics
 from .capture import ATTENTION_SITES, ExpertInputs
 
 PAPER_RATIO = 1000.0  # × mean |x|
@@ -47,6 +48,7 @@ COLUMNS = {
         "mean_abs": "mean |x| over the window's tokens × channels (inside experts: over the routed tokens × experts × channels)",
         "median_abs": f"median |x| (lower median) over tokens × channels, routed entries only inside experts; only for {', '.join(TOKEN_SITES)}",
         "max_abs": "max |x|",
+        "kurtosis": "E[(x − μ)⁴] / σ⁴ over tokens × channels (3 for a Gaussian; field_metrics.kurtosis); only for layer_output",
     },
     "topk": {
         "window": "",
@@ -118,6 +120,13 @@ COLUMNS = {
         "head": "",
         "outlier_share": "share of this head's attention that goes to the window's outlier keys",
         "outlier_keys": "the window's outlier keys: positions over the threshold in any layer",
+    },
+    "attention_first_key": {
+        "window": "",
+        "layer": "",
+        "head": "",
+        "first_key": f"mean weight on the first key over the first {field_metrics.SINK_WINDOW} queries, the first included "
+        "(Gu et al.'s α; field_metrics.first_key_weight)",
     },
     "attention_sink": {  # only for models with a learned sink (gpt-oss)
         "window": "",
@@ -191,11 +200,13 @@ class CorpusStatistics:
         self.window, self.input_ids = window, input_ids.flatten()
         self.pending = []  # (layer, site, width, {name: reduction on the device})
         self.received = {}  # layer -> [heads, keys] attention received
+        self.first_key = {}  # layer -> [heads] Gu et al.'s α
         self.sink_received = {}  # layer -> [heads] attention the learned sink receives
 
     def __call__(self, site: str, layer: int, tensor: torch.Tensor) -> None:
         if site == "attn_probs":  # [heads, queries, keys] -> attention each key receives, per head
             self.received[layer] = tensor.sum(dim=1, dtype=torch.float32)
+            self.first_key[layer] = field_metrics.first_key_weight(tensor[..., :1].float())  # only the first key
             if self.learned_sink:  # what each query's row lacks of 1 went to the sink
                 self.sink_received[layer] = (1 - tensor.sum(dim=-1, dtype=torch.float32)).clamp_min(0).sum(dim=-1)
             return
@@ -240,6 +251,8 @@ class CorpusStatistics:
                 flagged_massive=(at_flagged > SUN_FLOOR) & (at_flagged > SUN_RATIO * median.float()),
                 flagged_channel=routed.channels(flagged, x[flagged].abs().argmax(dim=1)) if routed else x[flagged].abs().argmax(dim=1),
             )
+        if site == "layer_output":
+            reduced["kurtosis"] = field_metrics.kurtosis(x.float())
         if site == "attn_residual":  # a copy: the model may reuse the residual's memory
             self.attn_residual[layer] = x.clone()
         if site == "layer_output":  # signed extremes: an outlier's growth and its cancellation differ in sign
@@ -267,10 +280,11 @@ class CorpusStatistics:
         for layer, site, reductions in self.pending:
             self._site_rows(layer, site, {name: value.cpu() for name, value in reductions.items()}, ids)
         self._attention_rows({layer: received.cpu() for layer, received in self.received.items()}, ids)
-        for layer, per_head in sorted(self.sink_received.items()):
-            for head, value in enumerate(per_head.tolist()):
-                self.rows["attention_sink"].append((self.window, layer, head, value))
-        self.pending, self.received, self.sink_received = [], {}, {}
+        for name, per_layer in (("attention_first_key", self.first_key), ("attention_sink", self.sink_received)):
+            for layer, per_head in sorted(per_layer.items()):
+                for head, value in enumerate(per_head.tolist()):
+                    self.rows[name].append((self.window, layer, head, value))
+        self.pending, self.received, self.first_key, self.sink_received = [], {}, {}, {}
 
     def label(self, token_id: int) -> str:
         if token_id not in self.labels:
@@ -280,7 +294,8 @@ class CorpusStatistics:
     def _site_rows(self, layer, site, reduced, ids):
         window, mean = self.window, reduced["mean"].item()
         median = reduced["median"].item() if "median" in reduced else float("nan")
-        self.rows["sites"].append((window, layer, site, mean, median, reduced["max"].item()))
+        kurtosis = reduced["kurtosis"].item() if "kurtosis" in reduced else float("nan")
+        self.rows["sites"].append((window, layer, site, mean, median, reduced["max"].item(), kurtosis))
         top = zip(reduced["top_values"].tolist(), reduced["top_position"].tolist(), reduced["top_channel"].tolist())
         for rank, (value, position, channel) in enumerate(top, start=1):
             self.rows["topk"].append((window, layer, site, rank, float(value), position, channel, ids[position]))
