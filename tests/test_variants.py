@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import REPO
 from systematic_outliers import tasks, training, variant_analysis, variant_report
-from systematic_outliers.gpt2 import GPT, GPTConfig
+from systematic_outliers.gpt2 import GPT, VARIANTS, GPTConfig
 
 TASK = {
     "data": {"kind": "bigram_backcopy", "length": 16, "vocab_size": 16, "triggers": 2, "task_seed": 0},
@@ -34,7 +34,7 @@ def analysis(tmp_path_factory):
     folder = tmp_path_factory.mktemp("variants")
     data, vocab_size, prompt_ids, labels = tasks.load_task(TASK)
     runs = {}
-    for variant in ("default", "attention_bias", "context_scale", "sigmoid"):
+    for variant in VARIANTS:  # all twelve: each trains, and the analysis reads each
         runs[(variant, 0)] = folder / variant / "seed0"
         training.train(tasks.model_config(TASK, variant, vocab_size), training.schedule(TASK, 0), data, runs[(variant, 0)])
     variant_analysis.analyse(TASK, runs, data, prompt_ids, labels, folder / "analysis")
@@ -43,20 +43,37 @@ def analysis(tmp_path_factory):
 
 def test_every_table_covers_every_run_and_layer(analysis):
     runs = pd.read_parquet(analysis / "runs.parquet")
-    assert list(runs.variant) == ["attention_bias", "context_scale", "default", "sigmoid"]
-    assert dict(zip(runs.variant, runs.extra_parameters)) == {
+    assert list(runs.variant) == sorted(VARIANTS)
+    assert dict(zip(runs.variant, runs.extra_parameters)) == {  # per layer, times 2 layers (n_embd 16, 2 heads)
+        "default": 0,
+        "fixed_bias": 2 * 16,
+        "context_bias": 2 * 2 * 2 * 8,
         "attention_bias": 2 * 2 * 2 * 8,
         "context_scale": 2 * (16 * 2 + 2),
-        "default": 0,
         "sigmoid": 0,
+        "softmax_one": 0,
+        "learned_sink": 2 * 2,
+        "gated": 2 * 16 * 16,
+        "clipped_softmax": 0,
+        "softpick": 0,
+        "gated_headwise": 2 * 16 * 2,
     }
     layers = pd.read_parquet(analysis / "layerwise.parquet")
     assert sorted(layers.layer.unique()) == [0, 1, 2] and (layers.top1 >= layers.top2).all() and (layers.top3 >= layers["median"]).all()
     sink = pd.read_parquet(analysis / "sink.parquet")
     assert set(sink.positions) == {"trigger", "non_trigger"}
-    assert sink[sink.variant == "attention_bias"].extra_key.notna().all() and sink[sink.variant == "default"].extra_key.isna().all()
-    scale = sink[sink.variant == "context_scale"].scale
-    assert scale.notna().all() and ((scale > 0) & (scale < 2)).all()
+    extra = sink.groupby("variant").extra_key.apply(lambda e: e.notna().all())
+    assert sorted(extra[extra].index) == ["attention_bias", "context_bias", "learned_sink", "softmax_one"]
+    scale = sink.groupby("variant").scale.apply(lambda e: e.notna().all())
+    assert sorted(scale[scale].index) == ["context_scale", "gated", "gated_headwise"]
+    for variant, high in (("context_scale", 2), ("gated", 1), ("gated_headwise", 1)):
+        values = sink[sink.variant == variant].scale
+        assert ((values > 0) & (values < high)).all()
+    # Gu et al.'s α per head, and the kurtosis per layer (the block outputs of a tiny model: near a Gaussian's 3)
+    heads = pd.read_parquet(analysis / "heads.parquet")
+    assert len(heads) == len(VARIANTS) * 2 * 2 and heads.first_key.between(0, 1).all()
+    assert layers["kurtosis"].between(1, 50).all()
+    assert pd.read_json(analysis / "manifest.json", typ="series")["sink_window"] == 16
 
 
 def test_full_precision_loss_is_the_one_training_logged(analysis):
@@ -93,6 +110,7 @@ def test_compression_changes_weights_only_inside_its_block():
         ("gpt2_activations", {"panel": "sigmoid"}, "sigmoid attention (f) beside softmax (a)"),
         ("gpt2_attention_sink", {}, "(e) context_scale: first key non-trigger"),
         ("gpt2_convergence", {}, "Tokens to reach"),
+        ("gpt2_metrics", {}, "(k) Sink_1^0.3"),
     ],
 )
 def test_gpt2_notebooks_draw_from_the_analysis_alone(analysis, tmp_path, notebook, parameters, says):
@@ -111,7 +129,7 @@ def test_gpt2_notebooks_draw_from_the_analysis_alone(analysis, tmp_path, noteboo
 def test_tables_and_claims_state_the_numbers(analysis):
     runs = pd.read_parquet(analysis / "runs.parquet")
     table = variant_report.table2(runs)
-    assert list(table.id) == ["(a)", "(d)", "(e)", "(f)"] and table.set_index("variant").extra_parameters["context_scale"] == 68
+    assert list(table.id) == [VARIANTS[v].letter for v in VARIANTS] and table.set_index("variant").extra_parameters["context_scale"] == 68
     compression = variant_report.compression_table(pd.read_parquet(analysis / "compression.parquet"))
     assert list(compression.method[:4]) == ["full", "w8", "w8a8", "prune50"] and "backcopy_accuracy" in compression
     text = variant_report.claims({"tiny": analysis})

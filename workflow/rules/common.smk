@@ -123,6 +123,7 @@ GPT2_FIGURES = {
     "variants_sigmoid": ("gpt2_activations", {"panel": "sigmoid"}),
     "variants_attention_sink": ("gpt2_attention_sink", {}),
     "convergence": ("gpt2_convergence", {}),
+    "variants_metrics": ("gpt2_metrics", {}),
 }
 
 
@@ -255,7 +256,7 @@ def default_targets():
         *(
             f"results/tables/gpt2/{task}/{table}.csv"
             for task in TRAINING["run"]
-            for table in ("table2_variants", "compression")
+            for table in ("table2_variants", "compression", "ranking")
         ),
         *(["results/claims/gpt2.md"] if TRAINING["run"] else []),
     ]

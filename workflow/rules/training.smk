@@ -108,6 +108,8 @@ rule variant_tables:
             "results/tables/gpt2/{task}/compression.csv", category="Tables"
         ),
         compression_md="results/tables/gpt2/{task}/compression.md",
+        ranking_csv=report("results/tables/gpt2/{task}/ranking.csv", category="Tables"),
+        ranking_md="results/tables/gpt2/{task}/ranking.md",
     log:
         "results/logs/variant_tables/{task}.log",
     conda:

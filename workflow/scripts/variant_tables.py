@@ -1,4 +1,4 @@
-"""Rule variant_tables: Table 2 (formulations and extra parameters) and the compression table of one task."""
+"""Rule variant_tables: Table 2 (formulations and extra parameters), the compression table and the ranking on the field's metrics of one task."""
 
 from pathlib import Path
 
@@ -12,6 +12,7 @@ def main(snakemake):
     analysis = Path(snakemake.input.analysis)
     table2 = variant_report.table2(read_table(analysis, "runs"))
     compression = variant_report.compression_table(read_table(analysis, "compression"))
+    ranking = variant_report.ranking(variant_report.measures(analysis))
     task = snakemake.wildcards.task
     for table, csv_path, markdown_path, text in (
         (
@@ -26,6 +27,7 @@ def main(snakemake):
             snakemake.output.compression_md,
             variant_report.markdown(compression, f"Compression of the attention variants, task {task}", variant_report.COMPRESSION_NOTE),
         ),
+        (ranking, snakemake.output.ranking_csv, snakemake.output.ranking_md, variant_report.ranking_file(ranking, task, analysis)),
     ):
         with atomic_file(csv_path) as scratch:
             table.to_csv(scratch, index=False)
@@ -33,6 +35,7 @@ def main(snakemake):
             scratch.write_text(text)
     print(table2.to_string())
     print(compression.to_string())
+    print(ranking.to_string())
 
 
 run_rule(snakemake, main)

@@ -140,14 +140,30 @@ def mark_channel_lives(ax, lives: list, draw_curves: bool, count: int = len(CHAN
         ax.legend(frameon=False, fontsize=8)
 
 
-VARIANT_COLORS = {
-    "default": "tab:blue",
-    "fixed_bias": "tab:orange",
-    "context_bias": "tab:green",
-    "attention_bias": "tab:red",
-    "context_scale": "tab:purple",
-    "sigmoid": "tab:brown",
-}
+# One colour per attention variant, by its letter: (a)–(f) keep tab10's first six, the zoo (g)–(l) the rest.
+VARIANT_PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black", "gold")
+
+
+def variant_colour(letter: str) -> str:
+    """The colour of variant "(a)" … "(l)"."""
+    return VARIANT_PALETTE[ord(letter.strip("()")) - ord("a")]
+
+
+def trained_variants(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per trained variant of an analysis' runs table, in letter order: variant, id, name, colour, label."""
+    table = runs.drop_duplicates("variant").sort_values("id")[["variant", "id", "name"]].reset_index(drop=True)
+    return table.assign(colour=table.id.map(variant_colour), label=table.id + " " + table.name)
+
+
+def small_multiples(count: int, width: float = 3.4, height: float = 3.0, columns: int = 4, **kwargs):
+    """A grid of `count` panels, `columns` wide; the unused panels are switched off. Returns (figure, flat list of used axes)."""
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False, **kwargs)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_axis_off()
+    return figure, flat[:count]
 
 
 def plot_token_classes(ax, classes: pd.Series, title: str, empty: str = "none found") -> None:

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from . import field_metrics
 from .gpt2 import GPT, VARIANTS
 from .io import atomic_directory, write_json
 from .tasks import BigramBackcopy
@@ -24,9 +25,13 @@ COLUMNS = {
     "runs": "variant, seed, id (the paper's letter), name, formulation, parameters, extra_parameters, final val_loss (and "
     "backcopy_accuracy for the testbed), steps, tokens, seconds, tokens_per_second",
     "layerwise": "variant, seed, layer (0 = embedding output, l = block l), top1/top2/top3/median of |h| over the "
-    "validation batches (mean over batches), top1_position: the sequence position of the largest |h|",
+    "validation batches (mean over batches), top1_position: the sequence position of the largest |h|, kurtosis: of h over "
+    "tokens × channels (field_metrics.kurtosis, mean over batches)",
+    "heads": f"variant, seed, layer, head, first_key: Gu et al.'s α, the mean weight on the first key over the first "
+    f"{field_metrics.SINK_WINDOW} queries (field_metrics.first_key_weight), mean over batches",
     "sink": "variant, seed, layer, positions ('all', or for the testbed 'trigger'/'non_trigger'), first_key: mean weight "
-    "on the first key, extra_key: mean weight on k′ (variants c, d), scale: mean S_c (variant e), first_value: the "
+    "on the first key, extra_key: mean weight on k′ or a sink's pseudo-key (variants c, d, g, h), scale: the mean factor on "
+    "a head's output (S_c of e, the gates of i and l), first_value: the "
     "first token's value norm over the median token's (mean over heads and batches)",
     "compression": "variant, seed, method (full, w8, w8a8, prune50), val_loss, perplexity (exp val_loss), backcopy_accuracy",
     "curves": "variant, seed and each row of the run's log.csv: step, tokens, train_loss, val_loss, backcopy_accuracy, "
@@ -63,10 +68,11 @@ def layerwise(model: GPT, batches) -> list[dict]:
             for layer, h in keep.items():
                 magnitude = h.abs().flatten()
                 top = magnitude.topk(3)
-                row = sums.setdefault(layer, {"top1": 0.0, "top2": 0.0, "top3": 0.0, "median": 0.0, "positions": []})
+                row = sums.setdefault(layer, {"top1": 0.0, "top2": 0.0, "top3": 0.0, "median": 0.0, "kurtosis": 0.0, "positions": []})
                 for rank in range(3):
                     row[f"top{rank + 1}"] += top.values[rank].item() / len(batches)
                 row["median"] += magnitude.median().item() / len(batches)
+                row["kurtosis"] += field_metrics.kurtosis(h.float()).item() / len(batches)
                 row["positions"].append(int(top.indices[0]) // h.shape[-1] % h.shape[1])
     return [
         {
@@ -79,10 +85,11 @@ def layerwise(model: GPT, batches) -> list[dict]:
 
 
 @torch.no_grad()
-def sinks(model: GPT, batches, data) -> list[dict]:
-    """Per layer, the mean attention weight on the first key (and on k′, and S_c), at the testbed's
-    trigger and non-trigger positions or at all positions after the first."""
-    rows = []
+def sinks(model: GPT, batches, data) -> tuple[list[dict], list[dict]]:
+    """Per layer, the mean attention weight on the first key (and on k′ or a sink, and the factor on
+    the output), at the testbed's trigger and non-trigger positions or at all positions after the
+    first; and per layer and head Gu et al.'s α."""
+    rows, heads = [], []
     keep: dict[int, torch.Tensor] = {}
     with _block_outputs(model, keep):
         for inputs, _, _ in batches:
@@ -95,25 +102,29 @@ def sinks(model: GPT, batches, data) -> list[dict]:
                 group[:, 0] = False  # the first query can only look at itself
             for layer, block in enumerate(model.blocks, start=1):
                 normed = block.ln_1(keep[layer - 1])
-                weights = block.attn.attention_weights(normed).mean(dim=1)  # over heads: [B, T, keys]
-                extra = weights.shape[-1] > inputs.shape[1]
-                scale = block.attn.scale(normed).mean(-1) if block.attn.variant == "context_scale" else None
+                per_head = block.attn.attention_weights(normed)  # [B, H, T, extra + T]
+                extra = block.attn.extra_keys
+                alpha = field_metrics.first_key_weight(per_head[..., extra:]).mean(0)  # [H]
+                heads += [{"layer": layer, "head": head, "first_key": value} for head, value in enumerate(alpha.tolist())]
+                weights = per_head.mean(dim=1)  # over heads: [B, T, keys]
+                scale = block.attn.scale(normed)
+                scale = scale.mean(-1) if scale is not None else None
                 # a sink's value is small (Sun et al.): the first token's |v| against the median token's
-                value_norm = block.attn._heads(normed)[2].norm(dim=-1).mean(dim=1)  # [B, T], mean over heads
+                value_norm = block.attn.heads(normed)[2].norm(dim=-1).mean(dim=1)  # [B, T], mean over heads
                 value_ratio = (value_norm[:, 0] / value_norm[:, 1:].median(dim=1).values).mean().item()
                 for name, positions in groups.items():
                     rows.append(
                         {
                             "layer": layer,
                             "positions": name,
-                            "first_key": weights[..., int(extra)][positions].mean().item(),
+                            "first_key": weights[..., extra][positions].mean().item(),
                             "extra_key": weights[..., 0][positions].mean().item() if extra else float("nan"),
                             "scale": scale[positions].mean().item() if scale is not None else float("nan"),
                             "first_value": value_ratio,
                         }
                     )
-    table = pd.DataFrame(rows)
-    return table.groupby(["layer", "positions"], as_index=False).mean().to_dict("records")
+    table = pd.DataFrame(rows).groupby(["layer", "positions"], as_index=False).mean()
+    return table.to_dict("records"), pd.DataFrame(heads).groupby(["layer", "head"], as_index=False).mean().to_dict("records")
 
 
 def _absmax_int8(tensor: torch.Tensor, dim=None) -> torch.Tensor:
@@ -171,14 +182,14 @@ def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: lis
         log = pd.read_csv(Path(folder) / "log.csv")
         tables["curves"] += log.assign(variant=variant, seed=seed).to_dict("records")
         last = log.iloc[-1]
-        letter, name, formulation = VARIANTS[variant]
+        attention = VARIANTS[variant]
         tables["runs"].append(
             {
                 "variant": variant,
                 "seed": seed,
-                "id": letter,
-                "name": name,
-                "formulation": formulation,
+                "id": attention.letter,
+                "name": attention.title,
+                "formulation": attention.formula,
                 "parameters": config["parameters"],
                 "extra_parameters": config["extra_parameters"],
                 "val_loss": last.val_loss,
@@ -190,7 +201,9 @@ def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: lis
             }
         )
         tables["layerwise"] += [{"variant": variant, "seed": seed, **row} for row in layerwise(model, batches)]
-        tables["sink"] += [{"variant": variant, "seed": seed, **row} for row in sinks(model, batches, data)]
+        sink, heads = sinks(model, batches, data)
+        tables["sink"] += [{"variant": variant, "seed": seed, **row} for row in sink]
+        tables["heads"] += [{"variant": variant, "seed": seed, **row} for row in heads]
         for method in METHODS:
             with compressed(model, method):
                 result = evaluate(model, batches, data)
@@ -223,6 +236,8 @@ def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: lis
                 "tables": COLUMNS,
                 "layers": task["model"]["n_layer"],
                 "kind": task["data"]["kind"],
+                "length": data.length,
+                "sink_window": min(field_metrics.SINK_WINDOW, data.length),
                 "seeds": sorted({seed for _, seed in runs}),
                 "validation_batches": len(batches),
             },

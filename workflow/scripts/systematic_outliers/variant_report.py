@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import verdicts
+from . import field_metrics, verdicts
 from .choices import is_massive
 from .gpt2 import VARIANTS
 from .readers import read_manifest, read_table
@@ -27,11 +27,14 @@ CONVERGED = 0.5
 SINK_MARGIN = 0.1  # one seed: attention weights must differ by more than this
 RELATIVE_MARGIN = 0.1  # one seed: tokens to converge, or compression damage, must differ by more than this share of (a)'s
 LOSS_FLOOR = 1e-3  # nats: validation-loss differences below this are not findings, whatever the seeds say
-KEEP, LOSE = ("default", "fixed_bias", "context_bias"), ("attention_bias", "context_scale")
+# the paper's Section 5: (a)–(c) keep massive activations, (d) and (e) lose them
+KEEP = tuple(key for key, attention in VARIANTS.items() if attention.paper_keeps_massive is True)
+LOSE = tuple(key for key, attention in VARIANTS.items() if attention.paper_keeps_massive is False)
+ZOO = tuple(key for key, attention in VARIANTS.items() if attention.zoo)  # each judged against (a)
 
 
 def _letter(variant: str) -> str:
-    return VARIANTS[variant][0]
+    return VARIANTS[variant].letter
 
 
 def table2(runs: pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +143,8 @@ def measures(analysis_dir: Path) -> dict:
     over the median token's.
     """
     analysis_dir = Path(analysis_dir)
-    layerwise = read_table(analysis_dir, "layerwise", ("variant", "seed", "layer", "top1", "median"))
+    layerwise = read_table(analysis_dir, "layerwise", ("variant", "seed", "layer", "top1", "median", "kurtosis"))
+    heads = read_table(analysis_dir, "heads", ("variant", "seed", "layer", "head", "first_key"))
     sink = read_table(analysis_dir, "sink", ("variant", "seed", "layer", "positions", "first_key", "extra_key", "scale", "first_value"))
     runs = read_table(analysis_dir, "runs", ("variant", "seed", "val_loss"))
     compression = read_table(analysis_dir, "compression", ("variant", "seed", "method", "val_loss"))
@@ -159,7 +163,7 @@ def measures(analysis_dir: Path) -> dict:
         contrast = at_quiet - mean_parked.xs("trigger", level="positions") if quiet == "non_trigger" else at_quiet
         layer = int(contrast.idxmax())
         there = sink[(sink.variant == variant) & (sink.layer == layer) & (sink.positions == quiet)].set_index("seed").sort_index()
-        scale = there.scale if variant == "context_scale" else pd.Series(1.0, index=there.index)
+        scale = there.scale.fillna(1.0)  # S_c of (e), the gates' mean; 1 where nothing scales the output
         full = compression[(compression.variant == variant) & (compression.method == "full")].set_index("seed").val_loss
         damage = {
             method: (compression[(compression.variant == variant) & (compression.method == method)].set_index("seed").val_loss - full)
@@ -178,6 +182,14 @@ def measures(analysis_dir: Path) -> dict:
             "loss": runs[runs.variant == variant].set_index("seed").val_loss,
             "damage": damage,
             "tokens": pd.Series(reached[variant]),
+            # the field's metrics (field_metrics): Sink_1^ε over (layer, head) pairs, kurtosis over the block outputs
+            **{
+                field_metrics.sink_label(epsilon): alpha.groupby("seed").agg(lambda a, e=epsilon: field_metrics.sink_rate(a, e))
+                for alpha in [heads[heads.variant == variant].set_index("seed").first_key]
+                for epsilon in field_metrics.SINK_EPSILONS
+            },
+            "kurtosis": rows[rows.layer > 0].groupby("seed").kurtosis.mean(),
+            "kurtosis_max": rows[rows.layer > 0].groupby("seed").kurtosis.max(),
         }
     return out
 
@@ -284,11 +296,11 @@ def judge_convergence(m: dict) -> Finding:
     )
 
 
-def judge_compression(m: dict) -> Finding:
-    untrained = _untrained(m, "default", "context_scale")
+def judge_compression(m: dict, variant: str = "context_scale") -> Finding:
+    untrained = _untrained(m, "default", variant)
     if untrained:
         return untrained
-    a, e = m["default"], m["context_scale"]
+    a, e, letter = m["default"], m[variant], _letter(variant)
     parts, outcomes = [], []
     for method in METHODS[1:]:
         margin = RELATIVE_MARGIN * abs(a["damage"][method].mean())
@@ -296,7 +308,7 @@ def judge_compression(m: dict) -> Finding:
             e["damage"][method], a["damage"][method], lower_is_better=True, margin=margin, floor=LOSS_FLOOR, unit=" nats", digits=2
         )
         outcomes.append(comparison.verdict)
-        parts.append(f"{method}: (e) {_span(e['damage'][method], 4)}, (a) {_span(a['damage'][method], 4)}, {comparison.verdict}")
+        parts.append(f"{method}: {letter} {_span(e['damage'][method], 4)}, (a) {_span(a['damage'][method], 4)}, {comparison.verdict}")
     favourable = [o for o in outcomes if o in (HOLDS, PARTLY)]
     if NOT_MEASURED in outcomes:
         verdict = NOT_MEASURED
@@ -379,8 +391,197 @@ GPT2_CLAIMS = [
 ]
 
 
+
+# ---------------------------------------------------------------------------------------------
+# The sink-free mechanisms of the literature (VARIANTS with `zoo`), each against (a).
+
+
+def judge_zoo_sink(m: dict, variant: str) -> Finding:
+    missing = _sink_missing(m, variant)
+    if missing:
+        return missing
+    v, a = m[variant], m["default"]
+    comparison = verdicts.compare_over_seeds(v["effective"], a["sink"], lower_is_better=True, margin=SINK_MARGIN, digits=2)
+    parked = f", {_span(v['extra'])} on its sink" if v["extra"].notna().any() else ""
+    scaled = f", scaled by {_span(v['scale'], 3)}" if v["scale"].notna().any() else ""
+    return Finding(
+        f"where the head should do nothing, at its sink layer {v['layer']}: {_letter(variant)} puts {_span(v['sink'])} on the first "
+        f"key{parked}{scaled}, so the first key contributes {_span(v['effective'], 3)}; (a) {_span(a['sink'])}; {comparison.text}",
+        comparison.verdict,
+    )
+
+
+def judge_zoo_massive(m: dict, variant: str) -> Finding:
+    untrained = _untrained(m, "default", variant)
+    if untrained:
+        return untrained
+    v, a = m[variant], m["default"]
+    text = "; ".join(
+        f"{_letter(k)} top-1 {_span(m[k]['top1'], 1)}, {_span(m[k]['ratio'], 0)}× the median, massive in "
+        f"{int(m[k]['massive'].sum())} of {len(m[k]['massive'])} seeds"
+        for k in ("default", variant)
+    )
+    seeds = min(len(v["massive"]), len(a["massive"]))
+    if v["massive"].any():
+        verdict = DOES_NOT_HOLD
+    elif not a["massive"].any():
+        verdict = NOT_SHOWN
+    else:
+        verdict = HOLDS if a["massive"].all() and seeds > 1 else PARTLY
+    return Finding(text, verdict)
+
+
+def judge_zoo_convergence(m: dict, variant: str) -> Finding:
+    """No slower: holds unless slower than (a) beyond the seed spread; one seed: at most partly."""
+    untrained = _untrained(m, "default", variant)
+    if untrained:
+        return untrained
+    a, v, c = m["default"], m[variant], m["_convergence"]
+    comparison = verdicts.compare_over_seeds(
+        v["tokens"], a["tokens"], lower_is_better=True, margin=RELATIVE_MARGIN * a["tokens"].mean(), floor=c["resolution"], unit=" tokens", digits=3
+    )
+    single = min(len(v["tokens"]), len(a["tokens"])) < 2
+    verdict = {HOLDS: HOLDS, PARTLY: PARTLY, NOT_SHOWN: PARTLY if single else HOLDS}.get(comparison.verdict, comparison.verdict)
+    return Finding(
+        f"tokens until the validation loss is {c['target']:.4f}: {_letter(variant)} {_span(v['tokens'], 0)}, (a) {_span(a['tokens'], 0)}; "
+        f"final loss {_letter(variant)} {_span(v['loss'], 4)}, (a) {_span(a['loss'], 4)}; {comparison.text}",
+        verdict,
+    )
+
+
+def zoo_claims(variant: str) -> list[Claim]:
+    attention = VARIANTS[variant]
+    name = f"{attention.letter} {variant}"
+    return [
+        Claim(
+            f"{variant}.sink",
+            f"{name} removes the attention sink where the head should do nothing",
+            f"its first-key weight (times the factor on its output, where it has one) below (a)'s, at the positions that should do "
+            f"nothing; {_SEEDS} (margin {SINK_MARGIN:g}); not shown at this scale when (a) has no sink (< {SINK:g})",
+            _softpick_anchor(variant, "sink_rate"),
+            lambda m: judge_zoo_sink(m, variant),
+        ),
+        Claim(
+            f"{variant}.massive",
+            f"{name} has no massive activations",
+            "massive as Sun et al. (> 100 and > 1000× the median of the layer); holds: (a) massive in every seed and this variant in "
+            "none (more than one seed); partly: (a) in some seeds, or one seed; does not hold: this variant massive in any seed; not "
+            "shown at this scale: (a) has none",
+            _softpick_anchor(variant, "max_abs"),
+            lambda m: judge_zoo_massive(m, variant),
+        ),
+        Claim(
+            f"{variant}.convergence",
+            f"{name} converges no slower than (a)",
+            f"tokens to reach {CONVERGED:.0%} of (a)'s improvement in validation loss; does not hold: more than (a) beyond the noise; "
+            f"{_SEEDS} (margin {RELATIVE_MARGIN:.0%} of (a)'s tokens; never less than one evaluation interval)",
+            "",
+            lambda m: judge_zoo_convergence(m, variant),
+        ),
+        Claim(
+            f"{variant}.compression",
+            f"{name} compresses better than (a)",
+            f"smaller damage for w8, w8a8 and prune50 each, as for (e); {_SEEDS} (margin {RELATIVE_MARGIN:.0%} of (a)'s damage), and "
+            f"never below {LOSS_FLOOR:g} nats",
+            "",
+            lambda m: judge_compression(m, variant),
+        ),
+    ]
+
+
+def _softpick_anchor(variant: str, metric: str) -> str:
+    anchor = VARIANTS[variant].softpick_table3
+    if not anchor:
+        return ""
+    value = f"{anchor[metric]:.1%}" if metric == "sink_rate" else f"{anchor[metric]:,g}"
+    label = {"sink_rate": "Sink_1^0.3", "max_abs": "max |h|"}[metric]
+    return f"{label} {value} against softmax's {_softpick_anchor_of_default(metric)} (Softpick paper, 340M, 10k steps)"
+
+
+def _softpick_anchor_of_default(metric: str) -> str:
+    value = VARIANTS["default"].softpick_table3[metric]
+    return f"{value:.1%}" if metric == "sink_rate" else f"{value:,g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The field's metrics for every variant, ranked, beside the Softpick paper's 340M models.
+
+RANKED = {  # column: (what, digits); lower is better for every one
+    "sink_rate_0.3": ("Sink_1^0.3", 2),
+    "kurtosis": ("kurtosis (mean over blocks)", 1),
+    "top1": ("max |h|", 1),
+    "loss": ("final val loss", 4),
+    "w8a8": ("W8A8 damage", 4),
+}
+
+
+def ranking(m: dict) -> pd.DataFrame:
+    """One row per trained variant: each metric's mean, min and max over seeds, its rank (1 = lowest
+    mean) and the Softpick paper's value where it has the variant."""
+    rows = []
+    for variant, v in ((k, v) for k, v in m.items() if not k.startswith("_")):
+        values = {"sink_rate_0.3": v["sink_rate_0.3"], "sink_rate_0.2": v["sink_rate_0.2"], "kurtosis": v["kurtosis"], "top1": v["top1"],
+                  "ratio": v["ratio"], "loss": v["loss"], "w8a8": v["damage"]["w8a8"]}
+        row = {"variant": variant, "id": _letter(variant), "seeds": len(v["loss"])}
+        for name, series in values.items():
+            row |= {f"{name}_mean": float(series.mean()), f"{name}_min": float(series.min()), f"{name}_max": float(series.max())}
+        anchor = VARIANTS[variant].softpick_table3 or {}
+        row |= {f"softpick_{k}": anchor.get(k, float("nan")) for k in ("sink_rate", "kurtosis", "max_abs")}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for name in RANKED:
+        table[f"{name}_rank"] = table[f"{name}_mean"].rank(method="min").astype(int)
+    return table
+
+
+def ordering_text(table: pd.DataFrame) -> str:
+    """The Sink_1^0.3 ordering of the variants the Softpick paper has, ours beside theirs."""
+    shared = table.dropna(subset=["softpick_sink_rate"])
+    if len(shared) < 2:
+        return "Fewer than two of the Softpick paper's variants were trained: no ordering to compare."
+    ours = shared.sort_values(["sink_rate_0.3_mean", "id"]).id.tolist()
+    theirs = shared.sort_values(["softpick_sink_rate", "id"]).id.tolist()
+    pairs = [(i, j) for n, i in enumerate(theirs) for j in theirs[n + 1 :]]
+    agree = sum(ours.index(i) < ours.index(j) for i, j in pairs)
+    ties = [
+        f"{a} and {b}"
+        for n, a in enumerate(ours)
+        for b in ours[n + 1 :]
+        if shared.set_index("id").loc[a, "sink_rate_0.3_mean"] == shared.set_index("id").loc[b, "sink_rate_0.3_mean"]
+    ]
+    return (
+        f"Sink_1^0.3 from fewest sinks to most: here {' < '.join(ours)}; Softpick paper {' < '.join(theirs)}; "
+        f"{agree} of {len(pairs)} pairs in the same order"
+        + (f" (tied here, ordered by letter: {', '.join(ties)})" if ties else "")
+        + "."
+    )
+
+
+def ranking_markdown(table: pd.DataFrame) -> list[str]:
+    def cell(row, name, digits):
+        low, high, mean = row[f"{name}_min"], row[f"{name}_max"], row[f"{name}_mean"]
+        spread = "" if row.seeds == 1 else f" ({low:,.{digits}f}–{high:,.{digits}f})"
+        return f"{mean:,.{digits}f}{spread}"
+
+    def anchor(value, percent=False):
+        return "–" if pd.isna(value) else f"{value:.1%}" if percent else f"{value:,g}"
+
+    rows = [
+        [f"{row.id} {row.variant}"]
+        + [f"{cell(row, name, digits)} [{row[f'{name}_rank']}]" for name, (_, digits) in RANKED.items()]
+        + [cell(row, "sink_rate_0.2", 2), anchor(row.softpick_sink_rate, True), anchor(row.softpick_kurtosis), anchor(row.softpick_max_abs)]
+        for _, row in table.sort_values("id").iterrows()
+    ]
+    header = [label + " [rank]" for label, _ in RANKED.values()]
+    return verdicts.markdown_table(
+        ["variant", *header, "Sink_1^0.2", "Softpick paper: Sink_1^0.3", "kurtosis", "max |h|"], rows
+    )
+
+
 def judge(m: dict) -> list[tuple[Claim, Finding]]:
-    return [(claim, claim.judge(m)) for claim in GPT2_CLAIMS]
+    """The paper's claims, then four for each trained variant of the zoo."""
+    claims = GPT2_CLAIMS + [claim for variant in ZOO if variant in m for claim in zoo_claims(variant)]
+    return [(claim, claim.judge(m)) for claim in claims]
 
 
 def claims(tasks: dict[str, Path]) -> str:
@@ -440,5 +641,26 @@ def claims(tasks: dict[str, Path]) -> str:
             "",
             *verdicts.claims_rows(judged),
             "",
+            *ranking_section(ranking(m), f"### The field's metrics, ranked ({task})", analysis_dir),
         ]
     return "\n".join(sections)
+
+
+def ranking_section(table: pd.DataFrame, title: str, analysis_dir: Path) -> list[str]:
+    note = RANKING_NOTE.format(window=read_manifest(analysis_dir)["sink_window"])
+    return [title, "", note, "", *ranking_markdown(table), "", ordering_text(table), ""]
+
+
+def ranking_file(table: pd.DataFrame, task: str, analysis_dir: Path) -> str:
+    """results/tables/gpt2/{task}/ranking.md."""
+    return "\n".join(ranking_section(table, f"# The attention variants on the field's metrics, task {task}", analysis_dir))
+
+
+RANKING_NOTE = (
+    "Mean over seeds (min–max) and [rank], 1 = lowest mean. Sink_1^ε (Gu et al.): the share of (layer, head) pairs whose mean "
+    "weight on the first key over the first {window} queries exceeds ε, the mean over validation batches; for (g) and (h) "
+    "the first real key, not the pseudo-key. Kurtosis of the block outputs over tokens × channels (3 for a Gaussian), mean "
+    "over blocks. Max |h|: the mean top-1 |h| of the peak layer. W8A8 damage: validation loss with 8-bit weights and "
+    "activations minus in full precision. The Softpick paper's columns: its Table 3 (340M models, 10k steps, ε = 0.3), for "
+    "the variants it trained; its (i) is gated attention as Qiu et al."
+)
