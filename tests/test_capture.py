@@ -247,15 +247,18 @@ def test_planted_outliers_are_found_exactly(tmp_path):
 def test_channel_extremes_are_each_windows_signed_extreme_per_channel(tmp_path):
     """Against an independent computation from the full tensors: per window, layer and channel, x at
     the token where |x| is largest, for the residual stream and what the layer adds after attention;
-    and the channels massive at each outlier token."""
+    and the channels massive at each outlier token; and the field's metrics, the kurtosis of each
+    layer's output and Gu et al.'s α per head."""
     model = gradual_model()
     ids = gradual_windows(tmp_path)
     passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / "stats")
     table = pd.read_parquet(tmp_path / "stats" / "channel_extremes.parquet").set_index(["window", "layer", "site"]).value
     assert set(table.index.get_level_values("site")) == {"layer_output", "mlp_write"}
     outliers = pd.read_parquet(tmp_path / "stats" / "activation_outliers.parquet").query("site == 'layer_output'")
+    sites = pd.read_parquet(tmp_path / "stats" / "sites.parquet").query("site == 'layer_output'").set_index(["window", "layer"])
+    alpha = pd.read_parquet(tmp_path / "stats" / "attention_first_key.parquet").set_index(["window", "layer", "head"]).first_key
     full = {}
-    with capture.hooks(model, ("attn_residual", "layer_output"), lambda s, layer, t: full.__setitem__((s, layer), t.clone())):
+    with capture.hooks(model, ("attn_residual", "layer_output", "attn_probs"), lambda s, layer, t: full.__setitem__((s, layer), t.clone())):
         for window in range(len(ids)):
             with torch.no_grad():
                 model(ids[window : window + 1])
@@ -264,11 +267,20 @@ def test_channel_extremes_are_each_windows_signed_extreme_per_channel(tmp_path):
                 for site, x in (("layer_output", h), ("mlp_write", h - full["attn_residual", layer])):
                     expected = x.gather(0, x.abs().argmax(dim=0, keepdim=True))[0]
                     assert torch.equal(torch.tensor(table[window, layer, site]), expected), (window, layer, site)
+                centered = h.double() - h.double().mean()
+                kurtosis = (centered**4).mean() / (centered**2).mean() ** 2
+                assert sites["kurtosis"][window, layer] == pytest.approx(kurtosis.item(), rel=1e-4)
+                probabilities = full["attn_probs", layer]  # [heads, queries, keys]; the window is 48 < 64 queries
+                for head in range(probabilities.shape[0]):
+                    assert alpha[window, layer, head] == pytest.approx(probabilities[head, :, 0].mean().item(), abs=1e-6)
                 median = h.abs().flatten().median()
                 for row in outliers.query("window == @window and layer == @layer").itertuples():
                     at = h[row.position].abs()
                     assert list(row.massive_channels) == ((at > 100) & (at > 1000 * median)).nonzero().flatten().tolist()
     assert table[0, 4, "mlp_write"][GRADUAL_CHANNEL] > 1000  # the last MLP that builds the outlier
+    # one massive entry among 48 × 32: the kurtosis nears its largest possible value, the entry count
+    assert sites["kurtosis"].xs(4, level="layer").between(0.9 * 48 * 32, 48 * 32).all()
+    assert alpha.xs(GRADUAL_SINK, level="layer").min() > 0.9  # the planted no-op head parks on the first token
     assert outliers.query("layer == 1").massive_channels.map(list).tolist() == [[GRADUAL_CHANNEL]] * 3  # at the massive token
 
 

@@ -17,6 +17,7 @@ Works on numpy arrays and torch tensors alike; imports neither torch nor the res
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 SINK_WINDOW = 64  # queries, as Gu et al.
 SINK_EPSILONS = (0.3, 0.2)
@@ -40,3 +41,16 @@ def kurtosis(x):
 
 def sink_label(epsilon: float) -> str:
     return f"sink_rate_{epsilon:g}"
+
+
+def of_model(sites: pd.DataFrame, first_key: pd.DataFrame | None) -> dict:
+    """An LLM's metrics from its statistics tables: the kurtosis of each layer's output (mean over
+    windows), its mean and largest over layers, and Sink_1^ε per ε (None without attention capture)."""
+    per_layer = sites[sites.site == "layer_output"].groupby("layer")["kurtosis"].mean()
+    alpha = first_key.groupby(["layer", "head"]).first_key.mean() if first_key is not None else None
+    return {
+        "kurtosis": float(per_layer.mean()),
+        "kurtosis_max": float(per_layer.max()),
+        "kurtosis_max_layer": int(per_layer.idxmax()),
+        **{sink_label(epsilon): sink_rate(alpha, epsilon) if alpha is not None else None for epsilon in SINK_EPSILONS},
+    }

@@ -118,6 +118,7 @@ class Evidence:
     attention_heads: pd.DataFrame | None
     weights: pd.DataFrame
     attention_sink: pd.DataFrame | None = None  # None: no learned sink (only gpt-oss-like models have one)
+    attention_first_key: pd.DataFrame | None = None  # Gu et al.'s α per window, layer and head; None without attention capture
 
     @property
     def windows(self) -> int:
@@ -140,7 +141,7 @@ class Evidence:
             model=model,
             stats_dir=Path(stats_dir),
             manifest=manifest,
-            sites=read_table(stats_dir, "sites", ("window", "layer", "site", "mean_abs", "median_abs")),
+            sites=read_table(stats_dir, "sites", ("window", "layer", "site", "mean_abs", "median_abs", "kurtosis")),
             topk=read_table(stats_dir, "topk", ("window", "layer", "site", "rank", "value", "channel")),
             outliers=read_table(
                 stats_dir,
@@ -159,6 +160,7 @@ class Evidence:
                 weights_path.stem,
                 ("layer", "module", "columns", "max_ratio", "column_ratio", "top_columns", "top_column_rows", "mlp_down"),
             ),
+            attention_first_key=attention_table("attention_first_key", ("window", "layer", "head", "first_key")),
             attention_sink=(
                 read_table(stats_dir, "attention_sink", ("window", "layer", "head", "cumulative"))
                 if attention and manifest.get("learned_sink")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import choices
+from . import choices, field_metrics
 from .choices import MOST_WINDOWS, WEIGHT_OUTLIER_FACTOR
 from .readers import Evidence, InterventionResults, windows_text
 from .statistics import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO
@@ -521,6 +521,7 @@ def atlas_row(m: Measured) -> dict:
     classes = c.outlier_tokens.token_class.value_counts(normalize=True)
     sinks = choices.attention_outlier_layers(e.attention_layers, e.windows) if e.has_attention else []
     weights = c.weight_columns
+    metrics = field_metrics.of_model(e.sites, e.attention_first_key)
     return {
         "model": e.model,
         "layers": m.layers,
@@ -533,6 +534,12 @@ def atlas_row(m: Measured) -> dict:
         "peak_layer": c.peak.value + 1,
         "token_classes": ", ".join(f"{k} {v:.0%}" for k, v in classes.items()) or "none",
         "first_sink_layer": (sinks[0] + 1 if sinks else "none") if e.has_attention else "not captured",
+        **{
+            label: f"{metrics[label]:.0%}" if metrics[label] is not None else "not captured"
+            for label in map(field_metrics.sink_label, field_metrics.SINK_EPSILONS)
+        },
+        "kurtosis_mean_over_layers": round(metrics["kurtosis"], 1),
+        "kurtosis_max": f"{metrics['kurtosis_max']:,.0f} at layer {metrics['kurtosis_max_layer'] + 1}",
         "weight_outliers": "; ".join(
             f"layer {int(r.layer) + 1} {r.label} → rows {' '.join(map(str, r.top_column_rows))}" for r in weights.itertuples()
         )
@@ -552,6 +559,10 @@ PAPER_ATLAS = {  # LLaMA-2-7B as the paper shows it (its Figs 1, 3–6 and Table
     "peak_layer": "2–30",
     "token_classes": "initial 50.0%, strong delimiter 40.5%, weak semantic 9.5%",
     "first_sink_layer": 3,
+    "sink_rate_0.3": "–",  # the field's metrics: the paper reports none
+    "sink_rate_0.2": "–",
+    "kurtosis_mean_over_layers": "–",
+    "kurtosis_max": "–",
     "weight_outliers": "layer 2 column 7890 → rows 1415 2533; layer 31 column 7006; layer 32 column 3228 → row 1512",
 }
 
@@ -595,8 +606,11 @@ def summary(measured: list[Measured]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
             f"built, to {choices.BUILT_SHARE:.0%} of its peak), which layer's MLP writes the most onto it and from which layer it is no "
             "longer massive. Peak: the layer "
             "with the largest mean top-1 |h| over the median. Token classes: the activation-outlier tokens (paper's rule) over all "
-            "layers. First sink layer: the first with outlier keys in most windows. Weight outliers: outstanding W_down columns and "
-            "the rows they write.",
+            "layers. First sink layer: the first with outlier keys in most windows. Sink rates (Gu et al.'s Sink_1^ε, the "
+            f"field's metric): the share of (layer, head) pairs whose mean weight on the first key over the first "
+            f"{field_metrics.SINK_WINDOW} queries of a window (mean over windows) exceeds ε. Kurtosis: of each layer's output over "
+            "tokens × channels (3 for a Gaussian; Bondarenko et al.), mean over windows, then its mean over layers and its largest. "
+            "Weight outliers: outstanding W_down columns and the rows they write.",
             "",
             *markdown_table(list(atlas.columns), atlas.values.tolist()),
             "",
