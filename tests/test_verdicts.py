@@ -176,12 +176,15 @@ def test_a_difference_counts_only_beyond_the_seed_spread():
         verdicts.Finding("x", "maybe")
 
 
-def synthetic(ratio=None, sink=None, tokens=None, damage=None, seeds=(0, 1, 2)):
+PAPER_SIX = ("default", "fixed_bias", "context_bias", "attention_bias", "context_scale", "sigmoid")
+
+
+def synthetic(ratio=None, sink=None, tokens=None, damage=None, seeds=(0, 1, 2), variants=PAPER_SIX, sink_rate=None):
     """Per-variant measures as variant_report.measures returns them, with chosen values."""
-    ratio, sink, tokens, damage = ratio or {}, sink or {}, tokens or {}, damage or {}
+    ratio, sink, tokens, damage, sink_rate = ratio or {}, sink or {}, tokens or {}, damage or {}, sink_rate or {}
     series = lambda values: pd.Series(values if np.ndim(values) else [values] * len(seeds), index=list(seeds), dtype=float)  # noqa: E731
     out = {"_convergence": {"target": 2.0, "resolution": 1000.0, "quiet": "non_trigger"}}
-    for variant in ("default", "fixed_bias", "context_bias", "attention_bias", "context_scale", "sigmoid"):
+    for variant in variants:
         r = ratio.get(variant, 30.0)
         top1 = series(3000.0)  # well over Sun's floor of 100: only the ratio decides
         out[variant] = {
@@ -197,6 +200,10 @@ def synthetic(ratio=None, sink=None, tokens=None, damage=None, seeds=(0, 1, 2)):
             "loss": series(1.0),
             "damage": {method: series(damage.get(variant, 0.001)) for method in ("w8", "w8a8", "prune50")},
             "tokens": series(tokens.get(variant, 10_000.0)),
+            "sink_rate_0.3": series(sink_rate.get(variant, 0.5)),
+            "sink_rate_0.2": series(sink_rate.get(variant, 0.5)),
+            "kurtosis": series(5.0),
+            "kurtosis_max": series(8.0),
         }
     return out
 
@@ -252,6 +259,57 @@ def test_gpt2_sink_claims_need_a_sink_to_replace():
     m["attention_bias"]["extra"], m["attention_bias"]["sink"] = m["attention_bias"]["sink"], m["attention_bias"]["extra"]
     m["context_scale"]["effective"] = pd.Series([0.95, 0.97, 0.99], index=[0, 1, 2])
     assert gpt2_verdicts(m)["attention_bias"] == DOES_NOT_HOLD and gpt2_verdicts(m)["context_scale"] == DOES_NOT_HOLD
+
+
+ZOO = ("softmax_one", "learned_sink", "gated", "clipped_softmax", "softpick")
+
+
+@pytest.mark.parametrize("variant", ZOO)
+def test_each_zoo_claim_reaches_every_verdict(variant):
+    """Each sink-free mechanism against (a): every claim flips with the measurement."""
+
+    def verdict(claim, **measures):
+        m = synthetic(variants=PAPER_SIX + (variant,), **measures)
+        return gpt2_verdicts(m)[f"{variant}.{claim}"]
+
+    assert verdict("sink", sink={"default": 0.9, variant: 0.05}) == HOLDS
+    assert verdict("sink", sink={"default": 0.8, variant: 0.99}) == DOES_NOT_HOLD
+    assert verdict("sink", sink={"default": [0.7, 0.8, 0.9], variant: [0.7, 0.75, 0.8]}) == NOT_SHOWN  # within the seed spread
+    assert verdict("sink", sink={"default": 0.2, variant: 0.05}) == NOT_SHOWN  # (a) has no sink to remove
+    assert verdict("sink", sink={"default": 0.9, variant: 0.05}, seeds=(0,)) == PARTLY
+
+    assert verdict("massive", ratio={"default": 3000.0, variant: 6.0}) == HOLDS
+    assert verdict("massive", ratio={"default": 3000.0, variant: 2000.0}) == DOES_NOT_HOLD
+    assert verdict("massive", ratio={"default": 30.0, variant: 6.0}) == NOT_SHOWN  # (a) has none at this scale
+    assert verdict("massive", ratio={"default": 3000.0, variant: 6.0}, seeds=(0,)) == PARTLY
+
+    assert verdict("convergence", tokens={"default": [10_000, 14_000, 12_000], variant: [11_000, 13_000, 12_000]}) == HOLDS  # no slower
+    assert verdict("convergence", tokens={"default": [10_000, 11_000, 12_000], variant: [20_000, 22_000, 21_000]}) == DOES_NOT_HOLD
+    assert verdict("convergence", tokens={"default": 10_000, variant: 10_000}, seeds=(0,)) == PARTLY
+
+    assert verdict("compression", damage={"default": [0.30, 0.32, 0.31], variant: [0.01, 0.02, 0.015]}) == HOLDS
+    assert verdict("compression", damage={"default": [0.01, 0.02, 0.015], variant: [0.30, 0.32, 0.31]}) == DOES_NOT_HOLD
+    assert verdict("compression", damage={"default": [1e-4, 2e-4, 1.5e-4], variant: [0.5e-4, 0.6e-4, 0.4e-4]}) == NOT_SHOWN
+
+
+def test_zoo_claims_appear_only_for_trained_zoo_variants():
+    assert not any("." in key for key in gpt2_verdicts(synthetic()))
+    keys = gpt2_verdicts(synthetic(variants=PAPER_SIX + ("softpick",)))
+    assert [k for k in keys if k.startswith("softpick.")] == ["softpick.sink", "softpick.massive", "softpick.convergence", "softpick.compression"]
+
+
+def test_ranking_orders_by_the_means_and_compares_with_the_softpick_paper():
+    agreeing = {"default": 0.9, "softmax_one": 0.6, "learned_sink": 0.4, "gated": 0.2, "softpick": 0.0}
+    m = synthetic(variants=("default",) + tuple(agreeing)[1:], sink_rate=agreeing)
+    table = variant_report.ranking(m).set_index("variant")
+    assert table["sink_rate_0.3_rank"].to_dict() == {"default": 5, "softmax_one": 4, "learned_sink": 3, "gated": 2, "softpick": 1}
+    assert table.softpick_sink_rate["default"] == pytest.approx(0.349)
+    text = variant_report.ordering_text(table.reset_index())
+    assert "here (k) < (i) < (h) < (g) < (a); Softpick paper (k) < (i) < (h) < (g) < (a); 10 of 10 pairs in the same order" in text
+    swapped = agreeing | {"softpick": 0.95}  # softpick with the most sinks here
+    text = variant_report.ordering_text(variant_report.ranking(synthetic(variants=tuple(agreeing), sink_rate=swapped)))
+    assert "here (i) < (h) < (g) < (a) < (k)" in text and "6 of 10 pairs in the same order" in text
+    assert "| (k) softpick | 0.95 (0.95–0.95) [5] |" in "\n".join(variant_report.ranking_markdown(variant_report.ranking(synthetic(variants=tuple(agreeing), sink_rate=swapped))))
 
 
 def test_every_llm_verdict_is_reachable(planted_capture):
