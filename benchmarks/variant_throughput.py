@@ -80,7 +80,7 @@ def main():
         default = stats.median(timings["default"])
         results["tasks"][name] = {
             variant: {
-                "id": VARIANTS[variant][0],
+                "id": VARIANTS[variant].letter,
                 "seconds_per_step": stats.median(t),
                 "tokens_per_second": tokens_per_step / stats.median(t),
                 "relative_to_default": default / stats.median(t),
