@@ -90,6 +90,11 @@ def test_table1_and_the_summary_keep_a_model_without_outliers_beside_a_planted_o
     assert rows.channel_lives["planted"].endswith("massive to the last layer") and rows.channel_lives["random"] == "none"
     paper = scorecard[scorecard.claim == "… in a few fixed channels"].paper_llama2_7b.iloc[0]
     assert paper == "1415, 2533 (Figs 1c, 3c)" and "## Atlas" in text
+    # the field's metrics: the planted sink layer's heads put most of the first 48 queries on the first token in two of
+    # three windows (the third has the trigger at position 9); the random model's heads spread over the keys
+    assert rows["sink_rate_0.3"]["planted"] == "25%" and rows["sink_rate_0.3"]["random"] == "0%"  # one layer of four
+    # one massive entry among 48 × 32 from the planted layer on: the kurtosis nears the entry count; a Gaussian's is 3
+    assert rows.kurtosis_max["planted"].startswith("1,53") and rows.kurtosis_max["random"].startswith("3 at layer")
 
 
 LLM_NOTEBOOKS = [
