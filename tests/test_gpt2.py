@@ -238,7 +238,9 @@ def test_fused_path_equals_the_eager_weights(variant):
     module = attention(variant)
     q, k, v = module.heads(X)
     weights = module.weights(q, k, X)
-    extra_value = {"softmax_one": torch.zeros(1, 2, 1, 4), "learned_sink": torch.zeros(1, 2, 1, 4)}.get(variant, getattr(module, "v_bias", None))
+    extra_value = {"softmax_one": torch.zeros(1, 2, 1, 4), "learned_sink": torch.zeros(1, 2, 1, 4)}.get(
+        variant, getattr(module, "v_bias", None)
+    )
     values = torch.cat([extra_value.expand(3, -1, -1, -1), v], dim=2)
     eager = weights @ values
     if variant == "context_bias":  # (c): softmax over K alone, plus the weight of k′ times v′

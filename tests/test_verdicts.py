@@ -300,7 +300,12 @@ def test_each_zoo_claim_reaches_every_verdict(variant):
 def test_zoo_claims_appear_only_for_trained_zoo_variants():
     assert not any("." in key for key in gpt2_verdicts(synthetic()))
     keys = gpt2_verdicts(synthetic(variants=PAPER_SIX + ("softpick",)))
-    assert [k for k in keys if k.startswith("softpick.")] == ["softpick.sink", "softpick.massive", "softpick.convergence", "softpick.compression"]
+    assert [k for k in keys if k.startswith("softpick.")] == [
+        "softpick.sink",
+        "softpick.massive",
+        "softpick.convergence",
+        "softpick.compression",
+    ]
 
 
 def test_ranking_orders_by_the_means_and_compares_with_the_softpick_paper():
@@ -314,7 +319,9 @@ def test_ranking_orders_by_the_means_and_compares_with_the_softpick_paper():
     swapped = agreeing | {"softpick": 0.95}  # softpick with the most sinks here
     text = variant_report.ordering_text(variant_report.ranking(synthetic(variants=tuple(agreeing), sink_rate=swapped)))
     assert "here (i) < (h) < (g) < (a) < (k)" in text and "6 of 10 pairs in the same order" in text
-    assert "| (k) softpick | 0.95 (0.95–0.95) [5] |" in "\n".join(variant_report.ranking_markdown(variant_report.ranking(synthetic(variants=tuple(agreeing), sink_rate=swapped))))
+    assert "| (k) softpick | 0.95 (0.95–0.95) [5] |" in "\n".join(
+        variant_report.ranking_markdown(variant_report.ranking(synthetic(variants=tuple(agreeing), sink_rate=swapped)))
+    )
 
 
 def test_every_llm_verdict_is_reachable(planted_capture):

@@ -141,7 +141,20 @@ def mark_channel_lives(ax, lives: list, draw_curves: bool, count: int = len(CHAN
 
 
 # One colour per attention variant, by its letter: (a)–(f) keep tab10's first six, the zoo (g)–(l) the rest.
-VARIANT_PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black", "gold")
+VARIANT_PALETTE = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+    "black",
+    "gold",
+)
 
 
 def variant_colour(letter: str) -> str:

@@ -224,7 +224,9 @@ class SoftmaxOne(CausalSelfAttention):
 
     def mix(self, q, k, v, x):
         zero = q.new_zeros(q.shape[0], q.shape[1], 1, q.shape[3])
-        return F.scaled_dot_product_attention(q, torch.cat([zero, k], 2), torch.cat([zero, v], 2), attn_mask=self.mask(q.shape[2], q.device))
+        return F.scaled_dot_product_attention(
+            q, torch.cat([zero, k], 2), torch.cat([zero, v], 2), attn_mask=self.mask(q.shape[2], q.device)
+        )
 
     def weights(self, q, k, x):
         logits = torch.cat([q.new_zeros(*q.shape[:3], 1), self.logits(q, k)], dim=-1)

@@ -391,7 +391,6 @@ GPT2_CLAIMS = [
 ]
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The sink-free mechanisms of the literature (VARIANTS with `zoo`), each against (a).
 
@@ -438,7 +437,13 @@ def judge_zoo_convergence(m: dict, variant: str) -> Finding:
         return untrained
     a, v, c = m["default"], m[variant], m["_convergence"]
     comparison = verdicts.compare_over_seeds(
-        v["tokens"], a["tokens"], lower_is_better=True, margin=RELATIVE_MARGIN * a["tokens"].mean(), floor=c["resolution"], unit=" tokens", digits=3
+        v["tokens"],
+        a["tokens"],
+        lower_is_better=True,
+        margin=RELATIVE_MARGIN * a["tokens"].mean(),
+        floor=c["resolution"],
+        unit=" tokens",
+        digits=3,
     )
     single = min(len(v["tokens"]), len(a["tokens"])) < 2
     verdict = {HOLDS: HOLDS, PARTLY: PARTLY, NOT_SHOWN: PARTLY if single else HOLDS}.get(comparison.verdict, comparison.verdict)
@@ -520,8 +525,15 @@ def ranking(m: dict) -> pd.DataFrame:
     mean) and the Softpick paper's value where it has the variant."""
     rows = []
     for variant, v in ((k, v) for k, v in m.items() if not k.startswith("_")):
-        values = {"sink_rate_0.3": v["sink_rate_0.3"], "sink_rate_0.2": v["sink_rate_0.2"], "kurtosis": v["kurtosis"], "top1": v["top1"],
-                  "ratio": v["ratio"], "loss": v["loss"], "w8a8": v["damage"]["w8a8"]}
+        values = {
+            "sink_rate_0.3": v["sink_rate_0.3"],
+            "sink_rate_0.2": v["sink_rate_0.2"],
+            "kurtosis": v["kurtosis"],
+            "top1": v["top1"],
+            "ratio": v["ratio"],
+            "loss": v["loss"],
+            "w8a8": v["damage"]["w8a8"],
+        }
         row = {"variant": variant, "id": _letter(variant), "seeds": len(v["loss"])}
         for name, series in values.items():
             row |= {f"{name}_mean": float(series.mean()), f"{name}_min": float(series.min()), f"{name}_max": float(series.max())}
@@ -551,9 +563,7 @@ def ordering_text(table: pd.DataFrame) -> str:
     ]
     return (
         f"Sink_1^0.3 from fewest sinks to most: here {' < '.join(ours)}; Softpick paper {' < '.join(theirs)}; "
-        f"{agree} of {len(pairs)} pairs in the same order"
-        + (f" (tied here, ordered by letter: {', '.join(ties)})" if ties else "")
-        + "."
+        f"{agree} of {len(pairs)} pairs in the same order" + (f" (tied here, ordered by letter: {', '.join(ties)})" if ties else "") + "."
     )
 
 
@@ -573,9 +583,7 @@ def ranking_markdown(table: pd.DataFrame) -> list[str]:
         for _, row in table.sort_values("id").iterrows()
     ]
     header = [label + " [rank]" for label, _ in RANKED.values()]
-    return verdicts.markdown_table(
-        ["variant", *header, "Sink_1^0.2", "Softpick paper: Sink_1^0.3", "kurtosis", "max |h|"], rows
-    )
+    return verdicts.markdown_table(["variant", *header, "Sink_1^0.2", "Softpick paper: Sink_1^0.3", "kurtosis", "max |h|"], rows)
 
 
 def judge(m: dict) -> list[tuple[Claim, Finding]]:
