@@ -91,7 +91,7 @@ def test_statistics_from_the_resolved_sites_are_byte_identical_to_the_tables(tmp
     monkeypatch.setitem(probe._RESOLVED, model, ARCHITECTURES["llama"])
     passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / "table")
     tables = sorted(p.name for p in (tmp_path / "table").glob("*.parquet"))
-    assert len(tables) == 9
+    assert len(tables) == 10
     for name in tables:
         assert (tmp_path / "resolved" / name).read_bytes() == (tmp_path / "table" / name).read_bytes(), name
 
