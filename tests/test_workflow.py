@@ -46,11 +46,11 @@ def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
         "interventions": 1,
         "intervention_figure": 2,
         "interventions_table": 1,
-        # the attention variants: 6 × 3 seeds on the testbed, 6 × 1 on characters, each task analysed and drawn
+        # the attention variants: 11 × 3 seeds on the testbed, 11 × 1 on characters, each task analysed and drawn
         "prepare_training_text": 1,
-        "train_variant": 24,
+        "train_variant": 44,
         "analyse_variants": 2,
-        "gpt2_figure": 10,
+        "gpt2_figure": 12,
         "variant_tables": 2,
         "gpt2_claims": 1,
         "all": 1,
@@ -77,9 +77,9 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
         "interventions_table": 1,
         # GPT-2 124M on OpenWebText, one seed per variant, 8 GPUs each
         "prepare_training_text": 1,
-        "train_variant": 6,
+        "train_variant": 11,
         "analyse_variants": 1,
-        "gpt2_figure": 5,
+        "gpt2_figure": 6,
         "variant_tables": 1,
         "gpt2_claims": 1,
         "all": 1,
@@ -102,7 +102,7 @@ def test_the_slurm_profile_plans_the_paper_with_each_rules_gpus_memory_and_runti
     assert done.returncode == 0, done.stderr
     jobs = re.split(r"\n(?=\[\w{3} \w{3} )", done.stdout)  # each job starts with its timestamp
     training = [job for job in jobs if "rule train_variant:" in job]
-    assert len(training) == 6 and all("gpu=8" in job and "runtime=2880" in job and "slurm_partition=gpu" in job for job in training)
+    assert len(training) == 11 and all("gpu=8" in job and "runtime=2880" in job and "slurm_partition=gpu" in job for job in training)
     capture = [job for job in jobs if re.search(r"rule (corpus_statistics|dump_prompt|interventions):", job)]
     assert len(capture) == 3 * 12 and all("mem_mb=64000" in job for job in capture)
     # GPUs follow the model entry: one card each, two for Mixtral spread with device_map auto
@@ -114,7 +114,7 @@ def test_the_cpu_slurm_profile_asks_for_no_gpu_and_polls_squeue(tmp_path):
     assert done.returncode == 0, done.stderr
     jobs = [job for job in re.split(r"\n(?=\[\w{3} \w{3} )", done.stdout) if "resources:" in job]
     heavy = [job for job in jobs if re.search(r"rule (corpus_statistics|dump_prompt|interventions|train_variant):", job)]
-    assert len(heavy) == 3 + 24 and all("gpu=0" in job and "slurm_partition=cpu" in job for job in heavy)
+    assert len(heavy) == 3 + 44 and all("gpu=0" in job and "slurm_partition=cpu" in job for job in heavy)
     profile = (REPO / "profiles" / "slurm-cpu" / "config.yaml").read_text()
     assert "slurm-status-command: squeue" in profile  # clusters without accounting have no sacct
 
