@@ -315,10 +315,13 @@ def test_ranking_orders_by_the_means_and_compares_with_the_softpick_paper():
     assert table["sink_rate_0.3_rank"].to_dict() == {"default": 5, "softmax_one": 4, "learned_sink": 3, "gated": 2, "softpick": 1}
     assert table.softpick_sink_rate["default"] == pytest.approx(0.349)
     text = variant_report.ordering_text(table.reset_index())
-    assert "here (k) < (i) < (h) < (g) < (a); Softpick paper (k) < (i) < (h) < (g) < (a); 10 of 10 pairs in the same order" in text
+    assert "here (k) < (i) < (h) < (g) < (a); Softpick paper (k) < (i) < (h) < (g) < (a). Of the 10 pairs the paper orders, 10 are" in text
     swapped = agreeing | {"softpick": 0.95}  # softpick with the most sinks here
     text = variant_report.ordering_text(variant_report.ranking(synthetic(variants=tuple(agreeing), sink_rate=swapped)))
-    assert "here (i) < (h) < (g) < (a) < (k)" in text and "6 of 10 pairs in the same order" in text
+    assert "here (i) < (h) < (g) < (a) < (k)" in text and "6 are in the same order here, 4 in the opposite one and 0 tied" in text
+    tied = {variant: 0.5 for variant in agreeing}  # the testbed's two (layer, head) pairs give coarse rates
+    text = variant_report.ordering_text(variant_report.ranking(synthetic(variants=tuple(agreeing), sink_rate=tied)))
+    assert "0 are in the same order here, 0 in the opposite one and 10 tied here" in text
     assert "| (k) softpick | 0.95 (0.95–0.95) [5] |" in "\n".join(
         variant_report.ranking_markdown(variant_report.ranking(synthetic(variants=tuple(agreeing), sink_rate=swapped)))
     )
