@@ -140,7 +140,8 @@ def mark_channel_lives(ax, lives: list, draw_curves: bool, count: int = len(CHAN
         ax.legend(frameon=False, fontsize=8)
 
 
-# One colour per attention variant, by its letter: (a)–(f) keep tab10's first six, the zoo (g)–(l) the rest.
+# One colour per attention variant, by its letter: (a)–(f) keep tab10's first six; none is gray or black, which the
+# sink figure keeps for k′ and the output factor.
 VARIANT_PALETTE = (
     "tab:blue",
     "tab:orange",
