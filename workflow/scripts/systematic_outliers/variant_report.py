@@ -274,20 +274,21 @@ def judge_context_scale(m: dict) -> Finding:
     )
 
 
+def _fewer_tokens(m: dict, variant: str) -> verdicts.Comparison:
+    """Does `variant` reach the convergence target in fewer tokens than (a), beyond the seeds' spread?"""
+    a = m["default"]["tokens"]
+    margin = RELATIVE_MARGIN * a.mean()
+    return verdicts.compare_over_seeds(
+        m[variant]["tokens"], a, lower_is_better=True, margin=margin, floor=m["_convergence"]["resolution"], unit=" tokens", digits=3
+    )
+
+
 def judge_convergence(m: dict) -> Finding:
     untrained = _untrained(m, "default", "context_scale")
     if untrained:
         return untrained
     a, e, c = m["default"], m["context_scale"], m["_convergence"]
-    comparison = verdicts.compare_over_seeds(
-        e["tokens"],
-        a["tokens"],
-        lower_is_better=True,
-        margin=RELATIVE_MARGIN * a["tokens"].mean(),
-        floor=c["resolution"],
-        unit=" tokens",
-        digits=3,
-    )
+    comparison = _fewer_tokens(m, "context_scale")
     return Finding(
         f"tokens until the validation loss is {c['target']:.4f} ({CONVERGED:.0%} of (a)'s improvement): (e) "
         f"{_span(e['tokens'], 0)}, (a) {_span(a['tokens'], 0)} (logged every {c['resolution']:,.0f}); final loss (e) "
@@ -436,15 +437,7 @@ def judge_zoo_convergence(m: dict, variant: str) -> Finding:
     if untrained:
         return untrained
     a, v, c = m["default"], m[variant], m["_convergence"]
-    comparison = verdicts.compare_over_seeds(
-        v["tokens"],
-        a["tokens"],
-        lower_is_better=True,
-        margin=RELATIVE_MARGIN * a["tokens"].mean(),
-        floor=c["resolution"],
-        unit=" tokens",
-        digits=3,
-    )
+    comparison = _fewer_tokens(m, variant)
     single = min(len(v["tokens"]), len(a["tokens"])) < 2
     verdict = {HOLDS: HOLDS, PARTLY: PARTLY, NOT_SHOWN: PARTLY if single else HOLDS}.get(comparison.verdict, comparison.verdict)
     return Finding(
