@@ -488,17 +488,13 @@ def zoo_claims(variant: str) -> list[Claim]:
 
 
 def _softpick_anchor(variant: str, metric: str) -> str:
+    """The Softpick paper's value of `metric` for `variant` beside softmax's, for the claims' paper column."""
     anchor = VARIANTS[variant].softpick_table3
     if not anchor:
         return ""
-    value = f"{anchor[metric]:.1%}" if metric == "sink_rate" else f"{anchor[metric]:,g}"
+    shown = lambda table: f"{table[metric]:.1%}" if metric == "sink_rate" else f"{table[metric]:,g}"  # noqa: E731
     label = {"sink_rate": "Sink_1^0.3", "max_abs": "max |h|"}[metric]
-    return f"{label} {value} against softmax's {_softpick_anchor_of_default(metric)} (Softpick paper, 340M, 10k steps)"
-
-
-def _softpick_anchor_of_default(metric: str) -> str:
-    value = VARIANTS["default"].softpick_table3[metric]
-    return f"{value:.1%}" if metric == "sink_rate" else f"{value:,g}"
+    return f"{label} {shown(anchor)} against softmax's {shown(VARIANTS['default'].softpick_table3)} (Softpick paper, 340M, 10k steps)"
 
 
 # ---------------------------------------------------------------------------------------------
