@@ -34,9 +34,13 @@ def sink_rate(alpha, epsilon: float) -> float:
 
 
 def kurtosis(x):
-    """E[(x − μ)⁴] / σ⁴ over every entry of x (float32 or wider)."""
-    squared = (x - x.mean()) ** 2
-    return (squared**2).mean() / squared.mean() ** 2
+    """E[(x − μ)⁴] / σ⁴ over every entry of x (float32 or wider). One temporary of x's size, squared in
+    place twice: the statistics pass calls it inside a capture hook on every layer of every window."""
+    powers = x - x.mean()
+    powers *= powers
+    variance = powers.mean()
+    powers *= powers
+    return powers.mean() / variance**2
 
 
 def sink_label(epsilon: float) -> str:
