@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
 from systematic_outliers import tasks, training  # noqa: E402
-from systematic_outliers.gpt2 import VARIANTS  # noqa: E402
+from systematic_outliers.variants import VARIANTS  # noqa: E402
 
 
 def seconds_per_step(task: dict, variant: str, data, vocab_size: int, steps: int) -> float:

@@ -12,7 +12,7 @@ import torch
 from conftest import REPO, TINY_CONFIGS, save_with_architecture, tiny_model
 from safetensors.torch import load_file, save_file
 from systematic_outliers import capture, passes
-from systematic_outliers.statistics import token_class
+from systematic_outliers.definitions import token_class
 from systematic_outliers.weights import weight_statistics
 
 PROMPT_IDS = torch.tensor([[5, 17, 42, 8, 63, 17, 30, 8, 2]])

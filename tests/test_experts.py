@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
-from systematic_outliers import capture, choices, passes, verdicts
+from systematic_outliers import capture, choices, passes, verdict_engine, verdicts
 from systematic_outliers.readers import Evidence
 from systematic_outliers.weights import weight_statistics
 from test_capture import LABELS, capturing
@@ -160,7 +160,7 @@ def test_the_learned_sink_share_is_its_softmax_share(tmp_path):
 
 @pytest.mark.parametrize(
     ("logits", "verdict"),
-    [((12.0, 12.0), verdicts.HOLDS), ((12.0, -30.0), verdicts.PARTLY), ((-30.0, -30.0), verdicts.DOES_NOT_HOLD)],
+    [((12.0, 12.0), verdict_engine.HOLDS), ((12.0, -30.0), verdict_engine.PARTLY), ((-30.0, -30.0), verdict_engine.DOES_NOT_HOLD)],
     ids=["a sink that takes the attention", "a sink in one layer of two", "a sink that takes none"],
 )
 def test_the_learned_sink_claim_reaches_its_verdicts(tmp_path, logits, verdict):

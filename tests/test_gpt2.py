@@ -5,7 +5,8 @@ import math
 
 import pytest
 import torch
-from systematic_outliers.gpt2 import GPT, VARIANTS, GPTConfig
+from systematic_outliers.gpt2 import ATTENTION, GPT, GPTConfig
+from systematic_outliers.variants import VARIANTS
 
 SMALL = dict(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=8)
 
@@ -14,7 +15,7 @@ def attention(variant, seed=0):
     """One attention module with random weights (biases too) and c_proj the identity, so its
     output is the merged heads themselves."""
     torch.manual_seed(seed)
-    module = VARIANTS[variant](GPTConfig(**SMALL, attention=variant))
+    module = ATTENTION[variant](GPTConfig(**SMALL, attention=variant))
     with torch.no_grad():
         module.c_proj.weight.copy_(torch.eye(8))
         for name, parameter in module.named_parameters():
@@ -254,4 +255,5 @@ def test_the_registry_is_the_schema_enum():
 
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     assert schema["properties"]["training"]["properties"]["variants"]["items"]["enum"] == list(VARIANTS)
-    assert [cls.letter for cls in VARIANTS.values()] == [f"({chr(ord('a') + i)})" for i in range(len(VARIANTS))]
+    assert list(ATTENTION) == list(VARIANTS)  # one class per variant, in the same order
+    assert [v.letter for v in VARIANTS.values()] == [f"({chr(ord('a') + i)})" for i in range(len(VARIANTS))]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_model
 from systematic_outliers import architectures, capture, choices, intervention_report, interventions, readers
-from systematic_outliers.interventions import (
+from systematic_outliers.definitions import (
     BASELINE,
     HELD_MEAN,
     HELD_ZEROED,
@@ -21,7 +21,7 @@ from systematic_outliers.interventions import (
     RANDOM_ZEROED,
     ZEROED,
 )
-from systematic_outliers.verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY
+from systematic_outliers.verdict_engine import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY
 from test_capture import (
     GRADUAL_CHANNEL,
     GRADUAL_SINK,

@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import REPO
 from systematic_outliers import tasks, training, variant_analysis, variant_report
-from systematic_outliers.gpt2 import GPT, VARIANTS, GPTConfig
+from systematic_outliers.gpt2 import GPT, GPTConfig
+from systematic_outliers.variants import VARIANTS
 
 TASK = {
     "data": {"kind": "bigram_backcopy", "length": 16, "vocab_size": 16, "triggers": 2, "task_seed": 0},

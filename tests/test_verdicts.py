@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 from conftest import capture_everything
-from systematic_outliers import choices, readers, variant_report, verdicts
-from systematic_outliers.verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, NOT_SHOWN, PARTLY
+from systematic_outliers import choices, definitions, readers, variant_report, verdict_engine, verdicts
+from systematic_outliers.verdict_engine import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, NOT_SHOWN, PARTLY
 from test_capture import DOWN_COLUMN, MASSIVE_TOKEN, MLP_LAYER, OUTPUT_CHANNEL, planted_model, planted_windows
 from test_figures import caption_of, run_notebook
 
@@ -170,7 +170,7 @@ def test_the_dump_keeps_every_channel_a_figure_ticks_beyond_any_fixed_budget(tmp
 
 
 def test_a_difference_counts_only_beyond_the_seed_spread():
-    compare = verdicts.compare_over_seeds
+    compare = verdict_engine.compare_over_seeds
     assert compare([1.0, 1.1, 1.2], [2.0, 2.1, 2.2], lower_is_better=True, margin=0.1).verdict == HOLDS
     assert compare([2.0, 2.1, 2.2], [1.0, 1.1, 1.2], lower_is_better=True, margin=0.1).verdict == DOES_NOT_HOLD
     assert compare([1.0, 1.5, 2.0], [1.2, 1.7, 2.2], lower_is_better=True, margin=0.1).verdict == NOT_SHOWN  # within the spread
@@ -178,7 +178,7 @@ def test_a_difference_counts_only_beyond_the_seed_spread():
     assert compare([1.0], [1.05], lower_is_better=True, margin=0.1).verdict == NOT_SHOWN
     assert compare([1.0, 1.0], [1.0005, 1.0005], lower_is_better=True, margin=0.0, floor=1e-3).verdict == NOT_SHOWN
     with pytest.raises(ValueError, match="verdict 'maybe'"):
-        verdicts.Finding("x", "maybe")
+        verdict_engine.Finding("x", "maybe")
 
 
 PAPER_SIX = ("default", "fixed_bias", "context_bias", "attention_bias", "context_scale", "sigmoid")
@@ -195,7 +195,7 @@ def synthetic(ratio=None, sink=None, tokens=None, damage=None, seeds=(0, 1, 2), 
         out[variant] = {
             "ratio": series(r),
             "top1": top1,
-            "massive": pd.Series([choices.is_massive(t, t / r) for t in top1], index=list(seeds)),
+            "massive": pd.Series([bool(definitions.is_massive(t, t / r)) for t in top1], index=list(seeds)),
             "layer": 1,
             "sink": series(sink.get(variant, 0.8)),
             "extra": series(0.0),

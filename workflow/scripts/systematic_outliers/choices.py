@@ -7,8 +7,8 @@ the data has no outlier (`Choice.found` is False): the caller must handle it, an
 then shows the measured largest ratio instead of an outlier that is not there.
 
 Every threshold is a named constant below, stated in the captions and the claims files. The
-paper states none of them except its outlier definitions (statistics.PAPER_RATIO and
-ATTENTION_SHARE); the others are ours.
+paper states none of them except its outlier definitions (definitions.PAPER_RATIO and
+ATTENTION_SHARE); the others are ours. Imports no torch: the notebooks and claims read it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .statistics import ATTENTION_SHARE, SUN_FLOOR, SUN_RATIO  # noqa: F401 (ATTENTION_SHARE: also read as choices.ATTENTION_SHARE by the captions)
-from .weights import TOP, WRITE_SHARE, column_ratios
+from .definitions import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO, WRITE_SHARE, is_massive  # noqa: F401 (read by the captions)
 
 MOST_WINDOWS = 0.5  # a layer "has" something when at least this share of the windows has it
 TICK_SHARE = 0.3  # channels whose |x| at the outlier tokens reaches this share of the largest are ticked
@@ -64,13 +63,6 @@ def layerwise(sites: pd.DataFrame, topk: pd.DataFrame, site: str) -> pd.DataFram
     return curves
 
 
-def is_massive(magnitude, median):
-    """Sun et al.'s criterion for a massive activation, element-wise: |x| > SUN_FLOOR and > SUN_RATIO × the
-    median |x| of its layer. Scalars give a numpy bool, arrays broadcast."""
-    magnitude, median = np.asarray(magnitude), np.asarray(median)
-    return (magnitude > SUN_FLOOR) & (magnitude > SUN_RATIO * median)
-
-
 def massive_layers(curves: pd.DataFrame) -> list[int]:
     """Every layer whose mean top-1 |x| is massive against its mean median."""
     return [int(layer) for layer in curves.index[is_massive(curves.top1, curves["median"])]]
@@ -106,7 +98,7 @@ def _first_layer_in_most_windows(rows: pd.DataFrame, windows: int, what: str) ->
 
 
 def outlier_token_rows(outliers: pd.DataFrame, site: str = "layer_output") -> pd.DataFrame:
-    """The activation-outlier tokens at `site` by the paper's rule (max |x| > 1000 × the window's mean |x|)."""
+    """The activation-outlier tokens at `site` by the paper's rule (definitions.is_paper_outlier)."""
     return outliers[(outliers.site == site) & outliers.paper_rule]
 
 
@@ -398,11 +390,11 @@ def spread_head(heads: pd.DataFrame, after: int, override: tuple[int, int] | Non
 
 
 def prompt_outlier_tokens(prompt: dict) -> list[int]:
-    """Positions of the prompt whose max |h| passes Sun et al.'s rule (> 100 and > 1000 × the
-    prompt's median |h| of that layer) in the output of any layer.
+    """Positions of the prompt whose max |h| is massive (Sun et al., definitions.is_massive) against
+    the prompt's median |h| of that layer, in the output of any layer.
 
     Read from the prompt alone, so the prompt dump (which keeps the weights these tokens need)
-    and every figure agree. The paper's 1000 × mean rule cannot fire on a short prompt of a
+    and every figure agree. The paper's rule (× the mean) cannot fire on a short prompt of a
     narrow model: one outlier lifts the mean so much that max/mean stays below tokens × channels.
     """
     found = set()
@@ -428,25 +420,9 @@ def written_rows(column, share: float = WRITE_SHARE) -> list[int]:
     return sorted(int(r) for r in (magnitude >= share * magnitude.max()).nonzero()[0])
 
 
-def dump_channels(down_weight, down_input, tokens: list[int]) -> list[int]:
-    """The intermediate channels whose W_down columns and W_gate/W_up rows the prompt dump keeps
-    at one layer: the edges, the TOP columns by max/mean ratio and every channel the figures tick
-    (`ticked_channels` at the prompt's outlier `tokens`), each with its two neighbours.
-
-    `down_weight` is W_down as [d_model, d_ff] and `down_input` the prompt's [tokens, d_ff], both torch.
-    """
-    ratio = column_ratios(down_weight)
-    width = len(ratio)
-    kept = {*SLICE_EDGES, width - 1}
-    by_ratio = ratio.topk(min(TOP, width)).indices.tolist()
-    for channel in by_ratio + ticked_channels(down_input.float().cpu().numpy(), tokens):
-        kept |= {c for c in (channel - 1, channel, channel + 1) if 0 <= c < width}
-    return sorted(kept)
-
-
 def residual_outlier_channels(channel_max: pd.DataFrame, sites: pd.DataFrame, site: str) -> dict[int, list[int]]:
     """Per layer, the channels whose corpus max |x| at `site` is massive against the layer's mean
-    median (Sun et al.: > 100 and > 1000 × median); layers without any are left out."""
+    median (Sun et al., definitions.is_massive); layers without any are left out."""
     medians = sites[sites.site == site].groupby("layer").median_abs.mean()
     found = {}
     for row in channel_max[channel_max.site == site].itertuples():

@@ -22,8 +22,9 @@ Per head, with q_i, k_j, v_j, s_ij = q_i·k_j/√d and p_ij = softmax_j(s_ij) ov
   gated_headwise   (l) as (i) with one gate per token and head: sigmoid(Linear(d_model → heads)(x)). It is
                        (e) without (e)'s factor 2 and bias: its range is (0, 1), where (e)'s is (0, 2)
 
-Each variant is one class below: its parameters, its forward, the weights it puts on every key
-(for the analysis), its letter, name and formula. Everything else reads the VARIANTS registry.
+Each variant is one class below: its parameters, its forward and the weights it puts on every key
+(for the analysis), registered in ATTENTION by its key. Its letter, title, formula and what the
+papers say of it are variants.VARIANTS' (torch-free, for the reports and figures).
 (a)–(e) and (g)–(i) run on fused scaled-dot-product attention; (f), (j) and (k) have no fused kernel.
 """
 
@@ -36,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-VARIANTS: dict[str, type[CausalSelfAttention]] = {}  # filled by the classes below, in their order
+ATTENTION: dict[str, type[CausalSelfAttention]] = {}  # filled by the classes below, in the order of variants.VARIANTS
 
 
 @dataclass
@@ -51,8 +52,8 @@ class GPTConfig:
     attention: str = "default"
 
     def __post_init__(self):
-        if self.attention not in VARIANTS:
-            raise ValueError(f"attention {self.attention!r} is not a variant; use one of {', '.join(VARIANTS)}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention {self.attention!r} is not a variant; use one of {', '.join(ATTENTION)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
 
@@ -69,15 +70,12 @@ def causal_mask(T: int, device, extra_keys: int = 0) -> torch.Tensor:
 class CausalSelfAttention(nn.Module):
     """(a) Default attention; every other variant subclasses it and changes `mix` (and `weights`)."""
 
-    key, letter, title, formula = "default", "(a)", "Default attention", "softmax(QKᵀ/√d) V"
-    paper_keeps_massive: bool | None = True  # the paper's Section 5: (a)–(c) keep massive activations, (d), (e) lose them
-    zoo = False  # a sink-free mechanism of the literature, judged against (a) on the field's metrics
+    key = "default"  # its entry in variants.VARIANTS
     extra_keys = 0  # columns before the first real key in `weights`: k′, or a sink's pseudo-key
-    softpick_table3: dict | None = {"sink_rate": 0.349, "kurtosis": 6453, "max_abs": 179}  # Zuhri et al., 340M, 10k steps
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        VARIANTS[cls.key] = cls
+        ATTENTION[cls.key] = cls
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -125,12 +123,11 @@ class CausalSelfAttention(nn.Module):
         return sum(p.numel() for name, p in self.named_parameters() if not name.startswith(("c_attn.", "c_proj.")))
 
 
-VARIANTS[CausalSelfAttention.key] = CausalSelfAttention  # subclasses register themselves, in the order below
+ATTENTION[CausalSelfAttention.key] = CausalSelfAttention  # subclasses register themselves, in the order below
 
 
 class FixedBias(CausalSelfAttention):
-    key, letter, title, formula = "fixed_bias", "(b)", "Explicit fixed bias", "softmax(QKᵀ/√d) V + v′"
-    softpick_table3 = None
+    key = "fixed_bias"
 
     def __init__(self, config):
         super().__init__(config)
@@ -141,9 +138,8 @@ class FixedBias(CausalSelfAttention):
 
 
 class ContextBias(CausalSelfAttention):
-    key, letter, title = "context_bias", "(c)", "Explicit context-aware bias"
-    formula = "softmax(QKᵀ/√d) V + softmax(Q[Kᵀ k′]/√d) [0; v′ᵀ]"
-    extra_keys, softpick_table3 = 1, None
+    key = "context_bias"
+    extra_keys = 1
 
     def __init__(self, config):
         super().__init__(config)
@@ -167,17 +163,14 @@ class ContextBias(CausalSelfAttention):
 
 
 class AttentionBias(ContextBias):
-    key, letter, title, formula = "attention_bias", "(d)", "Attention bias", "softmax(Q[Kᵀ k′]/√d) [V; v′ᵀ]"
-    paper_keeps_massive = False
+    key = "attention_bias"
 
     def mix(self, q, k, v, x):
         return F.scaled_dot_product_attention(q, *self.with_extra_key(k, v, self.v_bias))
 
 
 class ContextScale(CausalSelfAttention):
-    key, letter, title = "context_scale", "(e)", "Explicit context-aware scaling factor"
-    formula = "S_c(x) · softmax(QKᵀ/√d) V, S_c = 2·sigmoid(W_s x + b_s)"
-    paper_keeps_massive, softpick_table3 = False, None
+    key = "context_scale"
 
     def __init__(self, config):
         super().__init__(config)
@@ -194,8 +187,7 @@ class ContextScale(CausalSelfAttention):
 
 
 class Sigmoid(CausalSelfAttention):
-    key, letter, title, formula = "sigmoid", "(f)", "Sigmoid attention", "sigmoid(QKᵀ/√d − log T) V"
-    paper_keeps_massive, softpick_table3 = None, None
+    key = "sigmoid"
 
     def weights(self, q, k, x):
         T = q.shape[2]
@@ -209,9 +201,8 @@ class SoftmaxOne(CausalSelfAttention):
     """A pseudo-key per head whose logit is fixed (0 here, b_h in (h)) and whose value is zero, run
     as SDPA with one extra key column: the key 0 gives q·0 = 0, and the float mask adds the logit."""
 
-    key, letter, title, formula = "softmax_one", "(g)", "Softmax plus one", "e^{QKᵀ/√d} V / (1 + Σ e^{QKᵀ/√d})"
-    paper_keeps_massive, zoo, extra_keys = None, True, 1
-    softpick_table3 = {"sink_rate": 0.164, "kurtosis": 574, "max_abs": 84}
+    key = "softmax_one"
+    extra_keys = 1
 
     def sink_logits(self):
         return self.c_attn.weight.new_zeros(self.n_head)
@@ -236,8 +227,7 @@ class SoftmaxOne(CausalSelfAttention):
 class LearnedSink(SoftmaxOne):
     """(g) with a learned sink logit b_h per head (gpt-oss's `sinks`), from 0."""
 
-    key, letter, title, formula = "learned_sink", "(h)", "Learned attention sink", "e^{QKᵀ/√d} V / (e^{b_h} + Σ e^{QKᵀ/√d})"
-    softpick_table3 = {"sink_rate": 0.088, "kurtosis": 1800, "max_abs": 107}
+    key = "learned_sink"
 
     def __init__(self, config):
         super().__init__(config)
@@ -248,9 +238,7 @@ class LearnedSink(SoftmaxOne):
 
 
 class Gated(CausalSelfAttention):
-    key, letter, title, formula = "gated", "(i)", "Gated attention", "softmax(QKᵀ/√d) V ⊙ sigmoid(x W_θ)"
-    paper_keeps_massive, zoo = None, True
-    softpick_table3 = {"sink_rate": 0.020, "kurtosis": 136, "max_abs": 23}
+    key = "gated"
 
     def __init__(self, config):
         super().__init__(config)
@@ -273,8 +261,7 @@ class Gated(CausalSelfAttention):
 
 
 class ClippedSoftmax(CausalSelfAttention):
-    key, letter, title, formula = "clipped_softmax", "(j)", "Clipped softmax", "clip((ζ − γ)·softmax(QKᵀ/√d) + γ, 0, 1) V"
-    paper_keeps_massive, zoo, softpick_table3 = None, True, None
+    key = "clipped_softmax"
     gamma, zeta = -0.025, 1.0
 
     def weights(self, q, k, x):
@@ -285,9 +272,7 @@ class ClippedSoftmax(CausalSelfAttention):
 
 
 class Softpick(CausalSelfAttention):
-    key, letter, title, formula = "softpick", "(k)", "Softpick", "ReLU(e^{QKᵀ/√d} − 1) / (Σ|e^{QKᵀ/√d} − 1| + ε) V"
-    paper_keeps_massive, zoo = None, True
-    softpick_table3 = {"sink_rate": 0.0, "kurtosis": 282, "max_abs": 25}
+    key = "softpick"
     epsilon = 1e-8
 
     def weights(self, q, k, x):
@@ -305,8 +290,7 @@ class Softpick(CausalSelfAttention):
 
 
 class GatedHeadwise(Gated):
-    key, letter, title, formula = "gated_headwise", "(l)", "Gated attention, one gate per head", "softmax(QKᵀ/√d) V · sigmoid(x W_θ)"
-    softpick_table3 = None
+    key = "gated_headwise"
 
     @staticmethod
     def gate_width(config):
@@ -330,7 +314,7 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = VARIANTS[config.attention](config)
+        self.attn = ATTENTION[config.attention](config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 

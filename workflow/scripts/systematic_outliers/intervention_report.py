@@ -1,5 +1,5 @@
 """What the interventions say: losses beside their controls, the scaling-factor correlations with
-bootstrap intervals, the interventions table and the claims (through verdicts' engine).
+bootstrap intervals, the interventions table and the claims (on verdict_engine).
 
 Reads only what rule interventions wrote (readers.InterventionResults) and the statistics.
 """
@@ -10,15 +10,14 @@ import numpy as np
 import pandas as pd
 
 from .choices import attention_outlier_layers
-from .interventions import ABLATIONS, BASELINE, CONTROLS, INTERVENTIONS, KEYS_REMOVED, RANDOM_KEYS_REMOVED
+from .definitions import ABLATIONS, BASELINE, CONTROLS, INTERVENTIONS, KEYS_REMOVED, LOSS_FLOOR, RANDOM_KEYS_REMOVED
 from .readers import InterventionResults
-from .verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY, Claim, Finding, graded, markdown_table
+from .verdict_engine import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY, Claim, Finding, graded, markdown_table
 
 # Our thresholds: the papers state none for these judgements.
 FAR_FACTOR = 10.0  # "far beyond the controls": the rise is ≥ this × the largest control rise (or the noise)
 FAR_RISE = 0.5  # … and ≥ this many nats (perplexity × 1.65)
 SOME_RISE = 0.05  # nats (perplexity × 1.05): the least rise that counts as hurting at all
-LOSS_FLOOR = 1e-3  # nats: a spread below this is taken as this
 RESTORED_HOLDS, RESTORED_PARTLY = 0.9, 0.5  # share of the zeroing's rise that the mean takes back
 NEGATIVE_LAYERS = 0.5  # "most" attention-outlier layers
 SMALL_VALUE, SMALLER_VALUE = 0.5, 1.0  # outlier keys' value norm / the median key's: holds below 0.5, partly below 1

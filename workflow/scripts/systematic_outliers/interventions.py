@@ -37,16 +37,14 @@ from tqdm import tqdm
 
 from . import capture
 from .choices import ActivationTargets, ChannelTarget, SinkTargets
-
-BASELINE = "baseline"
-ZEROED, MEAN, RANDOM_ZEROED = "outliers zeroed", "outliers set to their mean", "random channels zeroed"
-HELD_ZEROED, HELD_MEAN, RANDOM_HELD = "outliers held at zero", "outliers held at their mean", "random channels held at zero"
-KEYS_REMOVED, RANDOM_KEYS_REMOVED = "outlier keys removed", "random keys removed"
-INTERVENTIONS = (BASELINE, ZEROED, MEAN, RANDOM_ZEROED, HELD_ZEROED, HELD_MEAN, RANDOM_HELD, KEYS_REMOVED, RANDOM_KEYS_REMOVED)
-CONTROLS = {ZEROED: RANDOM_ZEROED, HELD_ZEROED: RANDOM_HELD, KEYS_REMOVED: RANDOM_KEYS_REMOVED}
-# the two activation ablations, by their field of ActivationTargets: (zeroed, set to the mean, random control)
-ABLATIONS = {"once": (ZEROED, MEAN, RANDOM_ZEROED), "held": (HELD_ZEROED, HELD_MEAN, RANDOM_HELD)}
-POINTS_PER_LAYER = 2000  # (head, query) points per layer kept for the scatter plots; the correlations use all
+from .definitions import (
+    ABLATIONS,
+    BASELINE,
+    INTERVENTIONS,
+    KEYS_REMOVED,
+    POINTS_PER_LAYER,
+    RANDOM_KEYS_REMOVED,
+)
 
 LOSS_COLUMNS = {
     "intervention": f"one of {', '.join(INTERVENTIONS)}",

@@ -7,7 +7,6 @@ entry, and record device and dtype in what they write.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -17,24 +16,12 @@ from tqdm import tqdm
 from . import capture, choices
 from .architectures import SITES, Architecture, available_sites
 from .config import CONTEXT_KEYS, ConfigError
+from .definitions import TOP
+from .devices import device, free_memory
 from .io import atomic_directory, atomic_file, write_json
 from .models import DTYPES, SourceError
 from .statistics import COLUMNS, CorpusStatistics, token_label
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def free_memory(target: torch.device) -> int:
-    """Bytes free on `target`: the GPU's free memory, or the host's MemAvailable."""
-    if target.type == "cuda":
-        return torch.cuda.mem_get_info(target)[0]
-    with open("/proc/meminfo") as handle:
-        for line in handle:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+from .weights import column_ratios
 
 
 def check_fits(name: str, model_dir: Path, target: torch.device, spread: bool = False) -> None:
@@ -95,11 +82,27 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool):
     return (model if spread else model.to(target)).eval(), tokenizer
 
 
+def dump_channels(down_weight, down_input, tokens: list[int]) -> list[int]:
+    """The intermediate channels whose W_down columns and W_gate/W_up rows the prompt dump keeps
+    at one layer: the edges, the TOP columns by max/mean ratio and every channel the figures tick
+    (`choices.ticked_channels` at the prompt's outlier `tokens`), each with its two neighbours.
+
+    `down_weight` is W_down as [d_model, d_ff] and `down_input` the prompt's [tokens, d_ff], both torch.
+    """
+    ratio = column_ratios(down_weight)
+    width = len(ratio)
+    kept = {*choices.SLICE_EDGES, width - 1}
+    by_ratio = ratio.topk(min(TOP, width)).indices.tolist()
+    for channel in by_ratio + choices.ticked_channels(down_input.float().cpu().numpy(), tokens):
+        kept |= {c for c in (channel - 1, channel, channel + 1) if 0 <= c < width}
+    return sorted(kept)
+
+
 def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: Path, sites=None, weights: str = "") -> dict:
     """Every site at every layer for one short prompt, as full float32 tensors in safetensors.
 
     Keys are "{site}.{layer}". For the weight panels it also keeps, per layer, slices of the MLP
-    matrices at the intermediate channels `choices.dump_channels` picks ("weight_channels.{layer}"):
+    matrices at the intermediate channels `dump_channels` picks ("weight_channels.{layer}"):
     "down_proj_weight.{layer}" [d_model, channels], "gate_proj_weight.{layer}" and
     "up_proj_weight.{layer}" [channels, d_model]. The JSON beside it holds the text, token ids and
     labels, and `weights`, where the weight numbers come from.
@@ -120,7 +123,7 @@ def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: P
         matrices = capture.mlp_weights(model, layer)
         if "down_proj" not in matrices or f"down_proj_input.{layer}" not in tensors:
             continue
-        channels = torch.tensor(choices.dump_channels(matrices["down_proj"], tensors[f"down_proj_input.{layer}"], outlier_tokens))
+        channels = torch.tensor(dump_channels(matrices["down_proj"], tensors[f"down_proj_input.{layer}"], outlier_tokens))
         tensors[f"weight_channels.{layer}"] = channels
         index = channels.to(matrices["down_proj"].device)
         tensors[f"down_proj_weight.{layer}"] = matrices["down_proj"][:, index].float().cpu().contiguous()

@@ -5,12 +5,7 @@ reductions (top-k with positions, mean, median, per-token and per-channel maxima
 attention each key receives per head) and moves them to the host once per window, so
 memory is bounded by one window whatever the number of windows.
 
-Definitions (the paper's official code, and Sun et al. 2024 for "massive"):
-- activation outlier token, the paper's rule: max_c |x[t, c]| > 1000 × mean |x| of the window;
-  Sun et al.'s rule: max_c |x[t, c]| > 100 and > 1000 × median |x| of the window;
-- attention outlier key: cumulative head-averaged attention received >= 0.1 × window length;
-- token class: initial (position 0), strong delimiter, weak semantic, other, from the
-  token decoded alone and stripped, as the official code does.
+What counts as an outlier, and the token classes, are definitions.py's.
 """
 
 from __future__ import annotations
@@ -21,23 +16,14 @@ import torch
 
 from . import field_metrics
 from .capture import ATTENTION_SITES, ExpertInputs
+from .definitions import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO, TOKEN_CLASSES, is_massive, is_paper_outlier, token_class
 
-PAPER_RATIO = 1000.0  # × mean |x|
-SUN_RATIO, SUN_FLOOR = 1000.0, 100.0  # × median |x|, and an absolute floor
-ATTENTION_SHARE = 0.1  # × window length
 # Sites that also get the median, per-token maxima and outlier tokens (they need |x| in full).
 TOKEN_SITES = ("attn_residual", "down_proj_input", "layer_output")
 # What follows each outlier channel through the layers, as per-window signed channel extremes: the
 # residual stream, and what a layer adds to it after its attention (its MLP's write, through any
 # post-norm or scale, as the stream receives it: layer_output − attn_residual).
 EXTREME_SITES = ("layer_output", "mlp_write")
-
-STRONG_DELIMITERS = set(". <0x0A> , ; : ! ? - -- --- ' \" ( ) [ ] { } / \\ | * & ^ % $ # @ ~ `".split())
-WEAK_SEMANTIC = set(
-    "and from of 1 2 3 4 5 6 7 8 9 the a an in on at for with is was are were to by as that this it but or if not".split()
-) | {""}
-
-TOKEN_CLASSES = ("initial", "strong_delimiter", "weak_semantic", "other")
 
 # Every table and column this module writes, for the manifest and the README.
 COLUMNS = {
@@ -160,17 +146,6 @@ def token_label(tokenizer, token_id: int) -> str:
     return tokenizer.decode([int(token_id)]).replace("\n", "\\n")
 
 
-def token_class(position: int, text: str) -> str:
-    if position == 0:
-        return "initial"
-    stripped = text.replace("\\n", "\n").strip()
-    if stripped in STRONG_DELIMITERS:
-        return "strong_delimiter"
-    if stripped.lower() in WEAK_SEMANTIC:
-        return "weak_semantic"
-    return "other"
-
-
 class CorpusStatistics:
     """Sink for `capture.hooks` that keeps per-window reductions of every site.
 
@@ -241,14 +216,14 @@ class CorpusStatistics:
         }
         if site in TOKEN_SITES:
             median = lower_median(magnitude)  # last: on the CPU it reorders the buffer in place
-            flagged = torch.nonzero((token_max > PAPER_RATIO * mean) | ((token_max > SUN_FLOOR) & (token_max > SUN_RATIO * median)))
+            flagged = torch.nonzero(is_paper_outlier(token_max, mean) | is_massive(token_max, median))
             flagged = flagged.flatten()
             at_flagged = (x[flagged].abs() if not routed else x[flagged][:, :0]).float()  # inside experts the channels are routed slots
             reduced.update(
                 median=median,
                 token_max=token_max,
                 flagged=flagged,
-                flagged_massive=(at_flagged > SUN_FLOOR) & (at_flagged > SUN_RATIO * median.float()),
+                flagged_massive=is_massive(at_flagged, median.float()),
                 flagged_channel=routed.channels(flagged, x[flagged].abs().argmax(dim=1)) if routed else x[flagged].abs().argmax(dim=1),
             )
         if site == "layer_output":
@@ -327,8 +302,8 @@ class CorpusStatistics:
                     massive[row].nonzero().flatten().tolist(),
                     value / mean if mean else float("inf"),
                     value / median if median else float("inf"),
-                    value > PAPER_RATIO * mean,
-                    value > SUN_FLOOR and value > SUN_RATIO * median,
+                    bool(is_paper_outlier(value, mean)),
+                    bool(is_massive(value, median)),
                 )
             )
 

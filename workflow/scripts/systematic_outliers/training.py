@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .devices import device
 from .gpt2 import GPT, GPTConfig
 from .io import atomic_file, write_json
 from .tasks import BigramBackcopy
@@ -102,7 +103,7 @@ def _distributed() -> tuple[int, int, torch.device]:
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, device()
     dist.init_process_group("nccl")
     local = int(os.environ["LOCAL_RANK"])
     torch.cuda.set_device(local)

@@ -15,11 +15,13 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from . import field_metrics
-from .gpt2 import GPT, VARIANTS
+from . import devices, field_metrics
+from .definitions import METHODS
+from .gpt2 import GPT
 from .io import atomic_directory, write_json
 from .tasks import BigramBackcopy
 from .training import evaluate, load_trained, schedule, validation_batches
+from .variants import VARIANTS
 
 COLUMNS = {
     "runs": "variant, seed, id (the paper's letter), name, formulation, parameters, extra_parameters, final val_loss (and "
@@ -165,12 +167,9 @@ def compressed(model: GPT, method: str):
                 module.weight.copy_(weight)
 
 
-METHODS = ("full", "w8", "w8a8", "prune50")
-
-
 def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: list[int], prompt_labels: list[str], target: Path) -> None:
     """All analysis tables of one task into folder `target`; `runs` maps (variant, seed) to a run folder."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = devices.device()
     batches = validation_batches(data, schedule(task, 0), device)
     prompt = torch.tensor([prompt_ids], device=device)
     tables = {name: [] for name in COLUMNS}
@@ -182,7 +181,7 @@ def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: lis
         log = pd.read_csv(Path(folder) / "log.csv")
         tables["curves"] += log.assign(variant=variant, seed=seed).to_dict("records")
         last = log.iloc[-1]
-        attention = VARIANTS[variant]
+        attention = VARIANTS[variant]  # its letter, title and formula
         tables["runs"].append(
             {
                 "variant": variant,

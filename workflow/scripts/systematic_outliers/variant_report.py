@@ -1,7 +1,7 @@
 """Judgement on the trained attention variants: Table 2, the compression table and the claims.
 
 Reads only the analysis folders that `variant_analysis.analyse` writes. Every comparison
-between variants goes through `verdicts.compare_over_seeds`: a difference counts only when it
+between variants goes through `verdict_engine.compare_over_seeds`: a difference counts only when it
 exceeds the spread over seeds (a stated margin with one seed, and then at most "partly"), and a
 magnitude counts as an outlier only when it is massive by Sun et al.'s criterion.
 """
@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import field_metrics, verdicts
-from .choices import is_massive
-from .gpt2 import VARIANTS
+from . import field_metrics, verdict_engine
+from .definitions import LOSS_FLOOR, METHODS, SUN_FLOOR, SUN_RATIO, is_massive
 from .readers import read_manifest, read_table
-from .variant_analysis import METHODS
-from .verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, NOT_SHOWN, PARTLY, Claim, Finding
+from .variants import VARIANTS
+from .verdict_engine import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, NOT_SHOWN, PARTLY, Claim, Finding
 
 SINK = 0.5  # mean weight on the first key, where a head should do nothing, from which it is an attention sink
 # A run has converged once it has made this share of (a)'s improvement in validation loss. Halfway, on the
@@ -26,7 +25,6 @@ SINK = 0.5  # mean weight on the first key, where a head should do nothing, from
 CONVERGED = 0.5
 SINK_MARGIN = 0.1  # one seed: attention weights must differ by more than this
 RELATIVE_MARGIN = 0.1  # one seed: tokens to converge, or compression damage, must differ by more than this share of (a)'s
-LOSS_FLOOR = 1e-3  # nats: validation-loss differences below this are not findings, whatever the seeds say
 # the paper's Section 5: (a)–(c) keep massive activations, (d) and (e) lose them
 KEEP = tuple(key for key, attention in VARIANTS.items() if attention.paper_keeps_massive is True)
 LOSE = tuple(key for key, attention in VARIANTS.items() if attention.paper_keeps_massive is False)
@@ -80,7 +78,7 @@ def markdown(table: pd.DataFrame, title: str, note: str) -> str:
     for column in shown.columns:
         if shown[column].dtype.kind == "f":
             shown[column] = shown[column].map(lambda v: f"{v:.4f}")
-    return "\n".join([f"# {title}", "", note, "", *verdicts.markdown_table(list(shown.columns), shown.values.tolist()), ""])
+    return "\n".join([f"# {title}", "", note, "", *verdict_engine.markdown_table(list(shown.columns), shown.values.tolist()), ""])
 
 
 COMPRESSION_NOTE = (
@@ -252,7 +250,7 @@ def judge_attention_bias(m: dict) -> Finding:
     if missing:
         return missing
     d = m["attention_bias"]
-    comparison = verdicts.compare_over_seeds(d["extra"], d["sink"], lower_is_better=False, margin=SINK_MARGIN, digits=2)
+    comparison = verdict_engine.compare_over_seeds(d["extra"], d["sink"], lower_is_better=False, margin=SINK_MARGIN, digits=2)
     return Finding(
         f"at its sink layer {d['layer']}, (d) puts {_span(d['extra'])} on k′ and {_span(d['sink'])} on the first key where "
         f"the head should do nothing ((a): {_span(m['default']['sink'])} on the first key); {comparison.text}",
@@ -265,7 +263,7 @@ def judge_context_scale(m: dict) -> Finding:
     if missing:
         return missing
     e, a = m["context_scale"], m["default"]
-    comparison = verdicts.compare_over_seeds(e["effective"], a["sink"], lower_is_better=True, margin=SINK_MARGIN, digits=2)
+    comparison = verdict_engine.compare_over_seeds(e["effective"], a["sink"], lower_is_better=True, margin=SINK_MARGIN, digits=2)
     return Finding(
         f"at its sink layer {e['layer']}, S_c is {_span(e['scale'], 3)} where the head should do nothing; its softmax puts "
         f"{_span(e['sink'])} on the first key, which after S_c contributes {_span(e['effective'], 3)} against "
@@ -274,11 +272,11 @@ def judge_context_scale(m: dict) -> Finding:
     )
 
 
-def _fewer_tokens(m: dict, variant: str) -> verdicts.Comparison:
+def _fewer_tokens(m: dict, variant: str) -> verdict_engine.Comparison:
     """Does `variant` reach the convergence target in fewer tokens than (a), beyond the seeds' spread?"""
     a = m["default"]["tokens"]
     margin = RELATIVE_MARGIN * a.mean()
-    return verdicts.compare_over_seeds(
+    return verdict_engine.compare_over_seeds(
         m[variant]["tokens"], a, lower_is_better=True, margin=margin, floor=m["_convergence"]["resolution"], unit=" tokens", digits=3
     )
 
@@ -305,7 +303,7 @@ def judge_compression(m: dict, variant: str = "context_scale") -> Finding:
     parts, outcomes = [], []
     for method in METHODS[1:]:
         margin = RELATIVE_MARGIN * abs(a["damage"][method].mean())
-        comparison = verdicts.compare_over_seeds(
+        comparison = verdict_engine.compare_over_seeds(
             e["damage"][method], a["damage"][method], lower_is_better=True, margin=margin, floor=LOSS_FLOOR, unit=" nats", digits=2
         )
         outcomes.append(comparison.verdict)
@@ -329,7 +327,7 @@ def judge_sigmoid(m: dict) -> Finding:
     if missing:
         return missing
     f, a = m["sigmoid"], m["default"]
-    comparison = verdicts.compare_over_seeds(f["sink"], a["sink"], lower_is_better=True, margin=SINK_MARGIN, digits=2)
+    comparison = verdict_engine.compare_over_seeds(f["sink"], a["sink"], lower_is_better=True, margin=SINK_MARGIN, digits=2)
     return Finding(
         f"weight on the first key where the head should do nothing: (f) {_span(f['sink'])} at block {f['layer']}, "
         f"(a) {_span(a['sink'])}; {comparison.text}",
@@ -342,7 +340,8 @@ GPT2_CLAIMS = [
     Claim(
         "massive",
         "(a)–(c) keep massive activations, (d) and (e) lose them",
-        "massive: the mean top-1 |h| of some layer is > 100 and > 1000× its median (Sun et al.); holds: (a)–(c) massive in every seed "
+        f"massive: the mean top-1 |h| of some layer is > {SUN_FLOOR:g} and > {SUN_RATIO:g}× its median (Sun et al.); holds: (a)–(c) "
+        "massive in every seed "
         "and (d), (e) in none (with more than one seed); partly: some of (a)–(c), or one seed; does not hold: (d) or (e) massive in "
         "any seed; not shown at this scale: none of (a)–(c) massive",
         "(a)–(c) ≈ 1–1.5k peaks, (d)/(e) none (Fig 10)",
@@ -401,7 +400,7 @@ def judge_zoo_sink(m: dict, variant: str) -> Finding:
     if missing:
         return missing
     v, a = m[variant], m["default"]
-    comparison = verdicts.compare_over_seeds(v["effective"], a["sink"], lower_is_better=True, margin=SINK_MARGIN, digits=2)
+    comparison = verdict_engine.compare_over_seeds(v["effective"], a["sink"], lower_is_better=True, margin=SINK_MARGIN, digits=2)
     parked = f", {_span(v['extra'])} on its sink" if v["extra"].notna().any() else ""
     scaled = f", scaled by {_span(v['scale'], 3)}" if v["scale"].notna().any() else ""
     return Finding(
@@ -462,7 +461,8 @@ def zoo_claims(variant: str) -> list[Claim]:
         Claim(
             f"{variant}.massive",
             f"{name} has no massive activations",
-            "massive as Sun et al. (> 100 and > 1000× the median of the layer); holds: (a) massive in every seed and this variant in "
+            f"massive as Sun et al. (> {SUN_FLOOR:g} and > {SUN_RATIO:g}× the median of the layer); holds: (a) massive in every seed "
+            "and this variant in "
             "none (more than one seed); partly: (a) in some seeds, or one seed; does not hold: this variant massive in any seed; not "
             "shown at this scale: (a) has none",
             _softpick_anchor(variant, "max_abs"),
@@ -568,7 +568,7 @@ def ranking_markdown(table: pd.DataFrame) -> list[str]:
         for _, row in table.sort_values("id").iterrows()
     ]
     header = [label + " [rank]" for label, _ in RANKED.values()]
-    return verdicts.markdown_table(["variant", *header, "Sink_1^0.2", "Softpick paper: Sink_1^0.3", "kurtosis", "max |h|"], rows)
+    return verdict_engine.markdown_table(["variant", *header, "Sink_1^0.2", "Softpick paper: Sink_1^0.3", "kurtosis", "max |h|"], rows)
 
 
 def judge(m: dict) -> list[tuple[Claim, Finding]]:
@@ -616,7 +616,7 @@ def claims(tasks: dict[str, Path]) -> str:
         sections += [
             f"## Task {task} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {', '.join(map(str, seeds))})",
             "",
-            *verdicts.markdown_table(
+            *verdict_engine.markdown_table(
                 [
                     "variant",
                     "outlier ratio",
@@ -632,7 +632,7 @@ def claims(tasks: dict[str, Path]) -> str:
                 rows,
             ),
             "",
-            *verdicts.claims_rows(judged),
+            *verdict_engine.claims_rows(judged),
             "",
             *ranking_section(ranking(m), f"### The field's metrics, ranked ({task})", analysis_dir),
         ]

@@ -1,16 +1,14 @@
-"""The verdict engine and the paper's LLM claims, Table 1 and the scorecard across models.
+"""The paper's LLM claims, Table 1 and the scorecard across models, on the verdict engine.
 
-A claim is a row of a table in code: what the paper says, the criterion with its numbers, the
-paper's own value for LLaMA-2-7B where it states one, and a judge that turns the measured
-numbers into a `Finding` (a sentence with the numbers and one of VERDICTS). Every verdict is
-reachable for every claim: "not measured" when the architecture lacks the sites or there is
-nothing to compare (no outlier to locate), "does not hold" when the measurement says so.
-The GPT-2 claims (variant_report.py) use the same engine, with comparisons over seeds.
+Each claim (verdict_engine.Claim) states what the paper says, our criterion with its numbers, and
+the paper's value for LLaMA-2-7B where it states one. Every verdict is reachable for every claim:
+"not measured" when the architecture lacks the sites or there is nothing to compare (no outlier to
+locate), "does not hold" when the measurement says so. The intervention claims
+(intervention_report.py) follow these; the GPT-2 claims are variant_report.py's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,11 +16,10 @@ import pandas as pd
 
 from . import choices, field_metrics
 from .choices import MOST_WINDOWS, WEIGHT_OUTLIER_FACTOR
+from .definitions import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO, TOP, WRITE_SHARE
+from .intervention_report import INTERVENTION_CLAIMS
 from .readers import Evidence, InterventionResults, windows_text
-from .statistics import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO
-
-HOLDS, PARTLY, DOES_NOT_HOLD, NOT_SHOWN, NOT_MEASURED = "holds", "partly", "does not hold", "not shown at this scale", "not measured"
-VERDICTS = (HOLDS, PARTLY, DOES_NOT_HOLD, NOT_SHOWN, NOT_MEASURED)
+from .verdict_engine import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY, Claim, Finding, claims_markdown, graded, markdown_table
 
 # Our thresholds (the paper states none for these judgements), each printed beside its verdict.
 SHARE_HOLDS, SHARE_PARTLY = 0.8, 0.5  # an alignment or a split of tokens
@@ -32,83 +29,6 @@ ATTENTION_LAYERS_HOLDS = 0.25  # share of the layers with outlier keys in most w
 FEW_CHANNELS = 4  # "a few fixed channels"
 EARLY, LATE = 0.25, 0.75  # emergence within the first quarter of the layers; still present at three quarters
 CANCEL_FALL = 0.5  # the mean top-1 |h| falls by at least half at the cancelling layer
-
-
-@dataclass(frozen=True)
-class Finding:
-    measured: str  # the numbers, as a sentence
-    verdict: str
-    value: str = ""  # the short measured value of the scorecard
-
-    def __post_init__(self):
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"verdict {self.verdict!r}: use one of {', '.join(VERDICTS)}")
-
-
-@dataclass(frozen=True)
-class Claim:
-    key: str
-    text: str  # what the paper says
-    criterion: str  # how we judge it, with the numbers
-    paper: str  # the paper's value for LLaMA-2-7B ("" where it states none; "≈" read off a plot)
-    judge: Callable[..., Finding]
-
-
-def graded(value: float | None, holds_at: float, partly_at: float) -> str:
-    """holds at or above `holds_at`, partly at or above `partly_at`, else does not hold; not measured without a value."""
-    if value is None or pd.isna(value):
-        return NOT_MEASURED
-    return HOLDS if value >= holds_at else PARTLY if value >= partly_at else DOES_NOT_HOLD
-
-
-@dataclass(frozen=True)
-class Comparison:
-    verdict: str
-    text: str
-
-
-def compare_over_seeds(
-    claimed: list[float], other: list[float], lower_is_better: bool, margin: float, floor: float = 0.0, unit: str = "", digits: int = 4
-) -> Comparison:
-    """Is `claimed` better than `other` (per-seed values)? Only a difference of the means larger
-    than the noise counts: the larger range over seeds of the two (at least `floor`, the
-    measurement's resolution). With one seed in either, the noise is the stated `margin` and the
-    strongest verdict is partly. Within the noise: not shown at this scale."""
-    claimed, other = np.asarray(claimed, dtype=float), np.asarray(other, dtype=float)
-    if not len(claimed) or not len(other) or np.isnan(claimed).any() or np.isnan(other).any():
-        return Comparison(NOT_MEASURED, "a value is missing for some seed")
-    gain = (other.mean() - claimed.mean()) * (1 if lower_is_better else -1)
-    single = min(len(claimed), len(other)) < 2
-    spread = margin if single else max(np.ptp(claimed), np.ptp(other))
-    noise = max(spread, floor)
-    if gain > noise:
-        verdict = PARTLY if single else HOLDS
-    elif gain < -noise:
-        verdict = DOES_NOT_HOLD
-    else:
-        verdict = NOT_SHOWN
-    noise_text = (
-        f"one seed, so the stated margin {noise:,.{digits}g}{unit} and at most partly"
-        if single
-        else f"seed spread {noise:,.{digits}g}{unit} over {len(claimed)} and {len(other)} seeds"
-    )
-    return Comparison(verdict, f"difference {gain:+,.{digits}g}{unit} in the claimed direction; {noise_text}")
-
-
-def markdown_table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in row) + " |" for row in rows]
-
-
-def claims_rows(judged: list[tuple[Claim, Finding]]) -> list[str]:
-    """The Markdown table of judged claims: the paper's value beside ours, the criterion beside the verdict."""
-    rows = [[claim.text, claim.paper or "–", finding.measured, claim.criterion, f"**{finding.verdict}**"] for claim, finding in judged]
-    return markdown_table(["claim", "paper", "measured here", "criterion", "verdict"], rows)
-
-
-def claims_markdown(title: str, intro: list[str], judged: list[tuple[Claim, Finding]]) -> str:
-    """A claims file: each claim with the numbers measured, the criterion and the verdict."""
-    return "\n".join([f"# {title}", "", *intro, "", *claims_rows(judged), ""])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,8 +353,8 @@ LLM_CLAIMS = [
     Claim(
         "weight_writes",
         "The weight-outlier columns write the activation-outlier channels",
-        f"share of the rows written by outstanding W_down columns (≥ {WEIGHT_OUTLIER_FACTOR:g}× the median ratio; at most 3 "
-        f"rows with ≥ 0.5 × the column's largest) that are massive residual channels: holds ≥ {SHARE_HOLDS:.0%}, partly ≥ {SHARE_PARTLY:.0%}; not "
+        f"share of the rows written by outstanding W_down columns (≥ {WEIGHT_OUTLIER_FACTOR:g}× the median ratio; at most {TOP} "
+        f"rows with ≥ {WRITE_SHARE:g} × the column's largest) that are massive residual channels: holds ≥ {SHARE_HOLDS:.0%}, partly ≥ {SHARE_PARTLY:.0%}; not "
         "measured when no column stands out",
         "100 % (Table 1 as quoted by a third party; unconfirmed)",
         judge_weight_writes,
@@ -473,8 +393,6 @@ def measure(model: str, stats_dir, weights_path, prompt_path, interventions_path
 
 def all_claims() -> list[Claim]:
     """The LLM claims read from the statistics, then those the interventions test."""
-    from .intervention_report import INTERVENTION_CLAIMS  # built on this module's engine, so imported here
-
     return LLM_CLAIMS + INTERVENTION_CLAIMS
 
 
@@ -629,9 +547,10 @@ def alignment_markdown(table: pd.DataFrame) -> str:
             "# Table 1: alignment of weight, activation and attention outliers",
             "",
             f"Weight-outlier columns: W_down columns whose max/mean ratio is at least {WEIGHT_OUTLIER_FACTOR:g} × the median over all "
-            "matrices; rows written: those with |W| ≥ 0.5 × the column's largest (at most 3). Outlier channels: corpus channel maxima > 100 and "
-            f"> 1000 × the median (Sun et al.). Activation-outlier tokens: max |h| > {PAPER_RATIO:g} × the window's mean |h| in any "
-            f"layer output; outlier keys: ≥ {ATTENTION_SHARE:g} × the window length in any layer; matched per window. "
+            f"matrices; rows written: those with |W| ≥ {WRITE_SHARE:g} × the column's largest (at most {TOP}). Outlier channels: corpus "
+            f"channel maxima > {SUN_FLOOR:g} and > {SUN_RATIO:g} × the median (Sun et al.). Activation-outlier tokens: max |h| > "
+            f"{PAPER_RATIO:g} × the window's mean |h| in any layer output; outlier keys: ≥ {ATTENTION_SHARE:g} × the window length in "
+            "any layer; matched per window. "
             "–: nothing to compare (no outlier of that kind, or no attention capture).",
             "",
             *markdown_table(list(shown.columns), shown.values.tolist()),

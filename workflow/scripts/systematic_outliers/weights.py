@@ -18,10 +18,9 @@ import torch
 from safetensors import safe_open
 
 from .architectures import Architecture, UnsupportedModel
+from .definitions import TOP, WRITE_SHARE
 
 EPSILON = 1e-8  # as the official code, so an all-zero column has ratio 0, not NaN
-TOP = 3
-WRITE_SHARE = 0.5
 
 COLUMNS = {
     "layer": "decoder layer, 0-based",
