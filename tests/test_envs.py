@@ -1,4 +1,4 @@
-"""Each rule's conda environment (workflow/envs/) lists every third-party package its script can
+"""Each rule's conda environment (envs/) lists every third-party package its script can
 import: a static walk of the imports (AST, nothing installed), through the package's modules and,
 for the notebook rules, the notebooks' code cells."""
 
@@ -87,24 +87,39 @@ def notebook_code() -> list[tuple[str, None]]:
 
 
 RULES = sorted(rule_blocks())
+# what an environment may list beyond its imports: the interpreter, pandas' Parquet engine, transformers'
+# device_map="auto", and numpy pinned where another package pulls it in
+RUNTIME = {"python", "pip", "pyarrow", "accelerate", "numpy"}
 
 
-def test_every_rule_that_runs_a_script_has_an_environment_in_workflow_envs():
+def needed(script: Path) -> set[str]:
+    """The distributions a rule's script can import, with the notebooks' for the notebook rules."""
+    sources = [(script.read_text(), None)]
+    if script.name == "run_notebook.py":  # the notebooks run in a kernel of the same environment
+        sources += notebook_code() + [("import ipykernel", None)]
+    return {DISTRIBUTIONS.get(name, name).lower().replace("_", "-") for name in third_party(sources)}
+
+
+def test_every_rule_that_runs_a_script_has_an_environment_in_envs():
     declared = sum(len(re.findall(r"^(?:rule|checkpoint) \w+:", f.read_text(), re.M)) for f in (REPO / "workflow" / "rules").glob("*.smk"))
     assert len(RULES) == declared  # every rule runs a script, and the parsing found each
     for rule, script, env in RULES:
-        assert env is not None and env.parent == REPO / "workflow" / "envs" and env.exists(), rule
+        assert env is not None and env.parent == REPO / "envs" and env.exists(), rule
         assert script.exists(), rule
 
 
 @pytest.mark.parametrize("rule, script, env", RULES, ids=[rule for rule, _, _ in RULES])
 def test_each_rule_environment_lists_what_its_script_imports(rule, script, env):
-    sources = [(script.read_text(), None)]
-    if script.name == "run_notebook.py":  # the notebooks run in a kernel of the same environment
-        sources += notebook_code() + [("import ipykernel", None)]
-    needed = {DISTRIBUTIONS.get(name, name).lower().replace("_", "-") for name in third_party(sources)}
-    missing = sorted(needed - env_packages(env))
+    missing = sorted(needed(script) - env_packages(env))
     assert not missing, f"rule {rule}: {env.relative_to(REPO)} lacks {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("env", sorted({env for _, _, env in RULES}), ids=lambda env: env.name)
+def test_each_environment_lists_nothing_its_rules_do_not_import(env):
+    """So the figure and claims environment carries no torch and no transformers: its modules import neither."""
+    used = set().union(*(needed(script) for _, script, rule_env in RULES if rule_env == env))
+    unused = sorted(env_packages(env) - used - RUNTIME)
+    assert not unused, f"{env.relative_to(REPO)} lists {', '.join(unused)}, which none of its rules imports"
 
 
 def test_the_walk_follows_the_package_and_finds_what_a_module_imports_inside_a_function():

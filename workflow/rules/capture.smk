@@ -12,7 +12,7 @@ rule dump_prompt:
     benchmark:
         "results/benchmarks/dump_prompt/{model}/{prompt}.tsv"
     conda:
-        "../envs/capture.yaml"
+        "../../envs/capture.yaml"
     resources:
         gpu=model_gpus,
     params:
@@ -33,7 +33,7 @@ rule corpus_statistics:
     benchmark:
         "results/benchmarks/corpus_statistics/{model}/{corpus}.tsv"
     conda:
-        "../envs/capture.yaml"
+        "../../envs/capture.yaml"
     resources:
         gpu=model_gpus,
     params:
@@ -53,6 +53,6 @@ rule weight_statistics:
     benchmark:
         "results/benchmarks/weight_statistics/{model}.tsv"
     conda:
-        "../envs/capture.yaml"
+        "../../envs/capture.yaml"
     script:
         "../scripts/weight_statistics.py"

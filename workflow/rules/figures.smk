@@ -32,7 +32,7 @@ rule figure:
     log:
         "results/logs/figures/{model}/{figure}.log",
     conda:
-        "../envs/figures.yaml"
+        "../../envs/figures.yaml"
     params:
         # from the wildcards and the config alone, so that Snakemake compares them between runs:
         # an override change reruns that model's figures
@@ -61,7 +61,7 @@ rule claims:
     log:
         "results/logs/claims/{model}.log",
     conda:
-        "../envs/figures.yaml"
+        "../../envs/figures.yaml"
     script:
         "../scripts/write_claims.py"
 
@@ -80,7 +80,7 @@ rule table1_alignment:
     log:
         "results/logs/tables/table1_alignment.log",
     conda:
-        "../envs/figures.yaml"
+        "../../envs/figures.yaml"
     params:
         models=TARGET_MODELS,
     script:
@@ -112,7 +112,7 @@ rule claims_summary:
     log:
         "results/logs/claims/summary.log",
     conda:
-        "../envs/figures.yaml"
+        "../../envs/figures.yaml"
     params:
         models=TARGET_MODELS,
     script:

@@ -18,7 +18,7 @@ rule interventions:
     benchmark:
         "results/benchmarks/interventions/{model}/{corpus}.tsv"
     conda:
-        "../envs/capture.yaml"
+        "../../envs/capture.yaml"
     resources:
         gpu=model_gpus,
     params:
@@ -52,7 +52,7 @@ rule intervention_figure:
     log:
         "results/logs/figures/{model}/{intervention_figure}.log",
     conda:
-        "../envs/figures.yaml"
+        "../../envs/figures.yaml"
     params:
         # from the wildcards alone, so that Snakemake compares them between runs
         notebook=lambda wildcards: {
@@ -84,7 +84,7 @@ rule interventions_table:
     log:
         "results/logs/tables/interventions.log",
     conda:
-        "../envs/figures.yaml"
+        "../../envs/figures.yaml"
     params:
         models=TARGET_MODELS,
     script:

@@ -10,7 +10,7 @@ checkpoint fetch_model:
     benchmark:
         "results/benchmarks/fetch_model/{model}.tsv"
     conda:
-        "../envs/models.yaml"
+        "../../envs/models.yaml"
     params:
         entry=lambda wildcards: model_settings(wildcards.model, "fetch_model"),
     script:

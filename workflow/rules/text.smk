@@ -9,7 +9,7 @@ rule fetch_corpus:
     benchmark:
         "results/benchmarks/fetch_corpus/{corpus}.tsv"
     conda:
-        "../envs/text.yaml"
+        "../../envs/text.yaml"
     params:
         entry=lambda wildcards: corpus_settings(wildcards.corpus, "fetch_corpus"),
     script:
@@ -27,7 +27,7 @@ rule cut_windows:
     benchmark:
         "results/benchmarks/cut_windows/{corpus}/{model}.tsv"
     conda:
-        "../envs/text.yaml"
+        "../../envs/text.yaml"
     params:
         model_entry=lambda wildcards: model_settings(wildcards.model, "window_model"),
         corpus_entry=lambda wildcards: corpus_settings(

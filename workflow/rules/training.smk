@@ -11,7 +11,7 @@ rule prepare_training_text:
     benchmark:
         "results/benchmarks/prepare_training_text/{task}.tsv"
     conda:
-        "../envs/training.yaml"
+        "../../envs/training.yaml"
     params:
         task=lambda wildcards: task_settings(wildcards.task, "training_data"),
         separator=lambda wildcards: CONFIG["corpora"][
@@ -33,7 +33,7 @@ rule train_variant:
     benchmark:
         "results/benchmarks/train_variant/{task}/{variant}/seed{seed}.tsv"
     conda:
-        "../envs/training.yaml"
+        "../../envs/training.yaml"
     threads: 1
     resources:
         # a CPU task (no gpus:) asks for none, so runs on a laptop are not serialized
@@ -55,7 +55,7 @@ rule analyse_variants:
     benchmark:
         "results/benchmarks/analyse_variants/{task}.tsv"
     conda:
-        "../envs/training.yaml"
+        "../../envs/training.yaml"
     threads: 1
     params:
         task=lambda wildcards: task_settings(wildcards.task, "training_run"),
@@ -83,7 +83,7 @@ rule gpt2_figure:
     log:
         "results/logs/gpt2_figure/{task}/{gpt2_figure}.log",
     conda:
-        "../envs/figures.yaml"
+        "../../envs/figures.yaml"
     params:
         # from the wildcards alone, so that Snakemake compares them between runs
         notebook=lambda wildcards: {
@@ -113,7 +113,7 @@ rule variant_tables:
     log:
         "results/logs/variant_tables/{task}.log",
     conda:
-        "../envs/figures.yaml"
+        "../../envs/figures.yaml"
     script:
         "../scripts/variant_tables.py"
 
@@ -126,7 +126,7 @@ rule gpt2_claims:
     log:
         "results/logs/claims/gpt2.log",
     conda:
-        "../envs/figures.yaml"
+        "../../envs/figures.yaml"
     params:
         tasks=TRAINING["run"],
     script:

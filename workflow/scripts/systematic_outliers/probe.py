@@ -5,7 +5,7 @@ Every site is found by an identity that must hold on the probe, not by a module'
 
 - decoder layers: the ModuleList whose l-th module outputs `hidden_states[l + 1]` of the model's own
   `output_hidden_states` (the last one before the final norm) and whose l+1-th reads it;
-- attention: the module that calls the registered attention function (`capture.ATTENTION_CAPTURE`),
+- attention: the module that calls the registered attention function (`kernels.ATTENTION_CAPTURE`),
   with `attn_probs` equal to the model's own `output_attentions`; a layer whose mixer never calls it
   (linear attention, state-space, convolution) has no attention sites;
 - value: the projection whose output, split into heads, is the value the attention function gets;
@@ -19,7 +19,7 @@ Every site is found by an identity that must hold on the probe, not by a module'
 - down_proj: the last matrix of the MLP writing d_model, with down_proj_output = down_proj_input W^T (+ b);
   gate, up and act by gated (act(gate) · up) or ungated (act(up)) equality with down_proj_input;
 - a mixture-of-experts MLP: the experts module of transformers' experts interface, whose output
-  `capture.experts_forward` (which shows each expert's down-projection input) must reproduce from
+  `kernels.experts_forward` (which shows each expert's down-projection input) must reproduce from
   the same inputs as the model's own experts loop.
 
 A site whose identity fails is left out with the reason (`Architecture.absent`). Attention code of a
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import capture
+from . import kernels
 from .architectures import ARCHITECTURES, ATTENTION_SITES, HEAD_SITES, SITES, Architecture, Tap, UnsupportedModel
 
 PROBE_TOKENS = 12
@@ -112,7 +112,7 @@ def run_probe(model, tokens: int = PROBE_TOKENS, output_attentions: bool = True)
 
         def pre(module, args, kwargs, name=name):
             call = Call(name, module, next(counter), input=_first(args) if _first(args) is not None else _first(kwargs))
-            if capture.is_experts(module):  # to run its own loop and ours on the same routing
+            if kernels.is_experts(module):  # to run its own loop and ours on the same routing
                 call.arguments = (tuple(_copy(a) for a in args), {k: _copy(v) for k, v in kwargs.items()})
             calls.append(call)
             by_module.setdefault(id(module), []).append(call)
@@ -126,12 +126,12 @@ def run_probe(model, tokens: int = PROBE_TOKENS, output_attentions: bool = True)
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(module.register_forward_hook(post, with_kwargs=True))
     attention_calls = {}
-    capture._PROBES.append(attention_calls)
+    kernels.PROBES.append(attention_calls)
     try:  # the hooks come off whatever happens in the pass
         with torch.no_grad():
             out = model(ids.to(model.device), use_cache=False, output_hidden_states=True, output_attentions=output_attentions)
     finally:
-        capture._PROBES.remove(attention_calls)
+        kernels.PROBES.remove(attention_calls)
         for handle in handles:
             handle.remove()
     counts = {}
@@ -294,7 +294,7 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
         else:
             absent["mlp_norm_output"] = "no module between the residual stream and the MLP input"
     mlp_sites = ("gate_output", "up_output", "act_output", "down_proj_input", "down_proj_output")
-    experts = [c for c in after if _is_experts(c.module) or capture.is_experts(c.module)]
+    experts = [c for c in after if _is_experts(c.module) or kernels.is_experts(c.module)]
     if experts:
         taps.update(_experts_taps(experts, rel, absent))
         return taps, (rel[attention.name] if attention else None), absent, own is not None
@@ -366,7 +366,7 @@ def _is_experts(module) -> bool:
 
 def _experts_taps(experts: list[Call], rel: dict, absent: dict) -> dict[str, Tap]:
     """down_proj_input of a mixture-of-experts MLP, read inside its experts module through
-    `capture.EXPERTS_CAPTURE`: only where that function gives the model's own experts output."""
+    `kernels.EXPERTS_CAPTURE`: only where that function gives the model's own experts output."""
     inside = ("gate_output", "up_output", "act_output", "down_proj_output")
     interface = next((c for c in experts if c.arguments is not None), None)
     if interface is None:
@@ -376,10 +376,10 @@ def _experts_taps(experts: list[Call], rel: dict, absent: dict) -> dict[str, Tap
     module, (args, kwargs) = interface.module, interface.arguments
     try:
         with torch.no_grad():
-            same = _same(capture.experts_forward(module, *args, **kwargs), type(module).forward.__wrapped__(module, *args, **kwargs))
-        why = f"{rel[interface.name]}: capture.experts_forward ≠ the model's own experts loop on the same routing"
+            same = _same(kernels.experts_forward(module, *args, **kwargs), type(module).forward.__wrapped__(module, *args, **kwargs))
+        why = f"{rel[interface.name]}: kernels.experts_forward ≠ the model's own experts loop on the same routing"
     except (AttributeError, TypeError, RuntimeError, KeyError, IndexError, ValueError) as error:  # not following the interface
-        same, why = False, f"{rel[interface.name]}: capture.experts_forward fails ({type(error).__name__}: {error})"
+        same, why = False, f"{rel[interface.name]}: kernels.experts_forward fails ({type(error).__name__}: {error})"
     if not same:
         absent.update({site: why for site in (*inside, "down_proj_input")})
         return {}
@@ -474,13 +474,13 @@ def resolve(model) -> Architecture:
         return _RESOLVED[model]
     table = ARCHITECTURES.get(model.config.model_type)
     implementation = model.config._attn_implementation
-    if implementation != capture.ATTENTION_CAPTURE:
-        capture.register_capture()
-        model.set_attn_implementation(capture.ATTENTION_CAPTURE)
+    if implementation != kernels.ATTENTION_CAPTURE:
+        kernels.register_capture()
+        model.set_attn_implementation(kernels.ATTENTION_CAPTURE)
     try:
         probe = run_probe(model)
     finally:
-        if implementation != capture.ATTENTION_CAPTURE:
+        if implementation != kernels.ATTENTION_CAPTURE:
             model.set_attn_implementation(implementation)
     layers = _decoder_layers(model, probe)
     n = len(probe.hidden_states) - 1

@@ -111,7 +111,7 @@ def judge_activation(m: Measured) -> Finding:
     curves = m.chosen.curves
     peak = curves.loc[m.chosen.peak.value]
     layer = m.chosen.peak.value + 1
-    near = bool(((curves.top1 > SUN_FLOOR) & (curves.ratio >= MASSIVE_PARTLY)).any())
+    near = bool(((curves.top1 > SUN_FLOOR) & (curves.ratio >= MASSIVE_PARTLY)).any())  # short of massive: the "partly"
     verdict = HOLDS if m.chosen.peak.found else PARTLY if near else DOES_NOT_HOLD
     return Finding(
         f"over {m.layers} layers, {m.chosen.peak.why}", verdict, f"{_magnitude(peak.top1)} ({peak.ratio:,.0f}× median) at layer {layer}"
