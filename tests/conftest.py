@@ -113,7 +113,7 @@ def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> d
     passes.corpus_statistics(model, LABELS, folder, folder / "stats")
     passes.dump_prompt(model, PromptTokenizer(prompt_ids), "prompt", False, folder / "prompt.safetensors", weights="test weights")
     save_with_architecture(model, folder / "model")
-    weight_statistics(folder / "model").to_parquet(folder / "weights.parquet")
+    weight_statistics(folder / "model", "tiny").to_parquet(folder / "weights.parquet")
     evidence = Evidence.load(folder.name, folder / "stats", folder / "weights.parquet")
     interventions.intervene(folder.name, model, evidence, windows, [0, 1, 2], folder / "interventions.parquet")
     return {

@@ -238,7 +238,7 @@ def test_planted_outliers_are_found_exactly(tmp_path):
 
     # the weight outlier, straight from the saved weights
     save_with_architecture(model, tmp_path / "model")
-    weights = weight_statistics(tmp_path / "model")
+    weights = weight_statistics(tmp_path / "model", "tiny")
     largest = weights.loc[weights.max_ratio.idxmax()]
     assert (largest.layer, largest.module) == (MLP_LAYER, "mlp.down_proj")
     assert largest.top_columns[0] == DOWN_COLUMN and largest.top_column_rows[0] == OUTPUT_CHANNEL
@@ -310,7 +310,7 @@ def test_statistics_are_deterministic(tmp_path):
 
 def test_weight_statistics_read_gpt2_conv1d_as_input_columns(tiny_model_dir):
     model, folder = tiny_model_dir("gpt2")
-    weights = weight_statistics(folder)
+    weights = weight_statistics(folder, "tiny")
     down = weights.query("layer == 0 and module == 'mlp.c_proj'").iloc[0]
     assert (down.rows, down.columns) == (32, 128)  # [d_model out, intermediate in], like nn.Linear
     assert len(weights.query("layer == 0")) == 4  # c_attn, c_proj (attention), c_fc, c_proj (MLP)
@@ -419,3 +419,18 @@ def test_a_model_spread_with_device_map_auto_gives_the_same_statistics(tmp_path,
         passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / name)
     for table in sorted((tmp_path / "plain").glob("*.parquet")):
         assert table.read_bytes() == (tmp_path / "spread" / table.name).read_bytes(), table.name
+
+
+def test_the_statistics_pass_reads_the_context_as_the_config_check_does(tmp_path):
+    """One context lookup (config.model_context) for the config check and the statistics pass: a
+    multimodal config's text_config counts, and models.<m>.context_length overrides the model's own."""
+    from systematic_outliers.config import ConfigError, model_context
+
+    assert model_context({"text_config": {"max_position_embeddings": 64}}) == 64
+    assert model_context({"n_positions": 64}, 32) == 32
+    assert model_context({"hidden_size": 8}) is None
+    model = planted_model()  # accepts 128 tokens
+    planted_windows(tmp_path, count=1, length=100)
+    with pytest.raises(ConfigError, match=r"have 100 tokens, more than the 64 the model accepts"):
+        passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / "stats", context_length=64)
+    assert not (tmp_path / "stats").exists()

@@ -95,7 +95,7 @@ def test_planted_expert_outliers_are_found_at_their_expert_and_channel(tmp_path)
     from conftest import save_with_architecture
 
     save_with_architecture(model, save_directory)
-    weights = weight_statistics(save_directory)
+    weights = weight_statistics(save_directory, "tiny")
     down_rows = choices.down_projections(weights)
     assert len(down_rows) == 2 * model.config.num_local_experts  # one W_down per expert and layer
     top = down_rows.loc[down_rows.column_ratio.idxmax()]
@@ -138,7 +138,7 @@ def sink_evidence(tmp_path, logits: tuple[float, ...]):
     windows(tmp_path)
     passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / "stats")
     save_with_architecture(model, tmp_path / "model")
-    weight_statistics(tmp_path / "model").to_parquet(tmp_path / "weights.parquet")
+    weight_statistics(tmp_path / "model", "tiny").to_parquet(tmp_path / "weights.parquet")
     return model, Evidence.load("gpt-oss", tmp_path / "stats", tmp_path / "weights.parquet")
 
 

@@ -39,6 +39,9 @@ rule corpus_statistics:
     params:
         entry=lambda wildcards: model_settings(wildcards.model, "load_model"),
         top_k=CONFIG["statistics"]["top_k"],
+        context_length=lambda wildcards: CONFIG["models"][wildcards.model].get(
+            "context_length"
+        ),
     script:
         "../scripts/corpus_statistics.py"
 

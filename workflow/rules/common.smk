@@ -13,11 +13,12 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from systematic_outliers.architectures import (
     ATTENTION_SITES,
     HEAD_SITES,
-    Architecture,
     available_sites,
+    fetched,
 )
 from systematic_outliers.config import (
     ConfigError,
+    UserError,
     check_window_length,
     settings,
     validate_config,
@@ -131,16 +132,13 @@ def figures_for(model):
     """The figures `model` can give, from the sites resolved when it was fetched (architecture.json
     in its folder): fetch_model is a checkpoint, so Snakemake plans them once the model is on disk
     (at once when it already is). fetch_model refuses a model without decoder layers."""
-    fetched = Path(checkpoints.fetch_model.get(model=model).output[0])
-    if not (
-        fetched / "architecture.json"
-    ).exists():  # a folder fetched by hand, or by an older version
-        sys.stderr.write(
-            f"config error: models.{model}: {fetched} has no architecture.json (fetched by an older version); "
-            f"delete {fetched} and fetch it again\n"
+    try:
+        architecture = fetched(
+            checkpoints.fetch_model.get(model=model).output[0], model
         )
+    except UserError as error:
+        sys.stderr.write(f"config error: {error}\n")
         sys.exit(1)
-    architecture = Architecture.from_json(fetched / "architecture.json")
     # a figure draws its sites at data-chosen layers: sites that every layer has, and attention sites,
     # which the choices take from a hybrid's softmax layers
     partial = set(architecture.site_layers) - set(HEAD_SITES) - set(ATTENTION_SITES)

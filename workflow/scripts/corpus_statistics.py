@@ -9,7 +9,12 @@ from systematic_outliers.rules import run_rule
 def main(snakemake):
     model, tokenizer = passes.load(snakemake.wildcards.model, snakemake.params.entry, Path(snakemake.input.model), attention=True)
     manifest = passes.corpus_statistics(
-        model, tokenizer, Path(snakemake.input.windows), Path(snakemake.output[0]), top_k=snakemake.params.top_k
+        model,
+        tokenizer,
+        Path(snakemake.input.windows),
+        Path(snakemake.output[0]),
+        top_k=snakemake.params.top_k,
+        context_length=snakemake.params.context_length,
     )
     print(f"{manifest['windows']} windows × {manifest['window_length']} tokens on {manifest['device']}")
 

@@ -6,7 +6,7 @@ from systematic_outliers.weights import weight_statistics
 
 
 def main(snakemake):
-    table = weight_statistics(snakemake.input.model)
+    table = weight_statistics(snakemake.input.model, snakemake.wildcards.model)
     with atomic_file(snakemake.output[0]) as scratch:
         table.to_parquet(scratch, index=False)
     top = table.loc[table.max_ratio.idxmax()]

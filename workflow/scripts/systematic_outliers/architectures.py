@@ -230,6 +230,15 @@ class UnsupportedModel(UserError, ValueError):
     """The model's architecture or a requested site is not in the table."""
 
 
+def fetched(model_dir, model: str) -> Architecture:
+    """The sites resolved when `model` was fetched (architecture.json in `model_dir`): what every rule after
+    fetch_model reads, with one message when a folder lacks it."""
+    path = Path(model_dir) / "architecture.json"
+    if not path.exists():
+        raise UnsupportedModel(f"models.{model}: {path} is missing (fetched by an older version); delete {model_dir} and fetch it again")
+    return Architecture.from_json(path)
+
+
 def available_sites(architecture: Architecture) -> tuple[str, ...]:
     """The sites captured in at least one layer."""
     have = set(architecture.taps)

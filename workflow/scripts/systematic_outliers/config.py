@@ -201,17 +201,26 @@ def window_length(config: dict, model: str, corpus: str) -> int:
     return config["models"][model].get("window_length") or config["corpora"][corpus]["window_length"]
 
 
-def context_length(config: dict, model: str, model_config: dict) -> int:
-    """The longest sequence `model` accepts, from the config entry or its config.json."""
-    if config["models"][model].get("context_length"):
-        return config["models"][model]["context_length"]
+def model_context(model_config: dict, override: int | None = None) -> int | None:
+    """The longest sequence a model accepts: `override` (models.<m>.context_length), else the first of
+    CONTEXT_KEYS in its config.json or in that file's text_config; None when neither names one."""
+    if override:
+        return override
     for section in (model_config, model_config.get("text_config") or {}):
         for key in CONTEXT_KEYS:
             if isinstance(section.get(key), int):
                 return section[key]
-    raise ConfigError(
-        f"models.{model}: its config.json names no context length ({', '.join(CONTEXT_KEYS)}); set models.{model}.context_length"
-    )
+    return None
+
+
+def context_length(config: dict, model: str, model_config: dict) -> int:
+    """The longest sequence `model` accepts, from the config entry or its config.json."""
+    context = model_context(model_config, config["models"][model].get("context_length"))
+    if context is None:
+        raise ConfigError(
+            f"models.{model}: its config.json names no context length ({', '.join(CONTEXT_KEYS)}); set models.{model}.context_length"
+        )
+    return context
 
 
 def check_window_length(config: dict, model: str, corpus: str, model_config: dict) -> None:

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from . import capture, choices
-from .architectures import SITES, Architecture, available_sites
-from .config import CONTEXT_KEYS, ConfigError
+from . import architectures, capture, choices
+from .architectures import SITES, available_sites
+from .config import ConfigError, model_context
 from .definitions import TOP
 from .devices import device, free_memory
 from .io import atomic_directory, atomic_file, write_json
@@ -38,16 +38,6 @@ def check_fits(name: str, model_dir: Path, target: torch.device, spread: bool = 
         )
 
 
-def fetched_architecture(name: str, model_dir: Path) -> Architecture:
-    """The sites resolved when the model was fetched (architecture.json in its folder)."""
-    path = Path(model_dir) / "architecture.json"
-    if not path.exists():
-        raise capture.UnsupportedModel(
-            f"models.{name}: {path} is missing (fetched by an older version); delete {model_dir} and fetch it again"
-        )
-    return Architecture.from_json(path)
-
-
 def load(name: str, entry: dict, model_dir: Path, attention: bool):
     """Load the fetched model unmodified; the capturing eager attention only when `attention`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -55,7 +45,7 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool):
     target = device()
     spread = entry.get("device_map") == "auto"
     check_fits(name, model_dir, target, spread)
-    fetched = fetched_architecture(name, model_dir)
+    fetched = architectures.fetched(model_dir, name)
     # attention code of the model's own (MPT) shows its probabilities without help
     eager = capture.ATTENTION_CAPTURE if fetched.attention and not fetched.probs_from_output else "eager"
     capture.register_capture()
@@ -158,10 +148,11 @@ def statistics_sites(model) -> tuple[str, ...]:
     return tuple(s for s in capture.available_sites(capture.architecture_of(model)) if s != "attn_logits")
 
 
-def corpus_statistics(model, tokenizer, windows_dir: Path, target: Path, top_k: int = 8) -> dict:
-    """Stream the windows through the model once; write the statistics tables to folder `target`."""
+def corpus_statistics(model, tokenizer, windows_dir: Path, target: Path, top_k: int = 8, context_length: int | None = None) -> dict:
+    """Stream the windows through the model once; write the statistics tables to folder `target`.
+    `context_length`: the config's models.<m>.context_length, which overrides the model's own."""
     input_ids = load_file(Path(windows_dir) / "input_ids.safetensors")["input_ids"]
-    context = next((v for k in CONTEXT_KEYS if isinstance(v := getattr(model.config, k, None), int)), None)
+    context = model_context(model.config.to_dict(), context_length)
     if context is not None and input_ids.shape[1] > context:
         raise ConfigError(
             f"windows in {windows_dir} have {input_ids.shape[1]} tokens, more than the {context} the model accepts; "

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
-from .architectures import Architecture, UnsupportedModel
+from .architectures import Architecture, UnsupportedModel, fetched
 from .definitions import TOP, WRITE_SHARE
 
 EPSILON = 1e-8  # as the official code, so an all-zero column has ratio 0, not NaN
@@ -100,14 +100,11 @@ def _oriented(weight: torch.Tensor, is_down: bool, hidden: int | None, transpose
     return weight.transpose(1, 2) if transposed else weight
 
 
-def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
-    """One row per matrix of every decoder layer; where the layers and W_down are comes from the
-    architecture resolved at fetch (architecture.json in the model folder)."""
+def weight_statistics(model_dir: str | Path, model: str) -> pd.DataFrame:
+    """One row per matrix of every decoder layer of `model`; where the layers and W_down are comes from
+    the architecture resolved at fetch (architecture.json in the model folder)."""
     model_dir = Path(model_dir)
-    path = model_dir / "architecture.json"
-    if not path.exists():
-        raise UnsupportedModel(f"{path} is missing (fetched by an older version); delete {model_dir} and fetch it again")
-    architecture = Architecture.from_json(path)
+    architecture = fetched(model_dir, model)
     pattern = _layer_pattern(architecture.layers)
     down = {architecture.taps["down_proj_input"].module} if "down_proj_input" in architecture.taps else set()
     down |= {tap.module for tap in architecture.layer_taps.get("down_proj_input", {}).values()}
@@ -135,5 +132,5 @@ def weight_statistics(model_dir: str | Path) -> pd.DataFrame:
                     weight = _oriented(weight, is_down, hidden, architecture.experts_transposed)
                     rows.extend({**matrix_row(layer, f"{module}[{e}]", weight[e]), "mlp_down": is_down} for e in range(weight.shape[0]))
     if not rows:
-        raise UnsupportedModel(f"{model_dir}: no decoder-layer weights found under {architecture.layers!r}")
+        raise UnsupportedModel(f"models.{model}: no decoder-layer weights found in {model_dir} under {architecture.layers!r}")
     return pd.DataFrame(rows, columns=list(COLUMNS)).sort_values(["layer", "module"], kind="stable").reset_index(drop=True)
