@@ -3,10 +3,9 @@
 
 rule dump_prompt:
     input:
-        model="resources/models/{model}",
+        model=rules.fetch_model.output[0],
     output:
-        tensors="results/capture/{model}/prompts/{prompt}.safetensors",
-        tokens="results/capture/{model}/prompts/{prompt}.json",
+        **prompt_files("results/capture/{model}/prompts/{prompt}.safetensors"),
     log:
         "results/logs/dump_prompt/{model}/{prompt}.log",
     benchmark:
@@ -24,8 +23,8 @@ rule dump_prompt:
 
 rule corpus_statistics:
     input:
-        model="resources/models/{model}",
-        windows="resources/windows/{corpus}/{model}",
+        model=rules.fetch_model.output[0],
+        windows=rules.cut_windows.output[0],
     output:
         directory("results/capture/{model}/stats/{corpus}"),
     log:
@@ -48,7 +47,7 @@ rule corpus_statistics:
 
 rule weight_statistics:
     input:
-        model="resources/models/{model}",
+        model=rules.fetch_model.output[0],
     output:
         "results/capture/{model}/weights.parquet",
     log:

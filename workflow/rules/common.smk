@@ -4,6 +4,7 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # The package lives beside the rule scripts, whose folder Snakemake puts on their sys.path
@@ -23,6 +24,7 @@ from systematic_outliers.config import (
     settings,
     validate_config,
 )
+from systematic_outliers.readers import intervention_files, prompt_files
 
 
 def _validated(config):
@@ -60,8 +62,19 @@ if "HF_TOKEN" in os.environ:
 
 # Notebooks lie beside the Snakefile, whatever the working directory.
 NOTEBOOKS = Path(workflow.basedir) / "notebooks"
-# Every LLM figure: the notebook that draws it (notebooks/<name>.ipynb, rule figure), the fixed
-# parameters that make it this figure (one notebook may draw a family), and the capture sites it needs.
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure: the notebook that draws it (notebooks/<notebook>.ipynb; one notebook may draw a
+    family), the fixed parameters that make it this figure, and the capture sites it needs.
+    """
+
+    notebook: str
+    parameters: dict = field(default_factory=dict)
+    sites: tuple = ()
+
+
 _LIFECYCLE_SITES = (
     "attn_residual",
     "mlp_norm_output",
@@ -72,30 +85,30 @@ _LIFECYCLE_SITES = (
     "down_proj_output",
     "layer_output",
 )
+# Every LLM figure (rule figure); fig02_layer is drawn from the resolved architecture alone.
 FIGURES = {
-    "fig01_existence": (
-        "fig01_existence",
-        {},
-        ("down_proj_input", "layer_output", "attn_probs"),
+    "fig01_existence": Figure(
+        "fig01_existence", sites=("down_proj_input", "layer_output", "attn_probs")
     ),
-    "fig02_layer": (
-        "fig02_layer",
-        {},
-        (),
-    ),  # drawn from the resolved architecture alone
-    "fig03_activation_positions": ("fig03_activation_positions", {}, ("layer_output",)),
-    "fig04_down_proj_positions": (
-        "fig04_down_proj_positions",
-        {},
-        ("down_proj_input", "layer_output"),
+    "fig02_layer": Figure("fig02_layer"),
+    "fig03_activation_positions": Figure(
+        "fig03_activation_positions", sites=("layer_output",)
     ),
-    "fig05_weight_positions": ("fig05_weight_positions", {}, ("down_proj_input",)),
-    "fig06_attention_positions": ("fig06_attention_positions", {}, ("attn_probs",)),
-    "fig07_emergence": ("lifecycle_mlp", {"stage": "emergence"}, _LIFECYCLE_SITES),
-    "fig08_spread": (
+    "fig04_down_proj_positions": Figure(
+        "fig04_down_proj_positions", sites=("down_proj_input", "layer_output")
+    ),
+    "fig05_weight_positions": Figure(
+        "fig05_weight_positions", sites=("down_proj_input",)
+    ),
+    "fig06_attention_positions": Figure(
+        "fig06_attention_positions", sites=("attn_probs",)
+    ),
+    "fig07_emergence": Figure(
+        "lifecycle_mlp", {"stage": "emergence"}, sites=_LIFECYCLE_SITES
+    ),
+    "fig08_spread": Figure(
         "fig08_spread",
-        {},
-        (
+        sites=(
             "layer_input",
             "attn_norm_output",
             "query",
@@ -105,27 +118,59 @@ FIGURES = {
             "attn_probs",
         ),
     ),
-    "fig09_disappearance": (
-        "lifecycle_mlp",
-        {"stage": "disappearance"},
-        _LIFECYCLE_SITES,
+    "fig09_disappearance": Figure(
+        "lifecycle_mlp", {"stage": "disappearance"}, sites=_LIFECYCLE_SITES
     ),
 }
 
-
-# What the outliers do: notebooks/<name>.ipynb on the outputs of rule interventions, drawn by intervention_figure.
-INTERVENTION_FIGURES = ("interventions", "scaling_factor")
-
-
-# GPT-2 attention-variant figures per training task: notebook and fixed parameters.
-GPT2_FIGURES = {
-    "fig10_variants_3d": ("gpt2_activations", {"panel": "3d"}),
-    "fig11_variants_layerwise": ("gpt2_activations", {"panel": "layerwise"}),
-    "variants_sigmoid": ("gpt2_activations", {"panel": "sigmoid"}),
-    "variants_attention_sink": ("gpt2_attention_sink", {}),
-    "convergence": ("gpt2_convergence", {}),
-    "variants_metrics": ("gpt2_metrics", {}),
+# What the outliers do, on the outputs of rule interventions (rule intervention_figure).
+INTERVENTION_FIGURES = {
+    "interventions": Figure("interventions"),
+    "scaling_factor": Figure("scaling_factor"),
 }
+
+# The GPT-2 attention-variant figures of each training task (rule gpt2_figure).
+GPT2_FIGURES = {
+    "fig10_variants_3d": Figure("gpt2_activations", {"panel": "3d"}),
+    "fig11_variants_layerwise": Figure("gpt2_activations", {"panel": "layerwise"}),
+    "variants_sigmoid": Figure("gpt2_activations", {"panel": "sigmoid"}),
+    "variants_attention_sink": Figure("gpt2_attention_sink"),
+    "convergence": Figure("gpt2_convergence"),
+    "variants_metrics": Figure("gpt2_metrics"),
+}
+
+
+def notebook_outputs(stem, caption, category, subcategory):
+    """What each notebook rule writes for results/figures/<stem>: the figure (in the report), its
+    PDF and caption, and the executed notebook."""
+    return {
+        "png": report(
+            f"results/figures/{stem}.png",
+            caption=caption,
+            category=category,
+            subcategory=subcategory,
+        ),
+        "pdf": f"results/figures/{stem}.pdf",
+        "caption": f"results/figures/{stem}.caption.txt",
+        "notebook": f"results/notebooks/{stem}.ipynb",
+    }
+
+
+def notebook_parameters(figure, png, wildcards, **paths):
+    """A notebook rule's parameters: where it reads (`paths`) and writes (its `png` output, filled
+    with the job's wildcards), and the figure's own. From the wildcards and the config alone (no
+    input functions), so that Snakemake compares them between runs."""
+    return {
+        **paths,
+        "output_stem": one(png, **dict(wildcards.items())).removesuffix(".png"),
+        **figure.parameters,
+    }
+
+
+def one(template, **wildcards):
+    """A rule's output template with its wildcards filled: one path."""
+    (path,) = expand(template, **wildcards)
+    return path
 
 
 def figures_for(model):
@@ -143,7 +188,7 @@ def figures_for(model):
     # which the choices take from a hybrid's softmax layers
     partial = set(architecture.site_layers) - set(HEAD_SITES) - set(ATTENTION_SITES)
     have = set(available_sites(architecture)) - partial
-    return [figure for figure, (_, _, sites) in FIGURES.items() if set(sites) <= have]
+    return [name for name, figure in FIGURES.items() if set(figure.sites) <= have]
 
 
 # The prompt the figures' 3-D panels show: the first configured one.
@@ -173,7 +218,7 @@ def training_runs(task):
 
 def trained_models(task):
     return [
-        f"results/training/{task}/{variant}/seed{seed}/model.safetensors"
+        one(rules.train_variant.output.model, task=task, variant=variant, seed=seed)
         for variant, seed in training_runs(task)
     ]
 
@@ -182,18 +227,17 @@ def training_data(wildcards):
     """A text task's encoded corpus; the synthetic testbed needs none."""
     if TASKS[wildcards.task]["data"]["kind"] == "bigram_backcopy":
         return []
-    return f"resources/training/{wildcards.task}"
+    return one(rules.prepare_training_text.output[0], task=wildcards.task)
 
 
 def capture_outputs(model):
     """What the capture stage writes for one model: prompt dumps, corpus and weight statistics."""
     return [
-        *(
-            f"results/capture/{model}/prompts/{prompt}.safetensors"
-            for prompt in CONFIG["prompts"]
+        *expand(
+            rules.dump_prompt.output.tensors, model=model, prompt=CONFIG["prompts"]
         ),
-        f"results/capture/{model}/stats/{TARGET_CORPUS}",
-        f"results/capture/{model}/weights.parquet",
+        one(rules.corpus_statistics.output[0], model=model, corpus=TARGET_CORPUS),
+        one(rules.weight_statistics.output[0], model=model),
     ]
 
 
@@ -225,9 +269,9 @@ def figure_targets():
     """One input function per target model giving its LLM figures: each is known once that model
     is fetched, so a dry run plans the figures of the models already on disk."""
     return [
-        lambda wildcards, model=model: [
-            f"results/figures/{model}/{figure}.png" for figure in figures_for(model)
-        ]
+        lambda wildcards, model=model: expand(
+            rules.figure.output.png, model=model, figure=figures_for(model)
+        )
         for model in TARGET_MODELS
     ]
 
@@ -237,24 +281,23 @@ def default_targets():
     architecture (figure_targets)."""
     return [
         *(path for model in TARGET_MODELS for path in capture_outputs(model)),
-        *(
-            f"results/figures/{model}/{figure}.png"
-            for model in TARGET_MODELS
-            for figure in INTERVENTION_FIGURES
+        *expand(
+            rules.intervention_figure.output.png,
+            model=TARGET_MODELS,
+            intervention_figure=INTERVENTION_FIGURES,
         ),
-        *(f"results/claims/{model}.md" for model in TARGET_MODELS),
-        "results/tables/interventions.csv",
-        "results/claims/summary.md",
-        "results/tables/table1_alignment.csv",
+        *expand(rules.claims.output[0], model=TARGET_MODELS),
+        rules.interventions_table.output.csv,
+        rules.claims_summary.output.markdown,
+        rules.table1_alignment.output.csv,
+        *expand(
+            rules.gpt2_figure.output.png, task=TRAINING["run"], gpt2_figure=GPT2_FIGURES
+        ),
         *(
-            f"results/figures/gpt2/{task}/{figure}.png"
+            path
             for task in TRAINING["run"]
-            for figure in GPT2_FIGURES
+            for key in ("table2_csv", "compression_csv", "ranking_csv")
+            for path in expand(getattr(rules.variant_tables.output, key), task=task)
         ),
-        *(
-            f"results/tables/gpt2/{task}/{table}.csv"
-            for task in TRAINING["run"]
-            for table in ("table2_variants", "compression", "ranking")
-        ),
-        *(["results/claims/gpt2.md"] if TRAINING["run"] else []),
+        *([rules.gpt2_claims.output[0]] if TRAINING["run"] else []),
     ]

@@ -12,50 +12,66 @@ localrules:
     gpt2_claims,
 
 
+def model_files(wildcards):
+    """What a model's figures and claims read: its statistics on the target corpus, the figure
+    prompt's dump and its weight statistics."""
+    return {
+        "stats": one(
+            rules.corpus_statistics.output[0],
+            model=wildcards.model,
+            corpus=TARGET_CORPUS,
+        ),
+        "prompt": one(
+            rules.dump_prompt.output.tensors,
+            model=wildcards.model,
+            prompt=FIGURE_PROMPT,
+        ),
+        "weights": one(rules.weight_statistics.output[0], model=wildcards.model),
+    }
+
+
 rule figure:
     input:
-        stats=f"results/capture/{{model}}/stats/{TARGET_CORPUS}",
-        prompt=f"results/capture/{{model}}/prompts/{FIGURE_PROMPT}.safetensors",
-        weights="results/capture/{model}/weights.parquet",
-        architecture="resources/models/{model}",
-        notebook=lambda wildcards: NOTEBOOKS / f"{FIGURES[wildcards.figure][0]}.ipynb",
+        unpack(model_files),
+        architecture=rules.fetch_model.output[0],
+        notebook=lambda wildcards: NOTEBOOKS
+        / f"{FIGURES[wildcards.figure].notebook}.ipynb",
     output:
-        png=report(
-            "results/figures/{model}/{figure}.png",
+        **notebook_outputs(
+            "{model}/{figure}",
             caption="../report/figure.rst",
             category="Figures",
             subcategory="{model}",
         ),
-        pdf="results/figures/{model}/{figure}.pdf",
-        caption="results/figures/{model}/{figure}.caption.txt",
-        notebook="results/notebooks/{model}/{figure}.ipynb",
     log:
         "results/logs/figures/{model}/{figure}.log",
     conda:
         "../../envs/figures.yaml"
     params:
-        # from the wildcards and the config alone, so that Snakemake compares them between runs:
         # an override change reruns that model's figures
-        notebook=lambda wildcards: {
-            "stats_dir": f"results/capture/{wildcards.model}/stats/{TARGET_CORPUS}",
-            "prompt_path": f"results/capture/{wildcards.model}/prompts/{FIGURE_PROMPT}.safetensors",
-            "weights_path": f"results/capture/{wildcards.model}/weights.parquet",
-            "architecture_path": f"resources/models/{wildcards.model}/architecture.json",
-            "model": wildcards.model,
-            "output_stem": f"results/figures/{wildcards.model}/{wildcards.figure}",
-            **FIGURES[wildcards.figure][1],
+        notebook=lambda wildcards: notebook_parameters(
+            FIGURES[wildcards.figure],
+            rules.figure.output.png,
+            wildcards,
+            stats_dir=model_files(wildcards)["stats"],
+            prompt_path=model_files(wildcards)["prompt"],
+            weights_path=model_files(wildcards)["weights"],
+            architecture_path=f"{one(rules.fetch_model.output[0], model=wildcards.model)}/architecture.json",
+            model=wildcards.model,
             **figure_overrides(wildcards.model),
-        },
+        ),
     script:
         "../scripts/run_notebook.py"
 
 
 rule claims:
     input:
-        stats=f"results/capture/{{model}}/stats/{TARGET_CORPUS}",
-        prompt=f"results/capture/{{model}}/prompts/{FIGURE_PROMPT}.safetensors",
-        weights="results/capture/{model}/weights.parquet",
-        interventions=f"results/interventions/{{model}}/{TARGET_CORPUS}.parquet",
+        unpack(model_files),
+        interventions=lambda wildcards: one(
+            rules.interventions.output.losses,
+            model=wildcards.model,
+            corpus=TARGET_CORPUS,
+        ),
     output:
         report("results/claims/{model}.md", category="Claims"),
     log:
@@ -69,11 +85,11 @@ rule claims:
 rule table1_alignment:
     input:
         stats=expand(
-            "results/capture/{model}/stats/{corpus}",
+            rules.corpus_statistics.output[0],
             model=TARGET_MODELS,
             corpus=TARGET_CORPUS,
         ),
-        weights=expand("results/capture/{model}/weights.parquet", model=TARGET_MODELS),
+        weights=expand(rules.weight_statistics.output[0], model=TARGET_MODELS),
     output:
         csv=report("results/tables/table1_alignment.csv", category="Tables"),
         markdown="results/tables/table1_alignment.md",
@@ -89,22 +105,12 @@ rule table1_alignment:
 
 rule claims_summary:
     input:
-        stats=expand(
-            "results/capture/{model}/stats/{corpus}",
-            model=TARGET_MODELS,
-            corpus=TARGET_CORPUS,
-        ),
-        weights=expand("results/capture/{model}/weights.parquet", model=TARGET_MODELS),
+        stats=rules.table1_alignment.input.stats,
+        weights=rules.table1_alignment.input.weights,
         prompts=expand(
-            "results/capture/{model}/prompts/{prompt}.safetensors",
-            model=TARGET_MODELS,
-            prompt=FIGURE_PROMPT,
+            rules.dump_prompt.output.tensors, model=TARGET_MODELS, prompt=FIGURE_PROMPT
         ),
-        interventions=expand(
-            "results/interventions/{model}/{corpus}.parquet",
-            model=TARGET_MODELS,
-            corpus=TARGET_CORPUS,
-        ),
+        interventions=rules.interventions_table.input.interventions,
     output:
         markdown=report("results/claims/summary.md", category="Claims"),
         csv="results/claims/summary.csv",

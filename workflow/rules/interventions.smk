@@ -4,15 +4,12 @@
 
 rule interventions:
     input:
-        model="resources/models/{model}",
-        windows="resources/windows/{corpus}/{model}",
-        stats="results/capture/{model}/stats/{corpus}",
-        weights="results/capture/{model}/weights.parquet",
+        model=rules.fetch_model.output[0],
+        windows=rules.cut_windows.output[0],
+        stats=rules.corpus_statistics.output[0],
+        weights=rules.weight_statistics.output[0],
     output:
-        losses="results/interventions/{model}/{corpus}.parquet",
-        scaling="results/interventions/{model}/{corpus}.scaling.parquet",
-        points="results/interventions/{model}/{corpus}.points.parquet",
-        record="results/interventions/{model}/{corpus}.json",
+        **intervention_files("results/interventions/{model}/{corpus}.parquet"),
     log:
         "results/logs/interventions/{model}/{corpus}.log",
     benchmark:
@@ -36,31 +33,46 @@ localrules:
 
 rule intervention_figure:
     input:
-        interventions=f"results/interventions/{{model}}/{TARGET_CORPUS}.parquet",
-        stats=f"results/capture/{{model}}/stats/{TARGET_CORPUS}",
-        notebook=lambda wildcards: NOTEBOOKS / f"{wildcards.intervention_figure}.ipynb",
+        interventions=lambda wildcards: one(
+            rules.interventions.output.losses,
+            model=wildcards.model,
+            corpus=TARGET_CORPUS,
+        ),
+        stats=lambda wildcards: one(
+            rules.corpus_statistics.output[0],
+            model=wildcards.model,
+            corpus=TARGET_CORPUS,
+        ),
+        notebook=lambda wildcards: NOTEBOOKS
+        / f"{INTERVENTION_FIGURES[wildcards.intervention_figure].notebook}.ipynb",
     output:
-        png=report(
-            "results/figures/{model}/{intervention_figure}.png",
+        **notebook_outputs(
+            "{model}/{intervention_figure}",
             caption="../report/figure.rst",
             category="Figures",
             subcategory="{model}",
         ),
-        pdf="results/figures/{model}/{intervention_figure}.pdf",
-        caption="results/figures/{model}/{intervention_figure}.caption.txt",
-        notebook="results/notebooks/{model}/{intervention_figure}.ipynb",
     log:
         "results/logs/figures/{model}/{intervention_figure}.log",
     conda:
         "../../envs/figures.yaml"
     params:
-        # from the wildcards alone, so that Snakemake compares them between runs
-        notebook=lambda wildcards: {
-            "interventions_path": f"results/interventions/{wildcards.model}/{TARGET_CORPUS}.parquet",
-            "stats_dir": f"results/capture/{wildcards.model}/stats/{TARGET_CORPUS}",
-            "model": wildcards.model,
-            "output_stem": f"results/figures/{wildcards.model}/{wildcards.intervention_figure}",
-        },
+        notebook=lambda wildcards: notebook_parameters(
+            INTERVENTION_FIGURES[wildcards.intervention_figure],
+            rules.intervention_figure.output.png,
+            wildcards,
+            interventions_path=one(
+                rules.interventions.output.losses,
+                model=wildcards.model,
+                corpus=TARGET_CORPUS,
+            ),
+            stats_dir=one(
+                rules.corpus_statistics.output[0],
+                model=wildcards.model,
+                corpus=TARGET_CORPUS,
+            ),
+            model=wildcards.model,
+        ),
     script:
         "../scripts/run_notebook.py"
 
@@ -68,16 +80,16 @@ rule intervention_figure:
 rule interventions_table:
     input:
         interventions=expand(
-            "results/interventions/{model}/{corpus}.parquet",
+            rules.interventions.output.losses,
             model=TARGET_MODELS,
             corpus=TARGET_CORPUS,
         ),
         stats=expand(
-            "results/capture/{model}/stats/{corpus}",
+            rules.corpus_statistics.output[0],
             model=TARGET_MODELS,
             corpus=TARGET_CORPUS,
         ),
-        weights=expand("results/capture/{model}/weights.parquet", model=TARGET_MODELS),
+        weights=expand(rules.weight_statistics.output[0], model=TARGET_MODELS),
     output:
         csv=report("results/tables/interventions.csv", category="Tables"),
         markdown="results/tables/interventions.md",

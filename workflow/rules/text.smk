@@ -18,8 +18,8 @@ rule fetch_corpus:
 
 rule cut_windows:
     input:
-        text="resources/text/{corpus}",
-        model="resources/models/{model}",
+        text=rules.fetch_corpus.output[0],
+        model=rules.fetch_model.output[0],
     output:
         directory("resources/windows/{corpus}/{model}"),
     log:

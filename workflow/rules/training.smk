@@ -3,7 +3,10 @@
 
 rule prepare_training_text:
     input:
-        corpus=lambda wildcards: f"resources/text/{TASKS[wildcards.task]['data']['corpus']}",
+        corpus=lambda wildcards: one(
+            rules.fetch_corpus.output[0],
+            corpus=TASKS[wildcards.task]["data"]["corpus"],
+        ),
     output:
         directory("resources/training/{task}"),
     log:
@@ -67,38 +70,35 @@ rule analyse_variants:
 
 rule gpt2_figure:
     input:
-        analysis="results/training/{task}/analysis",
+        analysis=rules.analyse_variants.output[0],
         notebook=lambda wildcards: NOTEBOOKS
-        / f"{GPT2_FIGURES[wildcards.gpt2_figure][0]}.ipynb",
+        / f"{GPT2_FIGURES[wildcards.gpt2_figure].notebook}.ipynb",
     output:
-        png=report(
-            "results/figures/gpt2/{task}/{gpt2_figure}.png",
+        **notebook_outputs(
+            "gpt2/{task}/{gpt2_figure}",
             caption="../report/gpt2_figure.rst",
             category="GPT-2 attention variants",
             subcategory="{task}",
         ),
-        pdf="results/figures/gpt2/{task}/{gpt2_figure}.pdf",
-        caption="results/figures/gpt2/{task}/{gpt2_figure}.caption.txt",
-        notebook="results/notebooks/gpt2/{task}/{gpt2_figure}.ipynb",
     log:
         "results/logs/gpt2_figure/{task}/{gpt2_figure}.log",
     conda:
         "../../envs/figures.yaml"
     params:
-        # from the wildcards alone, so that Snakemake compares them between runs
-        notebook=lambda wildcards: {
-            "analysis_dir": f"results/training/{wildcards.task}/analysis",
-            "task": wildcards.task,
-            "output_stem": f"results/figures/gpt2/{wildcards.task}/{wildcards.gpt2_figure}",
-            **GPT2_FIGURES[wildcards.gpt2_figure][1],
-        },
+        notebook=lambda wildcards: notebook_parameters(
+            GPT2_FIGURES[wildcards.gpt2_figure],
+            rules.gpt2_figure.output.png,
+            wildcards,
+            analysis_dir=one(rules.analyse_variants.output[0], task=wildcards.task),
+            task=wildcards.task,
+        ),
     script:
         "../scripts/run_notebook.py"
 
 
 rule variant_tables:
     input:
-        analysis="results/training/{task}/analysis",
+        analysis=rules.analyse_variants.output[0],
     output:
         table2_csv=report(
             "results/tables/gpt2/{task}/table2_variants.csv", category="Tables"
@@ -120,7 +120,7 @@ rule variant_tables:
 
 rule gpt2_claims:
     input:
-        analyses=expand("results/training/{task}/analysis", task=TRAINING["run"]),
+        analyses=expand(rules.analyse_variants.output[0], task=TRAINING["run"]),
     output:
         report("results/claims/gpt2.md", category="Claims"),
     log:

@@ -13,7 +13,13 @@ def main(snakemake):
     prompt = snakemake.params.prompt
     manifest = json.loads((Path(snakemake.input.model) / "manifest.json").read_text())
     record = passes.dump_prompt(
-        model, tokenizer, prompt["text"], prompt["add_special_tokens"], Path(snakemake.output.tensors), weights=weights_provenance(manifest)
+        model,
+        tokenizer,
+        prompt["text"],
+        prompt["add_special_tokens"],
+        Path(snakemake.output.tensors),
+        weights=weights_provenance(manifest),
+        record_path=Path(snakemake.output.record),
     )
     print(f"{len(record['sites'])} sites × {record['layers']} layers on {record['device']}: {record['tokens']}")
 

@@ -14,7 +14,8 @@ def main(snakemake):
     evidence = Evidence.load(name, snakemake.input.stats, snakemake.input.weights)
     model, _ = passes.load(name, snakemake.params.entry, Path(snakemake.input.model), attention=True)
     input_ids = load_file(Path(snakemake.input.windows) / "input_ids.safetensors")["input_ids"]
-    record = interventions.intervene(name, model, evidence, input_ids, snakemake.params.seeds, snakemake.output.losses)
+    files = {part: getattr(snakemake.output, part) for part in ("losses", "scaling", "points", "record")}
+    record = interventions.intervene(name, model, evidence, input_ids, snakemake.params.seeds, files)
     print(record["activation"]["why"], record["sink"]["why"] if record["sink"] else record["sink_not_measured"], sep="\n")
 
 

@@ -307,12 +307,9 @@ def _follow(reading: ScalingReading, state: dict):
     return observe
 
 
-def intervene(name: str, model, evidence, input_ids: torch.Tensor, seeds: list[int], losses_path) -> dict:
+def intervene(name: str, model, evidence, input_ids: torch.Tensor, seeds: list[int], files: dict) -> dict:
     """Every intervention on `model` at the targets its statistics (`readers.Evidence`) locate, over
-    the windows `input_ids`; writes `losses_path` (…/{corpus}.parquet) and beside it the scaling
-    rows (.scaling.parquet), the scatter points (.points.parquet) and the record (.json)."""
-    from pathlib import Path
-
+    the windows `input_ids`; writes `files` (readers.intervention_files: losses, scaling, points, record)."""
     from . import choices
     from .io import atomic_file, write_json
 
@@ -349,10 +346,9 @@ def intervene(name: str, model, evidence, input_ids: torch.Tensor, seeds: list[i
             "columns": {"losses": LOSS_COLUMNS, "scaling": SCALING_COLUMNS},
         }
     )
-    losses_path = Path(losses_path)
-    for suffix, table in (("", losses), (".scaling", scaling), (".points", points)):
-        with atomic_file(losses_path.with_name(f"{losses_path.stem}{suffix}.parquet")) as scratch:
+    for part, table in (("losses", losses), ("scaling", scaling), ("points", points)):
+        with atomic_file(files[part]) as scratch:
             table.to_parquet(scratch, index=False)
-    with atomic_file(losses_path.with_suffix(".json")) as scratch:
+    with atomic_file(files["record"]) as scratch:
         write_json(scratch, record)
     return record

@@ -20,6 +20,7 @@ from .definitions import TOP
 from .devices import device, free_memory
 from .io import atomic_directory, atomic_file, write_json
 from .models import DTYPES, SourceError
+from .readers import prompt_files
 from .statistics import COLUMNS, CorpusStatistics, token_label
 from .weights import column_ratios
 
@@ -88,14 +89,17 @@ def dump_channels(down_weight, down_input, tokens: list[int]) -> list[int]:
     return sorted(kept)
 
 
-def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: Path, sites=None, weights: str = "") -> dict:
+def dump_prompt(
+    model, tokenizer, text: str, add_special_tokens: bool, target: Path, sites=None, weights: str = "", record_path: Path | None = None
+) -> dict:
     """Every site at every layer for one short prompt, as full float32 tensors in safetensors.
 
     Keys are "{site}.{layer}". For the weight panels it also keeps, per layer, slices of the MLP
     matrices at the intermediate channels `dump_channels` picks ("weight_channels.{layer}"):
     "down_proj_weight.{layer}" [d_model, channels], "gate_proj_weight.{layer}" and
     "up_proj_weight.{layer}" [channels, d_model]. The JSON beside it holds the text, token ids and
-    labels, and `weights`, where the weight numbers come from.
+    labels, and `weights`, where the weight numbers come from (`record_path`; by default
+    readers.prompt_files' place for it).
     """
     sites = sites or capture.available_sites(capture.architecture_of(model))
     input_ids = tokenizer(text, add_special_tokens=add_special_tokens, return_tensors="pt").input_ids
@@ -138,7 +142,7 @@ def dump_prompt(model, tokenizer, text: str, add_special_tokens: bool, target: P
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(target) as scratch:
         save_file(tensors, scratch)
-    with atomic_file(target.with_suffix(".json")) as scratch:
+    with atomic_file(record_path or prompt_files(target)["record"]) as scratch:
         write_json(scratch, record)
     return record
 

@@ -53,9 +53,23 @@ def windows_text(manifest: dict) -> str:
     return text
 
 
+def prompt_files(tensors_path: str | Path) -> dict[str, str]:
+    """A prompt dump's files (rule dump_prompt's outputs): its tensors and, beside them, its record."""
+    path = Path(tensors_path)
+    return {"tensors": str(path), "record": str(path.with_suffix(".json"))}
+
+
+def intervention_files(losses_path: str | Path) -> dict[str, str]:
+    """What rule interventions writes for one model and corpus (its outputs): the losses
+    ({corpus}.parquet) and beside them the scaling rows, the scatter points and the record."""
+    path = Path(losses_path)
+    beside = {part: str(path.with_name(f"{path.stem}.{part}.parquet")) for part in ("scaling", "points")}
+    return {"losses": str(path), **beside, "record": str(path.with_suffix(".json"))}
+
+
 def read_prompt_record(path: str | Path) -> dict:
     """The JSON beside a prompt dump: text, tokens, dtype, device and where the weights come from."""
-    path = Path(path).with_suffix(".json")
+    path = Path(prompt_files(path)["record"])
     try:
         return json.loads(path.read_text())
     except Exception as error:
@@ -69,7 +83,7 @@ def read_prompt(path: str | Path, sites: tuple[str, ...]) -> tuple[dict, list[st
 
     path = Path(path)
     try:
-        tensors, record = load_file(path), json.loads(path.with_suffix(".json").read_text())
+        tensors, record = load_file(path), json.loads(Path(prompt_files(path)["record"]).read_text())
     except Exception as error:
         raise FigureDataError(f"{path}: cannot be read ({type(error).__name__}: {error})") from None
     missing = [site for site in sites if not any(key.rpartition(".")[0] == site for key in tensors)]
@@ -182,7 +196,8 @@ class InterventionResults:
     def load(cls, losses_path) -> InterventionResults:
         """From results/interventions/{model}/{corpus}.parquet and the files beside it."""
         path = Path(losses_path)
-        record_path = path.with_suffix(".json")
+        files = intervention_files(path)
+        record_path = Path(files["record"])
         try:
             record = json.loads(record_path.read_text())
         except Exception as error:
@@ -196,7 +211,7 @@ class InterventionResults:
             record["sink"]["keys"] = {int(window): positions for window, positions in record["sink"]["keys"].items()}
 
         def beside(part):  # empty where the attention cannot be read
-            part_path = path.with_name(f"{path.stem}.{part}.parquet")
+            part_path = files[part]
             try:
                 return pd.read_parquet(part_path)
             except Exception as error:
