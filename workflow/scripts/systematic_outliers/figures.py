@@ -262,89 +262,103 @@ def draw_edges(figure, axes: dict, edges: list[tuple]) -> None:
 
 
 def plot_layer_diagram(ax, attention: list, mlp: list, parallel: bool, title: str) -> None:
-    """One decoder layer (architectures.layer_diagram): the residual stream along the bottom, the
-    attention and MLP branches above it, each block with its modules; capture sites in gray under
-    the arrows, interventions in magenta."""
+    """One decoder layer (architectures.layer_diagram), drawn bottom to top as the paper's schematic:
+    the residual stream on the left, each branch a column of blocks (side by side in a parallel block)
+    that adds back into it; each block names its modules, the capture sites it gives are gray on the
+    arrow above it, interventions magenta beside it. The axes are in inches and size the figure, so the
+    text stays readable at its printed size."""
     import textwrap
 
     from matplotlib.patches import FancyBboxPatch
 
     from .architectures import ACTIVATION_ABLATION
 
-    width, step, box_height = 1.8, 2.8, 1.2
+    line, width, gap, margin = 0.14, 2.7, 0.45, 0.6  # inches: a line of 7-pt text, a block, the arrow between blocks
     ax.set_axis_off()
-    ax.set_title(title, pad=28)
 
-    def arrow(start, end, colour="black"):
-        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color=colour, linewidth=1, shrinkA=0, shrinkB=0))
+    def arrow(start, end):
+        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color="black", linewidth=1, shrinkA=0, shrinkB=0))
 
-    def branch(blocks, start_x, lane):
-        """Draw blocks from `start_x` on `lane`; return the x where the branch comes back down."""
-        arrow((start_x, 0), (start_x, lane - box_height / 2))
-        arrow((start_x, lane - box_height / 2), (start_x + 0.3, lane - box_height / 2 + 0.001))
-        x = start_x + 0.3 + width / 2
+    def column(blocks, left, bottom):
+        """The blocks from `bottom` up, left edge at `left`; returns the top of the arrow out of the last."""
+        middle, y = left + width / 2, bottom
         for index, block in enumerate(blocks):
+            name = textwrap.fill(block.name, 34)
+            name_height = (line + (0.05 if "$" in name else 0)) * (name.count("\n") + 1)  # mathtext sits taller
+            height = 0.16 + name_height + line * max(len(block.modules), 1)
             ax.add_patch(
                 FancyBboxPatch(
-                    (x - width / 2, lane - box_height / 2),
-                    width,
-                    box_height,
-                    boxstyle="round,pad=0.03",
-                    facecolor="whitesmoke",
-                    edgecolor="black",
-                    linewidth=0.8,
+                    (left, y), width, height, boxstyle="round,pad=0.02", facecolor="whitesmoke", edgecolor="black", linewidth=0.8
                 )
             )
-            ax.text(x, lane + 0.4, block.name, ha="center", va="center", fontsize=7.5)
-            ax.text(x, lane + 0.22, "\n".join(block.modules) or "–", ha="center", va="top", fontsize=6, family="monospace", color="dimgray")
+            top = y + height
+            ax.text(left + 0.08, top - 0.05, name, ha="left", va="top", fontsize=8)
+            ax.text(
+                left + 0.08,
+                top - 0.07 - name_height,
+                "\n".join(block.modules) or "–",
+                ha="left",
+                va="top",
+                fontsize=6.5,
+                family="monospace",
+                color="dimgray",
+            )
             if block.notation:
-                ax.text(x, lane - 0.42, block.notation, ha="center", va="center", fontsize=9)
+                ax.text(left + width - 0.08, y + height / 2 - 0.04, block.notation, ha="right", va="center", fontsize=10)
             if block.intervention:
                 ax.text(
-                    x,
-                    lane + box_height / 2 + 0.15,
-                    textwrap.fill(block.intervention, 30),
-                    ha="center",
-                    va="bottom",
+                    left + width + 0.1,
+                    y + height / 2,
+                    textwrap.fill(block.intervention, 24),
+                    ha="left",
+                    va="center",
                     fontsize=7,
                     color=OUTLIER,
                 )
-            end = x + width / 2 + (step - width) if index < len(blocks) - 1 else x + width / 2 + 0.3
-            arrow((x + width / 2, lane), (end, lane))
+            if index < len(blocks) - 1:
+                arrow((middle, top), (middle, top + gap))
+            else:  # on into the line back to the stream
+                ax.plot([middle, middle], [top, top + gap], color="black", linewidth=1)
             if block.sites:
-                ax.text((x + width / 2 + end) / 2, lane - 0.08, "\n".join(block.sites), ha="center", va="top", fontsize=6, color="gray")
-            x += step
-        down_x = x - step + width / 2 + 0.3
-        arrow((down_x, lane), (down_x, 0.12))
-        return down_x
+                ax.text(middle + 0.07, top + gap / 2, ", ".join(block.sites), ha="left", va="center", fontsize=6.5, color="gray")
+            y = top + gap
+        return y
 
-    def add(x, site, label, intervention=""):
-        ax.add_patch(plt.Circle((x, 0), 0.12, facecolor="white", edgecolor="black", linewidth=0.8))
-        ax.text(x, 0, "+", ha="center", va="center", fontsize=9)
-        ax.text(x + 0.18, -0.22, f"{label}\n{site}" if site else label, ha="left", va="top", fontsize=6.5, color="gray")
-        if intervention:
-            ax.text(x, -0.75, textwrap.fill(intervention, 34), ha="center", va="top", fontsize=7, color=OUTLIER)
+    def branches(columns, junction):
+        """Columns that read the stream at `junction` and add back into it at one point; returns its height."""
+        lefts = [margin + i * (width + 1.9) for i in range(len(columns))]  # room for the magenta notes between
+        middles = [left + width / 2 for left in lefts]
+        ax.plot([0, middles[-1]], [junction, junction], color="black", linewidth=1)
+        tops = [column(blocks, left, junction + 0.25) for blocks, left in zip(columns, lefts)]
+        for x in middles:
+            arrow((x, junction), (x, junction + 0.25))
+        top = max(tops)
+        for x, y in zip(middles, tops):
+            ax.plot([x, x], [y, top], color="black", linewidth=1)
+        ax.plot([middles[-1], 0.1], [top, top], color="black", linewidth=1)
+        arrow((middles[0], top), (0.1, top))
+        ax.add_patch(plt.Circle((0, top), 0.1, facecolor="white", edgecolor="black", linewidth=0.8, zorder=3))
+        ax.text(0, top, "+", ha="center", va="center", fontsize=9, zorder=4)
+        return top
 
-    ax.text(-0.1, 0, "$h_{\\ell-1}$\nlayer_input", ha="right", va="center", fontsize=8)
-    # in a parallel block the MLP takes the lower lane, leaving room above the attention for its label
-    first_add = branch(attention, 0.45 if parallel else 0.3, 2.7 if parallel else 1.3)
+    ax.text(0, -0.08, "$h_{\\ell-1}$  layer_input", ha="center", va="top", fontsize=8)
     if parallel:
-        mlp_end = branch(mlp, 0.3, 1.3) if mlp else first_add
-        end = max(first_add, mlp_end) + 0.4
-        if mlp:
-            ax.plot([mlp_end, end], [0.12, 0.12], color="black", linewidth=1)
-        ax.plot([first_add, end], [0.12, 0.12], color="black", linewidth=1)
-        ax.plot([-0.05, end - 0.12], [0, 0], color="black", linewidth=1)
-        add(end, "layer_output", "$h_\\ell$", ACTIVATION_ABLATION)
-        last = end
+        end = branches([attention] + ([mlp] if mlp else []), 0.3)
+        ax.plot([0, 0], [0, end - 0.1], color="black", linewidth=1)
     else:
-        ax.plot([-0.05, first_add - 0.12], [0, 0], color="black", linewidth=1)
-        add(first_add, "attn_residual", "")
-        mlp_end = branch(mlp, first_add + 0.45, 1.3)
-        ax.plot([first_add + 0.12, mlp_end - 0.12], [0, 0], color="black", linewidth=1)
-        add(mlp_end, "layer_output", "$h_\\ell$", ACTIVATION_ABLATION)
-        last = mlp_end
-    arrow((last + 0.12, 0), (last + 0.7, 0))
-    ax.set_xlim(-0.9, last + 0.9)
-    ax.set_ylim(-1.2, (3.5 if parallel else 2.1))
+        middle = branches([attention], 0.3)
+        ax.plot([0, 0], [0, middle - 0.1], color="black", linewidth=1)
+        ax.text(-0.15, middle, "attn_residual", ha="right", va="center", fontsize=6.5, color="gray")
+        end = branches([mlp], middle + 0.35)
+        ax.plot([0, 0], [middle + 0.1, end - 0.1], color="black", linewidth=1)
+    arrow((0, end + 0.1), (0, end + 0.55))
+    ax.text(0, end + 0.6, "$h_\\ell$  layer_output", ha="center", va="bottom", fontsize=8)
+    ax.text(-0.15, end + 0.3, textwrap.fill(ACTIVATION_ABLATION, 24), ha="right", va="center", fontsize=7, color=OUTLIER)
+    right = margin + (2 if parallel and mlp else 1) * (width + 1.9) - 0.4
+    left, top = -1.75, end + 1.0
+    ax.set_xlim(left, right)
+    ax.set_ylim(-0.35, top)
     ax.set_aspect("equal")
+    ax.set_position([0, 0, 1, top / (top + 0.45)])  # the title above, in the remaining 0.45 in
+    ax.figure.set_size_inches(right - left, top + 0.35 + 0.45)
+    ax.set_title(title, fontsize=10, pad=6)
