@@ -141,8 +141,8 @@ GPT2_FIGURES = {
 
 
 def notebook_outputs(stem, caption, category, subcategory):
-    """What each notebook rule writes for results/figures/<stem>: the figure (in the report), its
-    PDF and caption, and the executed notebook."""
+    """The outputs of every notebook-running rule, for results/figures/<stem>.png (in the report),
+    its PDF and caption, and the executed notebook."""
     return {
         "png": report(
             f"results/figures/{stem}.png",
@@ -157,13 +157,31 @@ def notebook_outputs(stem, caption, category, subcategory):
 
 
 def notebook_parameters(figure, png, wildcards, **paths):
-    """A notebook rule's parameters: where it reads (`paths`) and writes (its `png` output, filled
+    """The notebook's parameters: where it reads (`paths`) and writes (the rule's `png` output, filled
     with the job's wildcards), and the figure's own. From the wildcards and the config alone (no
     input functions), so that Snakemake compares them between runs."""
     return {
         **paths,
         "output_stem": one(png, **dict(wildcards.items())).removesuffix(".png"),
         **figure.parameters,
+    }
+
+
+def model_files(wildcards):
+    """What a model's figures and claims read: its statistics on the target corpus, the figure
+    prompt's dump and its weight statistics."""
+    return {
+        "stats": one(
+            rules.corpus_statistics.output[0],
+            model=wildcards.model,
+            corpus=TARGET_CORPUS,
+        ),
+        "prompt": one(
+            rules.dump_prompt.output.tensors,
+            model=wildcards.model,
+            prompt=FIGURE_PROMPT,
+        ),
+        "weights": one(rules.weight_statistics.output[0], model=wildcards.model),
     }
 
 

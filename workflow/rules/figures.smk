@@ -12,24 +12,6 @@ localrules:
     gpt2_claims,
 
 
-def model_files(wildcards):
-    """What a model's figures and claims read: its statistics on the target corpus, the figure
-    prompt's dump and its weight statistics."""
-    return {
-        "stats": one(
-            rules.corpus_statistics.output[0],
-            model=wildcards.model,
-            corpus=TARGET_CORPUS,
-        ),
-        "prompt": one(
-            rules.dump_prompt.output.tensors,
-            model=wildcards.model,
-            prompt=FIGURE_PROMPT,
-        ),
-        "weights": one(rules.weight_statistics.output[0], model=wildcards.model),
-    }
-
-
 rule figure:
     input:
         unpack(model_files),
