@@ -6,6 +6,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # a hub call must fail at once, not retry fo
 
 from pathlib import Path
 
+import papermill
 import pytest
 import torch
 
@@ -92,7 +93,7 @@ class PromptTokenizer:
 
     @staticmethod
     def decode(ids):
-        from test_capture import LABELS
+        from planted import LABELS
 
         return LABELS.decode(ids)
 
@@ -102,11 +103,11 @@ class PromptTokenizer:
 
 def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> dict:
     """Corpus statistics, prompt dump, weight statistics and interventions of `model`, as the rules write them."""
+    from planted import LABELS
     from safetensors.torch import save_file
     from systematic_outliers import interventions, passes, readers
     from systematic_outliers.readers import Evidence
     from systematic_outliers.weights import weight_statistics
-    from test_capture import LABELS
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"input_ids": windows}, folder / "input_ids.safetensors")
@@ -128,7 +129,7 @@ def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> d
 @pytest.fixture(scope="session")
 def planted_capture(tmp_path_factory):
     """The planted tiny Llama (test_capture.planted_model): a massive activation, a weight outlier and a sink at known places."""
-    from test_capture import MASSIVE_TOKEN, planted_model, planted_windows
+    from planted import MASSIVE_TOKEN, planted_model, planted_windows
 
     folder = tmp_path_factory.mktemp("planted")
     return capture_everything(planted_model(), planted_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
@@ -137,7 +138,7 @@ def planted_capture(tmp_path_factory):
 @pytest.fixture(scope="session")
 def gradual_capture(tmp_path_factory):
     """The gradually built outlier (test_capture.gradual_model): written by the MLPs of four layers, needed by a no-op head."""
-    from test_capture import MASSIVE_TOKEN, gradual_model, gradual_windows
+    from planted import MASSIVE_TOKEN, gradual_model, gradual_windows
 
     folder = tmp_path_factory.mktemp("gradual")
     return capture_everything(gradual_model(), gradual_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
@@ -150,8 +151,22 @@ def random_capture(tmp_path_factory):
     Windows of 96 tokens: under uniform causal attention the first key receives the harmonic
     number H_96 ≈ 5.2, under the outlier threshold 0.1 × 96; at 48 tokens it would be close to it.
     """
-    from test_capture import capturing
+    from planted import capturing
 
     model = capturing(tiny_model("llama", seed=1, num_hidden_layers=4))
     windows = torch.randint(0, 96, (3, 96), generator=torch.Generator().manual_seed(1))
     return capture_everything(model, windows, [61, 5, 8, 30, 2, 17], tmp_path_factory.mktemp("random"))
+
+
+# Figure notebooks run standalone, as a researcher would run one by hand.
+NOTEBOOKS = REPO / "notebooks"
+
+
+def run_notebook(name, tmp_path, **parameters):
+    os.environ["PYTHONPATH"] = str(REPO / "workflow" / "scripts")  # the kernel is a new process
+    parameters = {key: str(value) if hasattr(value, "parent") else value for key, value in parameters.items()}
+    return papermill.execute_notebook(NOTEBOOKS / f"{name}.ipynb", tmp_path / f"{name}.ipynb", parameters=parameters, progress_bar=False)
+
+
+def caption_of(tmp_path, stem):
+    return (tmp_path / f"{stem}.caption.txt").read_text()

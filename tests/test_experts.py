@@ -5,11 +5,11 @@ and the learned-sink claim driven to each of its verdicts."""
 import pandas as pd
 import pytest
 import torch
+from planted import LABELS, capturing
 from safetensors.torch import save_file
 from systematic_outliers import capture, choices, passes, verdict_engine, verdicts
 from systematic_outliers.readers import Evidence
 from systematic_outliers.weights import weight_statistics
-from test_capture import LABELS, capturing
 from tiny_families import tiny_family
 
 EXPERT, CHANNEL = 2, 5  # the planted massive down-projection input: expert 2, channel 5 of layer 1

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 from conftest import REPO, tiny_model
+from planted import LABELS, capturing, planted_model, planted_windows
 from systematic_outliers import capture, passes, probe
 from systematic_outliers.architectures import ARCHITECTURES, Architecture, available_sites
-from test_capture import LABELS, capturing, planted_model, planted_windows
 from tiny_families import complete, softmax_attention, tiny_family
 
 FAMILIES = json.loads((REPO / "tests" / "families.json").read_text())

@@ -1,25 +1,11 @@
 """Figure notebooks run standalone on planted statistics, choose from the data, and refuse broken input."""
 
-import os
-
 import papermill
 import pytest
-from conftest import REPO
+from conftest import caption_of, run_notebook
+from planted import DOWN_COLUMN, EMBED_CHANNEL, MLP_LAYER, OUTPUT_CHANNEL, SINK_LAYER
 from systematic_outliers import choices, readers
 from systematic_outliers.readers import FigureDataError
-from test_capture import DOWN_COLUMN, EMBED_CHANNEL, MLP_LAYER, OUTPUT_CHANNEL, SINK_LAYER
-
-NOTEBOOKS = REPO / "notebooks"
-
-
-def run_notebook(name, tmp_path, **parameters):
-    os.environ["PYTHONPATH"] = str(REPO / "workflow" / "scripts")  # the kernel is a new process
-    parameters = {key: str(value) if hasattr(value, "parent") else value for key, value in parameters.items()}
-    return papermill.execute_notebook(NOTEBOOKS / f"{name}.ipynb", tmp_path / f"{name}.ipynb", parameters=parameters, progress_bar=False)
-
-
-def caption_of(tmp_path, stem):
-    return (tmp_path / f"{stem}.caption.txt").read_text()
 
 
 def test_emergence_layer_is_the_planted_layer(planted_capture):
@@ -147,7 +133,7 @@ def test_lifecycle_follows_the_planted_channel_and_draws_a_cancellation_that_nev
 def test_figures_follow_an_outlier_built_over_layers(gradual_capture, tmp_path):
     """Fig 7 draws the MLP that writes the most onto the outlier, not the layer where it first crosses the
     threshold; Figs 3 and 4 and the interventions figure say that it is built over layers."""
-    from test_capture import GRADUAL_CHANNEL
+    from planted import GRADUAL_CHANNEL
 
     built = f"channel {GRADUAL_CHANNEL} is built over layers 2–5"
     run_notebook("lifecycle_mlp", tmp_path, **gradual_capture, model="gradual", output_stem=str(tmp_path / "fig07"), stage="emergence")

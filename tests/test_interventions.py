@@ -8,6 +8,15 @@ import pandas as pd
 import pytest
 import torch
 from conftest import tiny_model
+from planted import (
+    GRADUAL_CHANNEL,
+    GRADUAL_SINK,
+    MLP_LAYER,
+    OUTPUT_CHANNEL,
+    PROMPT_IDS,
+    SINK_LAYER,
+    capturing,
+)
 from systematic_outliers import architectures, capture, choices, intervention_report, interventions, readers
 from systematic_outliers.definitions import (
     BASELINE,
@@ -22,15 +31,6 @@ from systematic_outliers.definitions import (
     ZEROED,
 )
 from systematic_outliers.verdict_engine import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY
-from test_capture import (
-    GRADUAL_CHANNEL,
-    GRADUAL_SINK,
-    MLP_LAYER,
-    OUTPUT_CHANNEL,
-    PROMPT_IDS,
-    SINK_LAYER,
-    capturing,
-)
 
 EDITABLE = ("gemma3_text", "gpt2", "gpt_neox", "llama", "opt", "qwen2")
 
@@ -74,7 +74,7 @@ def _targets(captured: dict):
 
 @pytest.mark.parametrize("fixture", ["planted_capture", "gradual_capture"])
 def test_edited_passes_replayed_from_their_first_layer_lose_what_full_passes_lose(fixture, request, monkeypatch, tmp_path):
-    from test_capture import gradual_model, gradual_windows, planted_model, planted_windows
+    from planted import gradual_model, gradual_windows, planted_model, planted_windows
 
     activation, sink = _targets(request.getfixturevalue(fixture))
     model, windows = (planted_model(), planted_windows) if fixture == "planted_capture" else (gradual_model(), gradual_windows)
@@ -89,7 +89,7 @@ def test_edited_passes_replayed_from_their_first_layer_lose_what_full_passes_los
 
 def test_a_replay_that_does_not_give_the_plain_logits_is_not_used(planted_capture, monkeypatch, tmp_path, capsys):
     """As for a model whose early layers feed later ones by another way: every pass then runs in full, and the record says so."""
-    from test_capture import planted_model, planted_windows
+    from planted import planted_model, planted_windows
 
     activation, sink = _targets(planted_capture)
     model, windows = planted_model(), planted_windows(tmp_path)
@@ -440,7 +440,7 @@ def test_an_architecture_whose_attention_cannot_be_edited_gets_the_activation_ab
     found = {claim.key: finding for claim, finding in verdicts.judge(m)}
     assert found["sink_no_op"].verdict == NOT_MEASURED and found["sink_no_op"].measured == f"no sink ablation: {reason}"
     assert found["scaling_factor"].verdict == NOT_MEASURED and found["needed"].verdict == DOES_NOT_HOLD
-    from test_figures import caption_of, run_notebook
+    from conftest import caption_of, run_notebook
 
     for notebook in ("interventions", "scaling_factor"):
         run_notebook(notebook, tmp_path, **folder, model=architecture, output_stem=str(tmp_path / notebook))

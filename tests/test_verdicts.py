@@ -5,11 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import capture_everything
+from conftest import caption_of, capture_everything, run_notebook
+from planted import DOWN_COLUMN, MASSIVE_TOKEN, MLP_LAYER, OUTPUT_CHANNEL, planted_model, planted_windows
 from systematic_outliers import choices, definitions, readers, variant_report, verdict_engine, verdicts
 from systematic_outliers.verdict_engine import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, NOT_SHOWN, PARTLY
-from test_capture import DOWN_COLUMN, MASSIVE_TOKEN, MLP_LAYER, OUTPUT_CHANNEL, planted_model, planted_windows
-from test_figures import caption_of, run_notebook
 
 
 def measured(capture, name):
@@ -328,7 +327,8 @@ def test_ranking_orders_by_the_means_and_compares_with_the_softpick_paper():
 
 
 def test_every_llm_verdict_is_reachable(planted_capture):
-    """The planted measurements, edited one way at a time: each claim reaches holds, partly and does not hold."""
+    """The planted measurements, edited one way at a time: each claim reaches holds, partly and does not hold
+    (the intervention claims: test_interventions)."""
     from copy import deepcopy
     from dataclasses import replace
 
@@ -388,3 +388,29 @@ def test_every_llm_verdict_is_reachable(planted_capture):
         assert judged("keys_are_tokens", table1=table1).verdict == verdict
     table1 = dict(base.table1, rows_on_residual_outlier_channels=0, row_share=0.0)
     assert judged("weight_writes", table1=table1).verdict == DOES_NOT_HOLD
+    assert judged("weight_writes", table1=dict(base.table1, row_share=0.6)).verdict == PARTLY
+
+    # weight: the largest W_down column ratio at 3× and 1× the median over all matrices (holds from 5×)
+    reference = choices.reference_median(base.evidence.weights)
+    for factor, verdict in ((3.0, PARTLY), (1.0, DOES_NOT_HOLD)):
+        evidence = deepcopy(base.evidence)
+        evidence.weights.loc[evidence.weights.mlp_down, "column_ratio"] = factor * reference
+        assert judged("weight", evidence=evidence).verdict == verdict
+
+    # attention: the planted sink layers among many more layers without outlier keys (holds from a quarter)
+    quiet = base.evidence.attention_layers.assign(outlier_keys=0, top1=1.0)
+    deeper = deepcopy(base.evidence)
+    deeper.attention_layers = pd.concat(
+        [base.evidence.attention_layers] + [quiet.assign(layer=quiet.layer + 4 * (i + 1)) for i in range(4)], ignore_index=True
+    )
+    assert judged("attention", evidence=deeper).verdict == PARTLY
+    deeper.attention_layers = deeper.attention_layers.assign(outlier_keys=0)
+    assert judged("attention", evidence=deeper).verdict == DOES_NOT_HOLD
+
+    # channels: the outlier tokens' largest channels spread over 6, then 12 channels (the top 4 carry 67 %, 33 %)
+    tokens = base.chosen.outlier_tokens
+    assert len(tokens) == 6
+    spread = tokens.assign(channel=range(len(tokens)))
+    assert judged("channels", chosen=replace(base.chosen, outlier_tokens=spread)).verdict == PARTLY
+    wider = pd.concat([tokens, tokens], ignore_index=True).assign(channel=range(2 * len(tokens)))
+    assert judged("channels", chosen=replace(base.chosen, outlier_tokens=wider)).verdict == DOES_NOT_HOLD

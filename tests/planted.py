@@ -1,0 +1,114 @@
+"""Tiny models with outliers planted at known places, shared by the test modules: a Llama whose
+weights create one massive activation, one weight outlier and one attention sink (`planted_model`),
+and one whose outlier is built over several layers (`gradual_model`), with their windows."""
+
+import types
+
+import torch
+from conftest import tiny_model
+from safetensors.torch import save_file
+from systematic_outliers import capture
+
+LABELS = types.SimpleNamespace(decode=lambda ids: {8: ".", 2: "\n", 30: "the"}.get(ids[0], f"w{ids[0]}"))
+
+
+def capturing(model):
+    """The model with the attention and experts implementations the capture rules load it with."""
+    capture.register_capture()
+    if not capture.architecture_of(model).probs_from_output:
+        model.set_attn_implementation(capture.ATTENTION_CAPTURE)
+    if capture.architecture_of(model).reads_experts:
+        model.set_experts_implementation(capture.EXPERTS_CAPTURE)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Planted outliers: a tiny Llama whose weights create one massive activation, one weight
+# outlier and one attention sink at known places. The sink sits before the massive activation:
+# in a random tiny model any large channel swamps every token's norm output.
+
+MASSIVE_TOKEN, EMBED_CHANNEL = 61, 3  # the token that triggers everything, and its marker channel
+MLP_LAYER, DOWN_COLUMN, OUTPUT_CHANNEL = 2, 37, 20  # layer, intermediate channel, residual channel
+SINK_LAYER = 1
+
+
+def planted_model():
+    model = tiny_model("llama", num_hidden_layers=4, attention_bias=True, intermediate_size=64)
+    head_dim = model.config.head_dim
+    low_frequency = head_dim // 2 - 1  # the rotary pair that barely rotates over a few dozen positions
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        embed[:, EMBED_CHANNEL] = 0.0
+        embed[MASSIVE_TOKEN, EMBED_CHANNEL] = 5.0
+        mlp = model.model.layers[MLP_LAYER].mlp
+        mlp.gate_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = 3.0
+        mlp.up_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = 3.0
+        mlp.down_proj.weight[OUTPUT_CHANNEL, DOWN_COLUMN] = 40.0
+        attention = model.model.layers[SINK_LAYER].self_attn
+        for head in range(model.config.num_attention_heads):
+            attention.q_proj.bias[head * head_dim + low_frequency] = 12.0
+        for head in range(model.config.num_key_value_heads):
+            attention.k_proj.weight[head * head_dim + low_frequency, :] = 0.0
+            attention.k_proj.weight[head * head_dim + low_frequency, EMBED_CHANNEL] = 4.0
+    return capturing(model.eval())
+
+
+def planted_windows(tmp_path, count=3, length=48):
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 60, (count, length), generator=generator)  # never the massive token...
+    ids[:, 0] = MASSIVE_TOKEN  # ...except at the start of every window
+    ids[1, 0], ids[1, 9] = 4, MASSIVE_TOKEN  # and in window 1 at position 9 instead
+    save_file({"input_ids": ids}, tmp_path / "input_ids.safetensors")
+    return ids
+
+
+# A gradually built outlier: the MLPs of layers 1–4 each write onto GRADUAL_CHANNEL at the massive
+# token, reading its marker channel, which the norm squashes more the larger the outlier is. Zeroed
+# once, the outlier is written again by the next layer (from an unsquashed marker); held at zero it
+# is gone. Layer 5 is a no-op head that parks on it: the outlier's key draws every query, its value
+# is zero; without it attention spreads over the other tokens, whose values write a large vector
+# onto DISRUPTED_CHANNEL, which the LM head reads as a confident vote for one token, NEVER_SEEN.
+
+GRADUAL_CHANNEL, DISRUPTED_CHANNEL, NEVER_SEEN = 20, 25, 95
+GRADUAL_WRITES = {1: (2.5, 2.5, 2.5), 2: (100.0, 10.0, 10.0), 3: (200.0, 30.0, 20.0), 4: (500.0, 50.0, 50.0)}  # layer: gate, up, down
+GRADUAL_SINK = 5
+
+
+def gradual_model():
+    model = tiny_model("llama", num_hidden_layers=6, attention_bias=True, intermediate_size=64)
+    head_dim = model.config.head_dim
+    low_frequency = head_dim // 2 - 1
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        embed[:, [EMBED_CHANNEL, GRADUAL_CHANNEL]] = 0.0
+        embed[MASSIVE_TOKEN, EMBED_CHANNEL] = 5.0
+        for layer in model.model.layers:  # nothing but the embedding writes the marker
+            layer.self_attn.o_proj.weight[EMBED_CHANNEL] = 0.0
+            layer.mlp.down_proj.weight[EMBED_CHANNEL] = 0.0
+        for layer, (gate, up, down) in GRADUAL_WRITES.items():
+            mlp = model.model.layers[layer].mlp
+            mlp.gate_proj.weight[DOWN_COLUMN] = 0.0
+            mlp.up_proj.weight[DOWN_COLUMN] = 0.0
+            mlp.down_proj.weight[:, DOWN_COLUMN] = 0.0
+            mlp.gate_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = gate
+            mlp.up_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = up
+            mlp.down_proj.weight[GRADUAL_CHANNEL, DOWN_COLUMN] = down
+        attention = model.model.layers[GRADUAL_SINK].self_attn
+        scale = model.model.layers[GRADUAL_SINK].input_layernorm.weight[GRADUAL_CHANNEL] * model.config.hidden_size**0.5
+        for head in range(model.config.num_attention_heads):
+            attention.q_proj.bias[head * head_dim + low_frequency] = 12.0
+        for head in range(model.config.num_key_value_heads):
+            attention.k_proj.weight[head * head_dim + low_frequency] = 0.0
+            attention.k_proj.weight[head * head_dim + low_frequency, GRADUAL_CHANNEL] = 4.0
+        attention.v_proj.bias[:] = 1.0  # every ordinary token's value
+        attention.v_proj.weight[:, GRADUAL_CHANNEL] = -1.0 / scale  # … and none at the outlier token
+        attention.o_proj.weight[DISRUPTED_CHANNEL] = 5.0
+        model.lm_head.weight[NEVER_SEEN, DISRUPTED_CHANNEL] = 5.0
+    return capturing(model.eval())
+
+
+def gradual_windows(tmp_path, count=3, length=48):
+    ids = torch.randint(0, 60, (count, length), generator=torch.Generator().manual_seed(2))
+    ids[:, 0] = MASSIVE_TOKEN
+    save_file({"input_ids": ids}, tmp_path / "input_ids.safetensors")
+    return ids
