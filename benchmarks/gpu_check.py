@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 
-from systematic_outliers import capture, passes  # noqa: E402
+from systematic_outliers import capture, devices, passes  # noqa: E402
 from systematic_outliers.statistics import CorpusStatistics  # noqa: E402
 
 SHAPES = {
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--out")
     args = parser.parse_args(argv)
-    device = passes.device()
+    device = devices.device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     if args.shape == "small":
         args.length = min(args.length, SHAPES["small"]["max_position_embeddings"])
