@@ -9,6 +9,7 @@ from conftest import tiny_model
 from safetensors.torch import save_file
 from systematic_outliers import capture
 
+PROMPT_IDS = torch.tensor([[5, 17, 42, 8, 63, 17, 30, 8, 2]])  # a prompt with delimiters, for the tiny models
 LABELS = types.SimpleNamespace(decode=lambda ids: {8: ".", 2: "\n", 30: "the"}.get(ids[0], f"w{ids[0]}"))
 
 

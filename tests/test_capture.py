@@ -18,6 +18,7 @@ from planted import (
     MASSIVE_TOKEN,
     MLP_LAYER,
     OUTPUT_CHANNEL,
+    PROMPT_IDS,
     capturing,
     gradual_model,
     gradual_windows,
@@ -28,8 +29,6 @@ from safetensors.torch import load_file
 from systematic_outliers import capture, passes
 from systematic_outliers.definitions import token_class
 from systematic_outliers.weights import weight_statistics
-
-PROMPT_IDS = torch.tensor([[5, 17, 42, 8, 63, 17, 30, 8, 2]])
 
 
 @pytest.mark.parametrize("architecture", sorted(TINY_CONFIGS))
