@@ -19,6 +19,7 @@ from planted import (
     MLP_LAYER,
     OUTPUT_CHANNEL,
     PROMPT_IDS,
+    SINK_LAYER,
     capturing,
     gradual_model,
     gradual_windows,
@@ -138,10 +139,10 @@ def test_planted_outliers_are_found_exactly(tmp_path):
     assert [token_max[w].argmax() for w in range(3)] == [expected_position[w] for w in range(3)]
 
     # the attention sink: in the planted layer every head attends to the massive token
-    keys = stats["attention_keys"].query("layer == @SINK_LAYER and rank == 1")
+    keys = stats["attention_keys"].query(f"layer == {SINK_LAYER} and rank == 1")
     assert {(r.window, r.position) for r in keys.itertuples()} == set(expected_position.items())
     assert keys.is_outlier.all() and (keys.cumulative > 0.5 * 48).all()
-    heads = stats["attention_heads"].query("layer == @SINK_LAYER")
+    heads = stats["attention_heads"].query(f"layer == {SINK_LAYER}")
     for row in heads.itertuples():  # every query that can see the sink (causal) puts all on it
         assert row.outlier_share == pytest.approx((48 - expected_position[row.window]) / 48, abs=1e-3)
     assert set(heads.query("window == 1").outlier_keys) == {"9"}
@@ -340,7 +341,7 @@ def test_the_statistics_pass_reads_the_context_as_the_config_check_does(tmp_path
     assert model_context({"n_positions": 64}, 32) == 32
     assert model_context({"hidden_size": 8}) is None
     model = planted_model()  # accepts 128 tokens
-    planted_windows(tmp_path, count=1, length=100)
+    planted_windows(tmp_path, count=2, length=100)
     with pytest.raises(ConfigError, match=r"have 100 tokens, more than the 64 the model accepts"):
         passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / "stats", context_length=64)
     assert not (tmp_path / "stats").exists()
