@@ -105,7 +105,7 @@ def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> d
     """Corpus statistics, prompt dump, weight statistics and interventions of `model`, as the rules write them."""
     from planted import LABELS
     from safetensors.torch import save_file
-    from systematic_outliers import interventions, passes, readers
+    from systematic_outliers import interventions, io, passes
     from systematic_outliers.readers import Evidence
     from systematic_outliers.weights import weight_statistics
 
@@ -116,7 +116,7 @@ def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> d
     save_with_architecture(model, folder / "model")
     weight_statistics(folder / "model", "tiny").to_parquet(folder / "weights.parquet")
     evidence = Evidence.load(folder.name, folder / "stats", folder / "weights.parquet")
-    interventions.intervene(folder.name, model, evidence, windows, [0, 1, 2], readers.intervention_files(folder / "interventions.parquet"))
+    interventions.intervene(folder.name, model, evidence, windows, [0, 1, 2], io.intervention_files(folder / "interventions.parquet"))
     return {
         "stats_dir": folder / "stats",
         "prompt_path": folder / "prompt.safetensors",

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # The package lives beside the rule scripts, whose folder Snakemake puts on their sys.path
-# in any environment; the Snakefile itself needs only its light config module.
+# in any environment; the Snakefile itself needs only its light modules (config, architectures, io).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from systematic_outliers.architectures import (
@@ -24,7 +24,7 @@ from systematic_outliers.config import (
     settings,
     validate_config,
 )
-from systematic_outliers.readers import intervention_files, prompt_files
+from systematic_outliers.io import intervention_files, prompt_files
 
 
 def _validated(config):

@@ -309,7 +309,7 @@ def _follow(reading: ScalingReading, state: dict):
 
 def intervene(name: str, model, evidence, input_ids: torch.Tensor, seeds: list[int], files: dict) -> dict:
     """Every intervention on `model` at the targets its statistics (`readers.Evidence`) locate, over
-    the windows `input_ids`; writes `files` (readers.intervention_files: losses, scaling, points, record)."""
+    the windows `input_ids`; writes `files` (io.intervention_files: losses, scaling, points, record)."""
     from . import choices
     from .io import atomic_file, write_json
 

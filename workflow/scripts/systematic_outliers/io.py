@@ -1,4 +1,6 @@
-"""Small file helpers: outputs appear whole or not at all, with the modes of ordinary files."""
+"""Small file helpers: outputs appear whole or not at all, with the modes of ordinary files; and
+which files lie beside a prompt dump and an interventions run (the rules' outputs, the readers' inputs).
+Standard library only: the Snakefile imports it."""
 
 from __future__ import annotations
 
@@ -73,3 +75,17 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 24) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def prompt_files(tensors_path: str | Path) -> dict[str, str]:
+    """A prompt dump's files (rule dump_prompt's outputs): its tensors and, beside them, its record."""
+    path = Path(tensors_path)
+    return {"tensors": str(path), "record": str(path.with_suffix(".json"))}
+
+
+def intervention_files(losses_path: str | Path) -> dict[str, str]:
+    """What rule interventions writes for one model and corpus (its outputs): the losses
+    ({corpus}.parquet) and beside them the scaling rows, the scatter points and the record."""
+    path = Path(losses_path)
+    beside = {part: str(path.with_name(f"{path.stem}.{part}.parquet")) for part in ("scaling", "points")}
+    return {"losses": str(path), **beside, "record": str(path.with_suffix(".json"))}

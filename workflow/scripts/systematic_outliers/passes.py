@@ -18,9 +18,8 @@ from .architectures import SITES, available_sites
 from .config import ConfigError, model_context
 from .definitions import TOP
 from .devices import device, free_memory
-from .io import atomic_directory, atomic_file, write_json
+from .io import atomic_directory, atomic_file, prompt_files, write_json
 from .models import DTYPES, SourceError
-from .readers import prompt_files
 from .statistics import COLUMNS, CorpusStatistics, token_label
 from .weights import column_ratios
 
@@ -99,7 +98,7 @@ def dump_prompt(
     "down_proj_weight.{layer}" [d_model, channels], "gate_proj_weight.{layer}" and
     "up_proj_weight.{layer}" [channels, d_model]. The JSON beside it holds the text, token ids and
     labels, and `weights`, where the weight numbers come from (`record_path`; by default
-    readers.prompt_files' place for it).
+    io.prompt_files' place for it).
     """
     sites = sites or capture.available_sites(capture.architecture_of(model))
     input_ids = tokenizer(text, add_special_tokens=add_special_tokens, return_tensors="pt").input_ids

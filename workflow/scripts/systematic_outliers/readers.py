@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import UserError
+from .io import intervention_files, prompt_files
 
 # Tables whose emptiness is a finding (no outlier token anywhere), not a broken capture.
 MAY_BE_EMPTY = ("activation_outliers",)
@@ -51,20 +52,6 @@ def windows_text(manifest: dict) -> str:
     if manifest.get("add_special_tokens"):
         text += f", each the model's BOS {manifest.get('bos_token')!r} and {manifest['window_length'] - 1} corpus tokens"
     return text
-
-
-def prompt_files(tensors_path: str | Path) -> dict[str, str]:
-    """A prompt dump's files (rule dump_prompt's outputs): its tensors and, beside them, its record."""
-    path = Path(tensors_path)
-    return {"tensors": str(path), "record": str(path.with_suffix(".json"))}
-
-
-def intervention_files(losses_path: str | Path) -> dict[str, str]:
-    """What rule interventions writes for one model and corpus (its outputs): the losses
-    ({corpus}.parquet) and beside them the scaling rows, the scatter points and the record."""
-    path = Path(losses_path)
-    beside = {part: str(path.with_name(f"{path.stem}.{part}.parquet")) for part in ("scaling", "points")}
-    return {"losses": str(path), **beside, "record": str(path.with_suffix(".json"))}
 
 
 def read_prompt_record(path: str | Path) -> dict:
