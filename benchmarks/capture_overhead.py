@@ -47,9 +47,7 @@ def statistics_window(model, tokenizer, window, ids, sites, windows):
     # one CorpusStatistics per site set, kept across windows as in the real pass
     statistics = _KEPT.setdefault(sites, CorpusStatistics(tokenizer, windows=windows))
     with capture.hooks(model, sites, statistics), torch.no_grad():
-        statistics.start_window(window, ids)
-        model(ids[None].to(model.device), use_cache=False)
-        statistics.finish_window()
+        statistics.run_window(window, ids, lambda ids: model(ids[None].to(model.device), use_cache=False))
 
 
 def peers_window(model, tokenizer, window, ids, sites):

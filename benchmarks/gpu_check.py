@@ -103,9 +103,7 @@ def main(argv=None) -> dict:
                     model(ids[None].to(device), use_cache=False)
                 else:
                     with capture.hooks(model, sites, statistics):
-                        statistics.start_window(window, ids)
-                        model(ids[None].to(device), use_cache=False)
-                        statistics.finish_window()
+                        statistics.run_window(window, ids, lambda ids: model(ids[None].to(device), use_cache=False))
                 synchronize(device)
                 seconds[name] += time.perf_counter() - started
             peak[name] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None

@@ -15,6 +15,7 @@ def main(snakemake):
         Path(snakemake.output[0]),
         top_k=snakemake.params.top_k,
         context_length=snakemake.params.context_length,
+        name=snakemake.wildcards.model,
     )
     print(f"{manifest['windows']} windows × {manifest['window_length']} tokens on {manifest['device']}")
 

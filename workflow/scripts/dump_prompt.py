@@ -20,6 +20,7 @@ def main(snakemake):
         Path(snakemake.output.tensors),
         weights=weights_provenance(manifest),
         record_path=Path(snakemake.output.record),
+        name=snakemake.wildcards.model,
     )
     print(f"{len(record['sites'])} sites × {record['layers']} layers on {record['device']}: {record['tokens']}")
 

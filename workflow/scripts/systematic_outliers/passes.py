@@ -20,7 +20,7 @@ from .definitions import TOP
 from .devices import device, free_memory
 from .io import atomic_directory, atomic_file, prompt_files, write_json
 from .models import DTYPES, SourceError
-from .statistics import COLUMNS, CorpusStatistics, token_label
+from .statistics import COLUMNS, CorpusStatistics, NonFiniteActivation, token_label
 from .weights import column_ratios
 
 
@@ -89,7 +89,15 @@ def dump_channels(down_weight, down_input, tokens: list[int]) -> list[int]:
 
 
 def dump_prompt(
-    model, tokenizer, text: str, add_special_tokens: bool, target: Path, sites=None, weights: str = "", record_path: Path | None = None
+    model,
+    tokenizer,
+    text: str,
+    add_special_tokens: bool,
+    target: Path,
+    sites=None,
+    weights: str = "",
+    record_path: Path | None = None,
+    name: str = "the model",
 ) -> dict:
     """Every site at every layer for one short prompt, as full float32 tensors in safetensors.
 
@@ -98,7 +106,8 @@ def dump_prompt(
     "down_proj_weight.{layer}" [d_model, channels], "gate_proj_weight.{layer}" and
     "up_proj_weight.{layer}" [channels, d_model]. The JSON beside it holds the text, token ids and
     labels, and `weights`, where the weight numbers come from (`record_path`; by default
-    io.prompt_files' place for it).
+    io.prompt_files' place for it). A site that is not finite stops it (NonFiniteActivation: `name` is the
+    model's config name), before anything is written.
     """
     sites = sites or capture.available_sites(capture.architecture_of(model))
     input_ids = tokenizer(text, add_special_tokens=add_special_tokens, return_tensors="pt").input_ids
@@ -110,6 +119,10 @@ def dump_prompt(
 
     with capture.hooks(model, sites, keep), torch.no_grad():
         logits = model(input_ids.to(model.device)).logits
+    for key, tensor in tensors.items():  # in the order the model ran them: the first overflow is named
+        if not tensor.isfinite().all():
+            site, layer = key.rsplit(".", 1)
+            raise NonFiniteActivation.at(name, site, int(layer), f"prompt {text!r}", model.dtype)
     tensors["logits"] = logits[0].float().cpu()
     outlier_tokens = choices.prompt_outlier_tokens(tensors)
     for layer in range(len(capture.decoder_layers(model, capture.architecture_of(model)))):
@@ -151,9 +164,12 @@ def statistics_sites(model) -> tuple[str, ...]:
     return tuple(s for s in capture.available_sites(capture.architecture_of(model)) if s != "attn_logits")
 
 
-def corpus_statistics(model, tokenizer, windows_dir: Path, target: Path, top_k: int = 8, context_length: int | None = None) -> dict:
+def corpus_statistics(
+    model, tokenizer, windows_dir: Path, target: Path, top_k: int = 8, context_length: int | None = None, name: str = "the model"
+) -> dict:
     """Stream the windows through the model once; write the statistics tables to folder `target`.
-    `context_length`: the config's models.<m>.context_length, which overrides the model's own."""
+    `context_length`: the config's models.<m>.context_length, which overrides the model's own;
+    `name`: the model's config name, for messages."""
     input_ids = load_file(Path(windows_dir) / "input_ids.safetensors")["input_ids"]
     context = model_context(model.config.to_dict(), context_length)
     if context is not None and input_ids.shape[1] > context:
@@ -163,12 +179,10 @@ def corpus_statistics(model, tokenizer, windows_dir: Path, target: Path, top_k: 
         )
     sites = statistics_sites(model)
     learned_sink = capture.architecture_of(model).learned_sink
-    statistics = CorpusStatistics(tokenizer, windows=len(input_ids), top_k=top_k, learned_sink=learned_sink and "attn_probs" in sites)
+    statistics = CorpusStatistics(tokenizer, len(input_ids), top_k, learned_sink=learned_sink and "attn_probs" in sites, model=name)
     with capture.hooks(model, sites, statistics), torch.no_grad():
         for window, ids in enumerate(tqdm(input_ids, desc="windows", unit="window")):
-            statistics.start_window(window, ids)
-            model(ids[None].to(model.device), use_cache=False)
-            statistics.finish_window()
+            statistics.run_window(window, ids, lambda ids: model(ids[None].to(model.device), use_cache=False))
     tables = statistics.tables()
     cut = Path(windows_dir) / "manifest.json"  # how the windows were cut (tests pass bare windows)
     cut = json.loads(cut.read_text()) if cut.exists() else {}

@@ -1,9 +1,15 @@
 """Outlier statistics, reduced on the device inside the capture hooks.
 
-`CorpusStatistics` is the sink for `capture.hooks`: for each window it keeps only
+`CorpusStatistics` is the callback of `capture.hooks`: for each window it keeps only
 reductions (top-k with positions, mean, median, per-token and per-channel maxima, the
 attention each key receives per head) and moves them to the host once per window, so
 memory is bounded by one window whatever the number of windows.
+
+Nothing inside a hook waits for the device: no `.item()`, `nonzero` or boolean indexing, and on
+CUDA a median by radix select instead of a sort. The outlier tokens are read among the
+`candidate_tokens` tokens with the largest maxima; a window with more runs again with more.
+Every threshold and comparison is in float32 whatever the model's dtype, and a window whose
+activations are not finite (a float16 overflow) stops the pass with `NonFiniteActivation`.
 
 What counts as an outlier, and the token classes, are definitions.py's.
 """
@@ -16,6 +22,7 @@ import torch
 
 from . import field_metrics
 from .capture import ATTENTION_SITES, ExpertInputs
+from .config import UserError
 from .definitions import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO, TOKEN_CLASSES, is_massive, is_paper_outlier, token_class
 
 # Sites that also get the median, per-token maxima and outlier tokens (they need |x| in full).
@@ -125,14 +132,36 @@ COLUMNS = {
 
 
 def lower_median(values: torch.Tensor) -> torch.Tensor:
-    """torch.median of all values (the lower median). On the CPU through numpy's in-place
-    introselect, several times faster than torch's there: it reorders `values`."""
-    if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
-        return values.median()
-    flat = values.numpy().reshape(-1)
-    index = (flat.size - 1) // 2
-    flat.partition(index)
-    return torch.tensor(flat[index])
+    """The lower median of all values, in float32 (torch.median's). On the CPU through numpy's in-place
+    introselect, several times faster than torch's there: it reorders `values`. On CUDA by radix
+    select (`radix_median`): torch.median sorts the whole tensor there."""
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        flat = values.numpy().reshape(-1)
+        index = (flat.size - 1) // 2
+        flat.partition(index)
+        return torch.tensor(flat[index], dtype=torch.float32)
+    if values.device.type == "cpu":
+        return values.median().float()
+    return radix_median(values)
+
+
+def radix_median(values: torch.Tensor) -> torch.Tensor:
+    """The lower median of non-negative `values` (|x|), exact, without sorting and without waiting for the
+    device: the float32 bit patterns of non-negative numbers order as integers, so two histograms of 2^16
+    bins (high half, then the low half within the chosen high bin) find the k-th smallest."""
+    bits = values.float().reshape(-1).view(torch.int32)
+    rank = torch.tensor((bits.numel() - 1) // 2, device=bits.device)  # 0-based rank of the lower median
+    high, low = bits >> 16, bits & 0xFFFF
+
+    def select(keys, rank):  # (bin holding the rank-th smallest key, its rank within that bin); keys outside 0…65535 ignored
+        counts = torch.histc(keys.double(), bins=65536, min=0, max=65536).long()  # float64: exact counts
+        before = counts.cumsum(0)
+        chosen = torch.searchsorted(before, rank, right=True)
+        return chosen, rank - (before[chosen] - counts[chosen])
+
+    high_bin, rank = select(high, rank)
+    low_bin, _ = select(torch.where(high == high_bin, low, -1), rank)
+    return ((high_bin << 16) | low_bin).to(torch.int32).view(torch.float32)
 
 
 def signed_extremes(x: torch.Tensor) -> torch.Tensor:
@@ -141,25 +170,63 @@ def signed_extremes(x: torch.Tensor) -> torch.Tensor:
     return torch.where(high >= -low, high, low)
 
 
+def to_host(groups: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """The tensors of `groups` on the host, moved in one transfer per dtype kind (floating point as
+    float32, integers and booleans as int64) instead of one per tensor; shapes are known without the device."""
+    flat = [(g, name, tensor) for g, group in enumerate(groups) for name, tensor in group.items()]
+    moved = [{} for _ in groups]
+    for floating in (True, False):
+        part = [(g, name, tensor) for g, name, tensor in flat if tensor.is_floating_point() == floating]
+        if not part:
+            continue
+        kind = torch.float32 if floating else torch.int64
+        packed = torch.cat([tensor.reshape(-1).to(kind) for _, _, tensor in part]).cpu()
+        for (g, name, tensor), piece in zip(part, packed.split([tensor.numel() for _, _, tensor in part])):
+            moved[g][name] = piece.reshape(tensor.shape)
+    return moved
+
+
 def token_label(tokenizer, token_id: int) -> str:
     """The token decoded alone, with a newline shown as \\n (for tables and axis labels)."""
     return tokenizer.decode([int(token_id)]).replace("\n", "\\n")
 
 
+# what to do when activations overflow: run the model in a dtype with a wider range
+WIDER_DTYPE = {
+    torch.float16: "the model overflows float16 (65,504): set its dtype to bfloat16 (or float32) and run again",
+    torch.bfloat16: "set its dtype to float32 and run again",
+}
+
+
+class NonFiniteActivation(UserError):
+    """A captured activation is inf or NaN (the model overflowed its dtype); the text says where and what to do."""
+
+    @classmethod
+    def at(cls, model: str, site: str, layer: int, where: str, dtype: torch.dtype) -> NonFiniteActivation:
+        return cls(
+            f"models.{model}: {site} of layer {layer + 1} is not finite (inf or NaN) in {where} in "
+            f"{str(dtype).removeprefix('torch.')}; {WIDER_DTYPE.get(dtype, 'check the weights for NaN')}"
+        )
+
+
 class CorpusStatistics:
-    """Sink for `capture.hooks` that keeps per-window reductions of every site.
+    """Callback of `capture.hooks` that keeps per-window reductions of every site.
 
     Every site gets mean, max, top-k (found among the k tokens with the largest maxima,
     where the k largest entries must lie) and per-channel maxima, from cheap signed
     reductions. The residual-stream and down-projection sites (TOKEN_SITES) also get the
-    median, per-token maxima and outlier tokens, which need |x| in full.
+    median, per-token maxima and outlier tokens, which need |x| in full. Run each window
+    through `run_window`, inside `capture.hooks(model, sites, statistics)`.
     """
 
-    def __init__(self, tokenizer, windows: int, top_k: int = 8, learned_sink: bool = False):
-        self.tokenizer, self.windows, self.top_k = tokenizer, windows, top_k
+    def __init__(self, tokenizer, windows: int, top_k: int = 8, learned_sink: bool = False, model: str = "the model"):
+        self.tokenizer, self.windows, self.top_k, self.model = tokenizer, windows, top_k, model
         skipped = ("channel_max", "token_max", "channel_extremes") + (() if learned_sink else ("attention_sink",))
         self.rows = {name: [] for name in COLUMNS if name not in skipped}
         self.learned_sink = learned_sink
+        # where the outlier tokens are looked for: the tokens with the largest maxima, and at each the
+        # channels with the largest |x| (massive_channels); doubled for a window that has more
+        self.candidate_tokens, self.candidate_channels = 64, 16
         self.channel_max: dict[tuple[int, str], torch.Tensor] = {}
         # [windows, tokens] per (layer, site), allocated in the first window: small arrays kept
         # across windows would otherwise pin the C heap between large transient ones, and the
@@ -170,10 +237,20 @@ class CorpusStatistics:
         self.buffers: dict[tuple, torch.Tensor] = {}
         self.attn_residual: dict[int, torch.Tensor] = {}  # until the layer's output: what the layer adds after attention
 
+    def run_window(self, window: int, input_ids: torch.Tensor, forward) -> None:
+        """One window: `forward(input_ids)` runs the hooked model, then the reductions reach the host
+        (once) and become rows. A window with more outlier tokens (or massive channels at one)
+        than were looked at runs again with twice as many: the tables are exact either way."""
+        while True:
+            self.start_window(window, input_ids)
+            forward(input_ids)
+            if self.finish_window():
+                return
+
     # -- per window, inside the hooks ------------------------------------------------------
     def start_window(self, window: int, input_ids: torch.Tensor) -> None:
         self.window, self.input_ids = window, input_ids.flatten()
-        self.pending = []  # (layer, site, width, {name: reduction on the device})
+        self.pending = []  # (layer, site, {name: reduction on the device})
         self.received = {}  # layer -> [heads, keys] attention received
         self.first_key = {}  # layer -> [heads] Gu et al.'s α
         self.sink_received = {}  # layer -> [heads] attention the learned sink receives
@@ -192,6 +269,7 @@ class CorpusStatistics:
         routed = tensor if isinstance(tensor, ExpertInputs) else None
         x = routed.values.flatten(1) if routed else tensor.reshape(tensor.shape[0], -1)
         tokens, width = x.shape
+        self.dtype = x.dtype  # for the message when it overflows
         if site in TOKEN_SITES:
             magnitude = torch.abs(x, out=self._buffer(x))  # a reused buffer: allocating |x| costs more than the maths
             token_max, channel_max, mean = magnitude.amax(dim=1), magnitude.amax(dim=0), magnitude.mean(dtype=torch.float32)
@@ -204,40 +282,48 @@ class CorpusStatistics:
             token_max = torch.maximum(x.amax(dim=1), -x.amin(dim=1))
             channel_max = torch.maximum(x.amax(dim=0), -x.amin(dim=0))
             mean = torch.linalg.vector_norm(x, ord=1, dtype=torch.float32) / x.numel()
+        token_max = token_max.float()  # thresholds in float32: 1000 × mean overflows float16
         # the k largest entries lie among the k tokens with the largest maxima
         rows = token_max.topk(min(self.top_k, tokens)).indices
         top_values, top_flat = x[rows].abs().flatten().topk(min(self.top_k, rows.numel() * width))
         reduced = {
             "mean": mean,
             "max": token_max.max(),
-            "top_values": top_values,
+            "top_values": top_values.float(),
             "top_position": rows[top_flat // width],
             "top_channel": routed.channels(rows[top_flat // width], top_flat % width) if routed else top_flat % width,
         }
         if site in TOKEN_SITES:
             median = lower_median(magnitude)  # last: on the CPU it reorders the buffer in place
-            flagged = torch.nonzero(is_paper_outlier(token_max, mean) | is_massive(token_max, median))
-            flagged = flagged.flatten()
-            at_flagged = (x[flagged].abs() if not routed else x[flagged][:, :0]).float()  # inside experts the channels are routed slots
+            # the outlier tokens are those with the largest maxima: look among the first candidates, and
+            # count them all, so that finish_window knows whether the candidates held every one
+            outlier = is_paper_outlier(token_max, mean) | is_massive(token_max, median)
+            candidates = token_max.topk(min(self.candidate_tokens, tokens)).indices
+            at_candidates = x[candidates].abs().float()  # [candidates, width]
+            top_channels = at_candidates.topk(min(self.candidate_channels, width), dim=1)  # massive channels lie among these
             reduced.update(
                 median=median,
                 token_max=token_max,
-                flagged=flagged,
-                flagged_massive=is_massive(at_flagged, median.float()),
-                flagged_channel=routed.channels(flagged, x[flagged].abs().argmax(dim=1)) if routed else x[flagged].abs().argmax(dim=1),
+                outliers=outlier.sum(),
+                candidates=candidates,
+                candidate_outlier=outlier[candidates],
+                candidate_channel=routed.channels(candidates, top_channels.indices[:, 0]) if routed else top_channels.indices[:, 0],
+                # inside experts the channels are routed slots: no massive channels there
+                candidate_massive=top_channels.indices[:, :0] if routed else top_channels.indices,
+                candidate_massive_values=top_channels.values[:, :0] if routed else top_channels.values,
             )
         if site == "layer_output":
             reduced["kurtosis"] = field_metrics.kurtosis(x.float())
         if site == "attn_residual":  # a copy: the model may reuse the residual's memory
             self.attn_residual[layer] = x.clone()
         if site == "layer_output":  # signed extremes: an outlier's growth and its cancellation differ in sign
-            reduced["extreme.layer_output"] = signed_extremes(x)
+            reduced["extreme.layer_output"] = signed_extremes(x).float()
             before = self.attn_residual.pop(layer, None)
             if before is not None:
                 reduced["extreme.mlp_write"] = signed_extremes(x.float() - before.float())  # half precision would round it away
         key = (layer, site)
         if key in self.channel_max:  # in place: nothing long-lived is reallocated per window
-            torch.maximum(self.channel_max[key], channel_max, out=self.channel_max[key])
+            torch.maximum(self.channel_max[key], channel_max.float(), out=self.channel_max[key])
         else:
             self.channel_max[key] = channel_max.float()
         self.pending.append((layer, site, reduced))
@@ -249,17 +335,48 @@ class CorpusStatistics:
         return self.buffers[key]
 
     # -- per window, after the forward pass ------------------------------------------------
-    def finish_window(self) -> None:
-        """Move this window's reductions to the host and turn them into rows."""
+    def finish_window(self) -> bool:
+        """Move this window's reductions to the host at once and turn them into rows; False (and no
+        rows) when the window must run again with more candidates. Raises NonFiniteActivation at the
+        first site whose activations are not finite."""
+        attention = [("received", layer, value) for layer, value in self.received.items()]
+        attention += [("first_key", layer, value) for layer, value in self.first_key.items()]
+        attention += [("sink", layer, value) for layer, value in self.sink_received.items()]
+        reductions = [reduced for _, _, reduced in self.pending]
+        host = to_host([*reductions, {str(i): value for i, (_, _, value) in enumerate(attention)}])
+        reductions, attention_host = host[:-1], host[-1]
+        for (layer, site, _), reduced in zip(self.pending, reductions):
+            if not np.isfinite(reduced["max"].item()):
+                raise NonFiniteActivation.at(self.model, site, layer, f"window {self.window}", self.dtype)
+        if not self._candidates_held(reductions):
+            return False
         ids = self.input_ids.tolist()
-        for layer, site, reductions in self.pending:
-            self._site_rows(layer, site, {name: value.cpu() for name, value in reductions.items()}, ids)
-        self._attention_rows({layer: received.cpu() for layer, received in self.received.items()}, ids)
-        for name, per_layer in (("attention_first_key", self.first_key), ("attention_sink", self.sink_received)):
+        for (layer, site, _), reduced in zip(self.pending, reductions):
+            self._site_rows(layer, site, reduced, ids)
+        per_kind = {"received": {}, "first_key": {}, "sink": {}}
+        for i, (kind, layer, _) in enumerate(attention):
+            per_kind[kind][layer] = attention_host[str(i)]
+        self._attention_rows(per_kind["received"], ids)
+        for name, per_layer in (("attention_first_key", per_kind["first_key"]), ("attention_sink", per_kind["sink"])):
             for layer, per_head in sorted(per_layer.items()):
                 for head, value in enumerate(per_head.tolist()):
                     self.rows[name].append((self.window, layer, head, value))
         self.pending, self.received, self.first_key, self.sink_received = [], {}, {}, {}
+        return True
+
+    def _candidates_held(self, reductions) -> bool:
+        """Whether every outlier token was among the candidate tokens, and every massive channel at one
+        among its candidate channels; if not, doubles the candidates for the next try."""
+        held = True
+        for reduced in reductions:
+            if "outliers" not in reduced:
+                continue
+            if int(reduced["outliers"]) > len(reduced["candidates"]) and len(reduced["candidates"]) == self.candidate_tokens:
+                self.candidate_tokens, held = 2 * self.candidate_tokens, False
+            values = reduced["candidate_massive_values"]
+            if values.shape[1] == self.candidate_channels and bool(is_massive(values[:, -1], reduced["median"]).any()):
+                self.candidate_channels, held = 2 * self.candidate_channels, False
+        return held
 
     def label(self, token_id: int) -> str:
         if token_id not in self.labels:
@@ -278,16 +395,23 @@ class CorpusStatistics:
             key = (layer, name.removeprefix("extreme."))
             if key not in self.channel_extremes:
                 self.channel_extremes[key] = np.full((self.windows, len(reduced[name])), np.nan, dtype=np.float32)
-            self.channel_extremes[key][window] = reduced[name].float().numpy()
+            self.channel_extremes[key][window] = reduced[name].numpy()
         if site not in TOKEN_SITES:
             return
-        token_max = reduced["token_max"].float()
+        token_max = reduced["token_max"]
         if (layer, site) not in self.token_max:
             self.token_max[layer, site] = np.full((self.windows, len(token_max)), np.nan, dtype=np.float32)
         self.token_max[layer, site][window] = token_max.numpy()
-        massive = reduced["flagged_massive"]
-        for row, (position, channel) in enumerate(zip(reduced["flagged"].tolist(), reduced["flagged_channel"].tolist())):
+        # the outlier tokens in position order, each with the channels massive at it (among its candidates)
+        outliers = sorted(
+            (position, row)
+            for row, (position, flagged) in enumerate(zip(reduced["candidates"].tolist(), reduced["candidate_outlier"].tolist()))
+            if flagged
+        )
+        for position, row in outliers:
             text, value = self.label(ids[position]), token_max[position].item()
+            channels, values = reduced["candidate_massive"][row], reduced["candidate_massive_values"][row]
+            massive = sorted(channels[is_massive(values, reduced["median"])].tolist())
             self.rows["activation_outliers"].append(
                 (
                     window,
@@ -298,8 +422,8 @@ class CorpusStatistics:
                     text,
                     token_class(position, text),
                     value,
-                    channel,
-                    massive[row].nonzero().flatten().tolist(),
+                    int(reduced["candidate_channel"][row]),
+                    massive,
                     value / mean if mean else float("inf"),
                     value / median if median else float("inf"),
                     bool(is_paper_outlier(value, mean)),
