@@ -84,7 +84,7 @@ def test_half_precision_finds_what_float32_finds(float32_statistics, tmp_path, d
     assert set(planted.channel) == {OUTPUT_CHANNEL}
     keys = ["window", "layer", "rank", "position"]
     pd.testing.assert_frame_equal(got["attention_keys"].query("rank == 1")[keys], expected["attention_keys"].query("rank == 1")[keys])
-    assert got["attention_layers"].query("layer == @SINK_LAYER").outlier_keys.tolist() == [1, 1, 1]
+    assert got["attention_layers"].query(f"layer == {SINK_LAYER}").outlier_keys.tolist() == [1, 1, 1]
     # and the values agree to the dtype's precision
     tolerance = TOLERANCE[dtype]
     for name, column in (("activation_outliers", "max_abs"), ("sites", "max_abs"), ("sites", "mean_abs"), ("attention_keys", "cumulative")):

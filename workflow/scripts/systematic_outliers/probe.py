@@ -35,6 +35,7 @@ import weakref
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import align_module_device
 
 from . import kernels
 from .architectures import ARCHITECTURES, ATTENTION_SITES, HEAD_SITES, SITES, Architecture, Tap, UnsupportedModel
@@ -129,7 +130,7 @@ def run_probe(model, tokens: int = PROBE_TOKENS, output_attentions: bool = True)
     kernels.PROBES.append(attention_calls)
     try:  # the hooks come off whatever happens in the pass
         with torch.no_grad():
-            out = model(ids.to(model.device), use_cache=False, output_hidden_states=True, output_attentions=output_attentions)
+            out = model(ids.to(input_device(model)), use_cache=False, output_hidden_states=True, output_attentions=output_attentions)
     finally:
         kernels.PROBES.remove(attention_calls)
         for handle in handles:
@@ -140,6 +141,13 @@ def run_probe(model, tokens: int = PROBE_TOKENS, output_attentions: bool = True)
     return Probe(calls, attention_calls, out.hidden_states, getattr(out, "attentions", None), counts)
 
 
+def input_device(model) -> torch.device:
+    """Where the input ids go: the model's device, or with accelerate's hooks (weights on disk, where
+    the parameters are meta outside forward) the device the hooks compute on."""
+    hook = getattr(model, "_hf_hook", None)
+    return torch.device(hook.execution_device) if getattr(hook, "execution_device", None) is not None else model.device
+
+
 def _is_matrix(module) -> bool:
     weight = getattr(module, "weight", None)
     return isinstance(weight, torch.Tensor) and weight.dim() == 2 and not isinstance(module, torch.nn.Embedding)
@@ -147,15 +155,16 @@ def _is_matrix(module) -> bool:
 
 def _linear_identity(call: Call) -> bool | None:
     """Whether the call's output is input W^T + b (True), input W + b (GPT-2's Conv1D: False), or neither (None)."""
-    weight, bias = call.module.weight, getattr(call.module, "bias", None)
-    x = call.input.reshape(-1, call.input.shape[-1]).float()
-    for transposed in (False, True):
-        w = weight.T if transposed else weight
-        if w.shape[1] != x.shape[-1]:
-            continue
-        expected = x @ w.float().T + (bias.float() if isinstance(bias, torch.Tensor) else 0)
-        if _same(call.output.reshape(expected.shape), expected):
-            return not transposed
+    with align_module_device(call.module):  # weights left on disk (the fetch's probe) are read in for the check
+        weight, bias = call.module.weight, getattr(call.module, "bias", None)
+        x = call.input.reshape(-1, call.input.shape[-1]).float()
+        for transposed in (False, True):
+            w = weight.T if transposed else weight
+            if w.shape[1] != x.shape[-1]:
+                continue
+            expected = x @ w.float().T + (bias.float() if isinstance(bias, torch.Tensor) else 0)
+            if _same(call.output.reshape(expected.shape), expected):
+                return not transposed
     return None
 
 
@@ -375,7 +384,7 @@ def _experts_taps(experts: list[Call], rel: dict, absent: dict) -> dict[str, Tap
         return {}
     module, (args, kwargs) = interface.module, interface.arguments
     try:
-        with torch.no_grad():
+        with torch.no_grad(), align_module_device(module):
             same = _same(kernels.experts_forward(module, *args, **kwargs), type(module).forward.__wrapped__(module, *args, **kwargs))
         why = f"{rel[interface.name]}: kernels.experts_forward ≠ the model's own experts loop on the same routing"
     except (AttributeError, TypeError, RuntimeError, KeyError, IndexError, ValueError) as error:  # not following the interface
