@@ -128,11 +128,14 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
         train(other, schedule(steps=60), BigramBackcopy(length=32), tmp_path)
 
 
-def test_torchruns_output_lands_in_the_rule_log(tmp_path):
+def test_torchruns_output_lands_in_the_rule_log(tmp_path, monkeypatch):
     """A multi-GPU task runs under torchrun; what its processes print (here: that this machine has
-    no NCCL to start them with) goes to the rule's log, not past it."""
+    no NCCL to start them with) goes to the rule's log, not past it. Without the GPUs it asks for, it
+    stops before torchrun with one line in the log."""
     import runpy
     import types
+
+    from systematic_outliers import devices
 
     log = tmp_path / "train.log"
     task = {
@@ -158,9 +161,15 @@ def test_torchruns_output_lands_in_the_rule_log(tmp_path):
         params=types.SimpleNamespace(task=task),
         input=types.SimpleNamespace(data=[]),
         output=types.SimpleNamespace(model=str(tmp_path / "run" / "model.safetensors")),
-        wildcards=types.SimpleNamespace(variant="default", seed="0"),
+        wildcards=types.SimpleNamespace(task="multi", variant="default", seed="0"),
+        resources=types.SimpleNamespace(gpu=2),
     )
+    script = str(REPO / "workflow" / "scripts" / "train_variant.py")
+    with pytest.raises(SystemExit):
+        runpy.run_path(script, init_globals={"snakemake": job})
+    assert log.read_text().startswith("error: training.tasks.multi asks for 2 GPUs but torch sees none")
+    monkeypatch.setattr(devices, "device", lambda gpus, who: None)  # as if the cards were there
     with pytest.raises(subprocess.CalledProcessError):
-        runpy.run_path(str(REPO / "workflow" / "scripts" / "train_variant.py"), init_globals={"snakemake": job})
+        runpy.run_path(script, init_globals={"snakemake": job})
     text = log.read_text()
     assert "torch.distributed" in text and ("NCCL" in text or "nccl" in text), text[-2000:]

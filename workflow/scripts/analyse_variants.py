@@ -15,7 +15,9 @@ def main(snakemake):
         (variant, int(seed)): Path(model).parent
         for variant, seed, model in zip(snakemake.params.variants, snakemake.params.seeds, snakemake.input.models)
     }
-    variant_analysis.analyse(task, runs, data, prompt_ids, prompt_labels, Path(snakemake.output[0]))
+    variant_analysis.analyse(
+        task, runs, data, prompt_ids, prompt_labels, Path(snakemake.output[0]), gpus=getattr(snakemake.resources, "gpu", 0)
+    )
 
 
 run_rule(snakemake, main)

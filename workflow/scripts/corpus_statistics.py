@@ -7,7 +7,9 @@ from systematic_outliers.rules import run_rule
 
 
 def main(snakemake):
-    model, tokenizer = passes.load(snakemake.wildcards.model, snakemake.params.entry, Path(snakemake.input.model), attention=True)
+    model, tokenizer = passes.load(
+        snakemake.wildcards.model, snakemake.params.entry, Path(snakemake.input.model), attention=True, gpus=snakemake.resources.gpu
+    )
     manifest = passes.corpus_statistics(
         model,
         tokenizer,

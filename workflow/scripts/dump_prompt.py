@@ -9,7 +9,9 @@ from systematic_outliers.rules import run_rule
 
 
 def main(snakemake):
-    model, tokenizer = passes.load(snakemake.wildcards.model, snakemake.params.entry, Path(snakemake.input.model), attention=True)
+    model, tokenizer = passes.load(
+        snakemake.wildcards.model, snakemake.params.entry, Path(snakemake.input.model), attention=True, gpus=snakemake.resources.gpu
+    )
     prompt = snakemake.params.prompt
     manifest = json.loads((Path(snakemake.input.model) / "manifest.json").read_text())
     record = passes.dump_prompt(

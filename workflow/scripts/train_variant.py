@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import torch
-from systematic_outliers import tasks, training
+from systematic_outliers import devices, tasks, training
 from systematic_outliers.rules import run_rule
 
 
-def run(task: dict, variant: str, seed: int, data_dir, folder) -> None:
+def run(task: dict, variant: str, seed: int, data_dir, folder, gpus: int = 0) -> None:
     data, vocab_size, _, _ = tasks.load_task(task, data_dir)
-    rows = training.train(tasks.model_config(task, variant, vocab_size), training.schedule(task, seed), data, Path(folder))
+    rows = training.train(tasks.model_config(task, variant, vocab_size), training.schedule(task, seed), data, Path(folder), gpus=gpus)
     if rows:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()})
 
@@ -24,17 +24,19 @@ def main(snakemake):
     torch.set_num_threads(snakemake.threads)
     task, folder = snakemake.params.task, Path(snakemake.output.model).parent
     arguments = [json.dumps(task), snakemake.wildcards.variant, snakemake.wildcards.seed, snakemake.input.data or "", str(folder)]
-    if task.get("gpus", 0) > 1:
+    gpus = snakemake.resources.gpu
+    if gpus > 1:
+        devices.device(gpus, f"training.tasks.{snakemake.wildcards.task}")  # claims the cards the processes share, or stops
         # every process's output into the rule's log, where run_rule has pointed sys.stdout and sys.stderr
         sys.stdout.flush()
         subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={task['gpus']}", __file__, *arguments],
+            [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", __file__, *arguments],
             check=True,
             stdout=sys.stdout,
             stderr=sys.stderr,
         )
     else:
-        run(task, snakemake.wildcards.variant, int(snakemake.wildcards.seed), snakemake.input.data or None, folder)
+        run(task, snakemake.wildcards.variant, int(snakemake.wildcards.seed), snakemake.input.data or None, folder, gpus)
 
 
 if __name__ == "__main__" and "snakemake" not in globals():  # one torchrun process

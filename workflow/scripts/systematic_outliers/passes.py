@@ -38,11 +38,12 @@ def check_fits(name: str, model_dir: Path, target: torch.device, spread: bool = 
         )
 
 
-def load(name: str, entry: dict, model_dir: Path, attention: bool):
-    """Load the fetched model unmodified; the capturing eager attention only when `attention`."""
+def load(name: str, entry: dict, model_dir: Path, attention: bool, gpus: int = 0):
+    """Load the fetched model unmodified, on the `gpus` cards the job was granted (on the CPU with 0;
+    devices.device); the capturing eager attention only when `attention`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = device()
+    target = device(gpus, f"models.{name}")
     spread = entry.get("device_map") == "auto"
     check_fits(name, model_dir, target, spread)
     fetched = architectures.fetched(model_dir, name)

@@ -98,19 +98,20 @@ def _batch_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + rank)
 
 
-def _distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device): under torchrun one GPU per process with DDP, else one device."""
+def _distributed(gpus: int) -> tuple[int, int, torch.device]:
+    """(rank, world size, device): under torchrun one GPU per process with DDP, else the one device of
+    a job granted `gpus` cards (devices.device: the CPU with 0)."""
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, 1, device()
+        return 0, 1, device(gpus, "the training run")
     dist.init_process_group("nccl")
     local = int(os.environ["LOCAL_RANK"])
     torch.cuda.set_device(local)
     return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local)
 
 
-def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_after: int | None = None) -> list[dict]:
+def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_after: int | None = None, gpus: int = 0) -> list[dict]:
     """Train into `folder` (checkpoint.pt while running; model.safetensors, config.json and log.csv at the end).
 
     Resumes from folder/checkpoint.pt when present. `stop_after` ends the process's work after
@@ -121,7 +122,7 @@ def train(model_config: GPTConfig, schedule: Schedule, data, folder: Path, stop_
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint_path = folder / "checkpoint.pt"
-    rank, world, device = _distributed()
+    rank, world, device = _distributed(gpus)
     if schedule.gradient_accumulation % world:
         raise ValueError(f"gradient_accumulation {schedule.gradient_accumulation} is not a multiple of the {world} processes")
     torch.manual_seed(schedule.seed)

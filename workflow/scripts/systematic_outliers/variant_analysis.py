@@ -167,9 +167,12 @@ def compressed(model: GPT, method: str):
                 module.weight.copy_(weight)
 
 
-def analyse(task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: list[int], prompt_labels: list[str], target: Path) -> None:
-    """All analysis tables of one task into folder `target`; `runs` maps (variant, seed) to a run folder."""
-    device = devices.device()
+def analyse(
+    task: dict, runs: dict[tuple[str, int], Path], data, prompt_ids: list[int], prompt_labels: list[str], target: Path, gpus: int = 0
+) -> None:
+    """All analysis tables of one task into folder `target`; `runs` maps (variant, seed) to a run folder;
+    on the `gpus` cards the job was granted (devices.device)."""
+    device = devices.device(gpus, "the variant analysis")
     batches = validation_batches(data, schedule(task, 0), device)
     prompt = torch.tensor([prompt_ids], device=device)
     tables = {name: [] for name in COLUMNS}
