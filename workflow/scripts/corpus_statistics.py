@@ -7,8 +7,14 @@ from systematic_outliers.rules import run_rule
 
 
 def main(snakemake):
+    _, length = passes.windows_shape(snakemake.input.windows)
     model, tokenizer = passes.load(
-        snakemake.wildcards.model, snakemake.params.entry, Path(snakemake.input.model), attention=True, gpus=snakemake.resources.gpu
+        snakemake.wildcards.model,
+        snakemake.params.entry,
+        Path(snakemake.input.model),
+        attention=True,
+        gpus=snakemake.resources.gpu,
+        tokens=length,
     )
     manifest = passes.corpus_statistics(
         model,

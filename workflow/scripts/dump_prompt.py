@@ -10,7 +10,12 @@ from systematic_outliers.rules import run_rule
 
 def main(snakemake):
     model, tokenizer = passes.load(
-        snakemake.wildcards.model, snakemake.params.entry, Path(snakemake.input.model), attention=True, gpus=snakemake.resources.gpu
+        snakemake.wildcards.model,
+        snakemake.params.entry,
+        Path(snakemake.input.model),
+        attention=True,
+        gpus=snakemake.resources.gpu,
+        tokens=len(snakemake.params.prompt["text"]) + 1,  # a token per character at most, and a BOS
     )
     prompt = snakemake.params.prompt
     manifest = json.loads((Path(snakemake.input.model) / "manifest.json").read_text())

@@ -12,7 +12,16 @@ from systematic_outliers.rules import run_rule
 def main(snakemake):
     name = snakemake.wildcards.model
     evidence = Evidence.load(name, snakemake.input.stats, snakemake.input.weights)
-    model, _ = passes.load(name, snakemake.params.entry, Path(snakemake.input.model), attention=True, gpus=snakemake.resources.gpu)
+    count, length = passes.windows_shape(snakemake.input.windows)
+    model, _ = passes.load(
+        name,
+        snakemake.params.entry,
+        Path(snakemake.input.model),
+        attention=True,
+        gpus=snakemake.resources.gpu,
+        tokens=length,
+        cached_windows=count,
+    )
     input_ids = load_file(Path(snakemake.input.windows) / "input_ids.safetensors")["input_ids"]
     files = {part: getattr(snakemake.output, part) for part in ("losses", "scaling", "points", "record")}
     record = interventions.intervene(name, model, evidence, input_ids, snakemake.params.seeds, files)

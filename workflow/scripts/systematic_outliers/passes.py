@@ -10,10 +10,11 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from . import architectures, capture, choices
+from . import architectures, capture, choices, memory
 from .architectures import SITES, available_sites
 from .config import ConfigError, model_context
 from .definitions import TOP
@@ -24,40 +25,59 @@ from .statistics import COLUMNS, CorpusStatistics, NonFiniteActivation, token_la
 from .weights import column_ratios
 
 
-def check_fits(name: str, model_dir: Path, target: torch.device, spread: bool = False) -> None:
-    """Fail before loading when the weights alone exceed the free memory of the device (with
-    `spread`, of every GPU and the host together)."""
-    weights = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
-    free = free_memory(target)
-    if spread and target.type == "cuda":
-        free = sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())) + free_memory(torch.device("cpu"))
-    if weights > free:
+def check_fits(name: str, needed: memory.Plan, target: torch.device, spread: bool = False) -> dict:
+    """Refuse, before loading, a job whose planned memory exceeds what is free on its device; with
+    `spread` (device_map auto) over the job's visible cards, each keeping room for the non-weight part
+    (any card may run the largest layer). Returns the max_memory that keeps accelerate on those cards."""
+    cards = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if spread and target.type == "cuda" else [target]
+    free = {card: free_memory(card) for card in cards}
+    working = needed.total - needed.weights
+    room = {card: free[card] - working for card in cards}
+    where = f"{len(cards)} visible card{'s' if len(cards) > 1 else ''}" if spread and target.type == "cuda" else str(target)
+    if needed.total > sum(free.values()) or min(room.values()) < 0 or needed.weights > sum(room.values()):
         raise SourceError(
-            f"models.{name}: its weights need {weights / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free on {target}; "
-            f"use a device with more memory or a smaller models.{name}.dtype"
+            f"models.{name}: needs {needed} but {sum(free.values()) / memory.GIB:.2f} GiB is free on {where}; "
+            f"ask for more GPUs (models.{name}.gpus with device_map: auto), use a shorter window_length or a smaller models.{name}.dtype"
         )
+    return {card.index if card.type == "cuda" else "cpu": room[card] for card in cards}
 
 
-def load(name: str, entry: dict, model_dir: Path, attention: bool, gpus: int = 0):
+def load(name: str, entry: dict, model_dir: Path, attention: bool, gpus: int = 0, tokens: int = 0, cached_windows: int = 0):
     """Load the fetched model unmodified, on the `gpus` cards the job was granted (on the CPU with 0;
-    devices.device); the capturing eager attention only when `attention`."""
+    devices.device); the capturing eager attention only when `attention`. `tokens` (of one pass) and
+    `cached_windows` (layer outputs the interventions keep) are the work at hand, which the memory
+    plan counts before anything is loaded (memory.plan, check_fits)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = device(gpus, f"models.{name}")
     spread = entry.get("device_map") == "auto"
-    check_fits(name, model_dir, target, spread)
+    dtype = load_dtype(entry, model_dir)
+    needed = memory.plan(model_dir, str(dtype).removeprefix("torch."), tokens, cached_windows)
+    max_memory = check_fits(name, needed, target, spread)
+    print(f"models.{name}: planned {needed} on {target}")
     fetched = architectures.fetched(model_dir, name)
     # attention code of the model's own (MPT) shows its probabilities without help
     eager = capture.ATTENTION_CAPTURE if fetched.attention and not fetched.probs_from_output else "eager"
     capture.register_capture()
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,
-        dtype=load_dtype(entry, model_dir),
+        dtype=dtype,
         attn_implementation=eager if attention else "sdpa",
         **({"experts_implementation": capture.EXPERTS_CAPTURE} if fetched.reads_experts else {}),
         trust_remote_code=entry["trust_remote_code"],
-        **({"device_map": "auto"} if spread else {}),
+        **({"device_map": "auto", "max_memory": max_memory} if spread else {}),
     )
+    if spread:  # accelerate puts what does not fit the cards on the CPU or disk: never here
+        elsewhere = {
+            module or "the whole model": place for module, place in getattr(model, "hf_device_map", {}).items() if place not in max_memory
+        }
+        if elsewhere:
+            raise SourceError(
+                f"models.{name}: device_map auto would put {len(elsewhere)} module{'s' if len(elsewhere) > 1 else ''} "
+                f"({', '.join(list(elsewhere)[:3])}{', …' if len(elsewhere) > 3 else ''}) on {', '.join(sorted(set(map(str, elsewhere.values()))))}: "
+                f"it needs {needed}, and the weights may take {sum(max_memory.values()) / memory.GIB:.2f} GiB of {target}; "
+                f"ask for more GPUs (models.{name}.gpus) or a smaller models.{name}.dtype"
+            )
     # verified again on this device and dtype before anything is captured: the same sites, the same identities
     resolved = capture.architecture_of(model if spread else model.to(target))
     if resolved != fetched:
@@ -71,6 +91,13 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool, gpus: int = 0
         print(f"models.{name}: {site} not captured: {why}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=entry["trust_remote_code"])
     return (model if spread else model.to(target)).eval(), tokenizer
+
+
+def windows_shape(windows_dir: Path) -> tuple[int, int]:
+    """(windows, tokens per window) of a windows folder, from the file's header alone."""
+    with safe_open(Path(windows_dir) / "input_ids.safetensors", framework="pt") as handle:
+        count, length = handle.get_slice("input_ids").get_shape()
+    return count, length
 
 
 def dump_channels(down_weight, down_input, tokens: list[int]) -> list[int]:

@@ -1,0 +1,76 @@
+"""Memory planned before loading: the plan against a measured peak, a job too large for its device
+refused with the numbers, and device_map auto never spilling onto the CPU or disk."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+from planted import LABELS
+from systematic_outliers import memory, passes
+from systematic_outliers.models import SourceError
+
+ENTRY = {"dtype": "float32", "trust_remote_code": False}
+
+# One pass of T tokens through a tiny model whose memory is its attention (8 heads × T²), measured as the
+# growth of the process's peak resident memory over the pass (in a child process: a clean peak).
+MEASURE = """
+import json, resource, sys
+sys.path[:0] = ["tests", "workflow/scripts"]
+from pathlib import Path
+import torch, transformers
+from conftest import save_with_architecture, tiny_model
+from planted import LABELS
+from safetensors.torch import save_file
+from systematic_outliers import memory, passes
+tokens, dtype, folder = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+model = tiny_model("llama", max_position_embeddings=4096, hidden_size=64, num_attention_heads=8, num_key_value_heads=8)
+save_with_architecture(model, folder / "model")
+save_file({"input_ids": torch.randint(0, 96, (1, tokens))}, folder / "input_ids.safetensors")
+transformers.AutoTokenizer.from_pretrained = lambda *args, **kwargs: LABELS
+model, _ = passes.load("tiny", {"dtype": dtype, "trust_remote_code": False}, folder / "model", attention=True, tokens=tokens)
+with torch.no_grad():
+    model(torch.zeros(1, 8, dtype=torch.long))  # warm: kernels and the allocator's first pages
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+passes.corpus_statistics(model, LABELS, folder, folder / "stats")
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+plan = memory.plan(folder / "model", dtype, tokens)
+print(json.dumps({"measured": grown, "planned": plan.total - plan.weights}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_plan_is_within_a_factor_of_two_of_the_measured_peak(tmp_path, dtype):
+    done = subprocess.run([sys.executable, "-c", MEASURE, "2048", dtype, str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["measured"] > 100 * 2**20  # the pass did allocate its attention
+    assert 0.5 < result["planned"] / result["measured"] < 2, result
+
+
+def test_a_job_too_large_for_its_device_is_refused_with_the_numbers(tiny_model_dir, monkeypatch):
+    _, folder = tiny_model_dir("llama")
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *args, **kwargs: LABELS)
+    needed = memory.plan(folder, "float32", tokens=128, cached_windows=10)
+    assert needed.attention == 4 * 128 * 128 * 16 and needed.caches == 10 * memory.REPLAY_STARTS * 128 * 32 * 4
+    monkeypatch.setattr(passes, "free_memory", lambda device: needed.total - 1)
+    with pytest.raises(SourceError) as error:
+        passes.load("tiny", ENTRY, folder, attention=True, tokens=128, cached_windows=10)
+    assert str(error.value) == (
+        f"models.tiny: needs {needed} but {(needed.total - 1) / 2**30:.2f} GiB is free on cpu; "
+        "ask for more GPUs (models.tiny.gpus with device_map: auto), use a shorter window_length or a smaller models.tiny.dtype"
+    )
+    assert str(needed).startswith("0.00 GiB (weights 0.00, attention 0.00, logits 0.00, activations 0.00, replay caches 0.00 GiB)")
+    monkeypatch.setattr(passes, "free_memory", lambda device: needed.total)
+    passes.load("tiny", ENTRY, folder, attention=True, tokens=128, cached_windows=10)  # it fits exactly
+
+
+def test_device_map_auto_never_offloads(tiny_model_dir, monkeypatch):
+    """accelerate puts what does not fit max_memory on the disk: the load refuses instead."""
+    _, folder = tiny_model_dir("llama")
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *args, **kwargs: LABELS)
+    monkeypatch.setattr(passes, "check_fits", lambda *args: {"cpu": 20_000})  # room for the embeddings, not the layers
+    with pytest.raises(SourceError, match=r"^models.tiny: device_map auto would put \d+ modules? \(.+\) on disk: it needs .* GiB"):
+        passes.load("tiny", {**ENTRY, "device_map": "auto"}, folder, attention=True)
