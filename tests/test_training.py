@@ -121,6 +121,31 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(tm
     assert [int(r["step"]) for r in logged] == list(range(20, 801, 20))
 
 
+def test_the_papers_precision_and_accumulation_resume_to_the_uninterrupted_weights(tmp_path):
+    """config/paper.yaml trains in bfloat16 autocast with gradient accumulation: stopped after a
+    checkpoint (as a kill leaves it) and resumed, the run ends with the uninterrupted run's weights."""
+    paper_like = schedule(steps=40, decay_steps=40, precision="bfloat16", gradient_accumulation=3, checkpoint_interval=15, eval_interval=10)
+    data = BigramBackcopy(length=32)
+    train(TINY, paper_like, data, tmp_path / "killed", stop_after=22)
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["step"] == 15
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    resumed_rows = train(TINY, paper_like, data, tmp_path / "killed")
+    straight_rows = train(TINY, paper_like, data, tmp_path / "straight")
+    resumed, straight = load_trained(tmp_path / "killed"), load_trained(tmp_path / "straight")
+    for (name, a), (_, b) in zip(resumed.state_dict().items(), straight.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [row["val_loss"] for row in resumed_rows] == [row["val_loss"] for row in straight_rows]
+    # and bfloat16 did train: the loss fell, and the float32 run of the same schedule differs from it
+    assert straight_rows[-1]["val_loss"] < straight_rows[0]["val_loss"]
+    full = train(
+        TINY,
+        schedule(steps=40, decay_steps=40, gradient_accumulation=3, checkpoint_interval=15, eval_interval=10),
+        data,
+        tmp_path / "float32",
+    )
+    assert full[-1]["val_loss"] != straight_rows[-1]["val_loss"]
+
+
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     train(TINY, schedule(steps=60, checkpoint_interval=50), BigramBackcopy(length=32), tmp_path, stop_after=55)
     other = GPTConfig(**{**TINY.to_dict(), "attention": "default"})
