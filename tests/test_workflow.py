@@ -105,8 +105,47 @@ def test_the_slurm_profile_plans_the_paper_with_each_rules_gpus_memory_and_runti
     assert len(training) == 11 and all("gpu=8" in job and "runtime=2880" in job and "slurm_partition=gpu" in job for job in training)
     capture = [job for job in jobs if re.search(r"rule (corpus_statistics|dump_prompt|interventions):", job)]
     assert len(capture) == 3 * 12 and all("mem_mb=64000" in job for job in capture)
-    # GPUs follow the model entry: one card each, two for Mixtral spread with device_map auto
+    # GPUs follow the model entry: one card each, two for Mixtral spread with device_map auto; on one node
     assert all(("gpu=2" if "mixtral" in job else "gpu=1") in job for job in capture)
+    assert all("nodes=1" in job and "gpu_model" not in job for job in capture + training)
+    profile = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    assert [line.strip() for line in profile.splitlines() if "gpu_model:" in line] == ['# gpu_model: "h100"']
+
+
+LOCAL_RULES = """
+import sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+with SnakemakeApi(OutputSettings()) as api:
+    config = dict(arg.split("=") for arg in sys.argv[2:])
+    parsed = api.workflow(
+        resource_settings=ResourceSettings(),
+        config_settings=ConfigSettings(config={key: value == "True" for key, value in config.items()}),
+        snakefile=Path(sys.argv[1]),
+    )
+    workflow = parsed._workflow  # the parsed workflow: which rules run where Snakemake runs
+    print(" ".join(sorted(workflow._localrules)))
+"""
+
+
+def test_downloads_run_where_snakemake_runs_when_the_cluster_profile_says_so(tmp_path):
+    """profiles/slurm sets fetch_locally (compute nodes often have no internet); without it the
+    fetch rules are cluster jobs like the rest (profiles/slurm-cpu, the real SLURM test)."""
+    profile = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    assert "config:\n  - fetch_locally=True\n" in profile
+    local = {}
+    for setting in ("fetch_locally=True", "fetch_locally=False"):
+        done = subprocess.run(
+            [sys.executable, "-c", LOCAL_RULES, str(REPO / "Snakefile"), setting],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        local[setting] = set(done.stdout.split())
+    assert local["fetch_locally=True"] - local["fetch_locally=False"] == {"fetch_model", "fetch_corpus"}
 
 
 def test_the_cpu_slurm_profile_asks_for_no_gpu_and_polls_squeue(tmp_path):
@@ -122,13 +161,17 @@ def test_the_cpu_slurm_profile_asks_for_no_gpu_and_polls_squeue(tmp_path):
 def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tmp_path):
     """Falcon and MPT return their attention probabilities from code of their own: no logits, no
     query, key and value for Falcon, and no gate. The architecture.json that fetch_model resolves is
-    written here from the hand table's record."""
+    written here from the hand table's record, beside each checkpoint's own config.json keys (MPT's
+    context in max_seq_len, none in Falcon's, which config/paper.yaml gives)."""
+    from paper_families import tiny_config
     from systematic_outliers.architectures import ARCHITECTURES
 
     for model, model_type in (("falcon-7b", "falcon"), ("mpt-7b", "mpt"), ("llama2-7b", "llama")):
         folder = tmp_path / "resources" / "models" / model
         folder.mkdir(parents=True)
-        (folder / "config.json").write_text(json.dumps({"model_type": model_type, "max_position_embeddings": 4096}))
+        (folder / "config.json").write_text(
+            json.dumps({**tiny_config(model), "max_seq_len": 2048} if model_type == "mpt" else tiny_config(model))
+        )
         ARCHITECTURES[model_type].to_json(folder / "architecture.json")
     done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "paper.yaml"))
     assert done.returncode == 0, done.stderr

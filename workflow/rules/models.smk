@@ -15,3 +15,11 @@ checkpoint fetch_model:
         entry=lambda wildcards: model_settings(wildcards.model, "fetch_model"),
     script:
         "../scripts/fetch_model.py"
+
+
+# clusters whose compute nodes have no internet download where Snakemake runs (profiles/slurm)
+if CONFIG["fetch_locally"]:
+
+    localrules:
+        fetch_model,
+        fetch_corpus,

@@ -93,6 +93,7 @@ def validate_config(config: dict) -> dict:
     _fill_defaults(config["prompts"], schema["properties"]["prompts"]["additionalProperties"])
     _fill_defaults({"statistics": config.setdefault("statistics", {})}, schema["properties"]["statistics"])
     _fill_defaults({"interventions": config.setdefault("interventions", {})}, schema["properties"]["interventions"])
+    config.setdefault("fetch_locally", schema["properties"]["fetch_locally"]["default"])
 
     for name, model in config["models"].items():
         _check_model_source(f"models.{name}", model)
