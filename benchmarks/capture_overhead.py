@@ -1,7 +1,8 @@
 """Cost of the corpus-statistics pass against a plain forward pass and the peers' method.
 
     .venv/bin/python benchmarks/capture_overhead.py            # after `make figures` fetched the model
-    .venv/bin/python benchmarks/capture_overhead.py --windows 8 --rounds 3 --out benchmarks/results/capture_overhead_cpu.json
+    .venv/bin/python benchmarks/capture_overhead.py --count 8 --rounds 3 --out benchmarks/results/capture_overhead_cpu.json
+    .venv/bin/python benchmarks/capture_overhead.py --count 4 --waits --out benchmarks/results/device_waits_smollm2.json
 
 Three passes over the same windows of the default model, all with the same (eager,
 capturing) attention implementation, interleaved window by window over several rounds;
@@ -11,6 +12,9 @@ the median total of each is reported:
 - peers: each captured tensor copied to the CPU as float64 and reduced there by sorting,
   as the official code and massive-activations do.
 Each pass is measured for the sites the figures read and for every site.
+
+With --waits it counts instead, per window of the statistics pass at every site, the calls that
+make the host wait for the device (benchmarks/syncs.py): inside the hooks, and host transfers.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from syncs import DeviceWaits  # noqa: E402
 from systematic_outliers import capture, passes  # noqa: E402
 from systematic_outliers.statistics import CorpusStatistics  # noqa: E402
 
@@ -62,6 +68,27 @@ def peers_window(model, tokenizer, window, ids, sites):
         magnitude.amax(dim=0), magnitude.amax(dim=1)
 
 
+def count_waits(model, tokenizer, windows, sites) -> dict:
+    """The plain pass and the statistics pass over `windows`, counting what would make the host wait
+    for a GPU: the model's own code waits too (its masks), so the hooks' share is the difference."""
+    counted = {}
+    for name in ("plain", "statistics"):
+        statistics, waits = CorpusStatistics(tokenizer, windows=len(windows)), DeviceWaits()
+
+        def forward(ids, waits=waits):
+            with waits.forward_pass():
+                model(ids[None].to(model.device), use_cache=False)
+
+        with capture.hooks(model, sites if name == "statistics" else (), statistics), torch.no_grad(), waits:
+            for window, ids in enumerate(windows):
+                if name == "plain":
+                    forward(ids)
+                else:
+                    statistics.run_window(window, ids, forward)
+        counted[name] = waits.per_window(len(windows))
+    return counted
+
+
 def timed(function, *args) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -79,12 +106,20 @@ def main():
     parser.add_argument("--count", type=int, default=8, help="windows per pass")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--waits", action="store_true", help="count the calls that wait for the device instead of timing")
     args = parser.parse_args()
 
     entry = {"dtype": "float32", "trust_remote_code": False}
-    model, tokenizer = passes.load("benchmark", entry, Path(args.model), attention=True)
     windows = load_file(Path(args.windows) / "input_ids.safetensors")["input_ids"][: args.count]
+    model, tokenizer = passes.load("benchmark", entry, Path(args.model), attention=True, tokens=windows.shape[1])
     every_site = passes.statistics_sites(model)
+    if args.waits:
+        result = {"model": args.model, "windows": len(windows), "window_length": int(windows.shape[1]), "sites": list(every_site)}
+        result["per_window"] = count_waits(model, tokenizer, windows, every_site)
+        print(json.dumps(result, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return
     plain_window(model, tokenizer, 0, windows[0], ())  # warm-up
 
     # (name, function, sites, rounds): the peers' method is slow, so it runs once
