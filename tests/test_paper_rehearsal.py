@@ -79,7 +79,7 @@ def test_every_paper_family_runs_the_llm_stage_in_half_precision(rehearsal):
         claims = (rehearsal / "results" / "claims" / f"{name}.md").read_text()
         assert "holds" in claims, name
         log = (rehearsal / "results" / "logs" / "corpus_statistics" / name / "words.log").read_text()
-        assert log.startswith("device: cpu (models.") and f"planned" in log, log[:300]
+        assert log.startswith("device: cpu (models.") and "planned" in log, log[:300]
     table1 = pd.read_csv(rehearsal / "results" / "tables" / "table1_alignment.csv")
     assert set(REHEARSED) <= set(table1.iloc[:, 0]) or set(REHEARSED) <= set(table1.get("model", []))
     summary = (rehearsal / "results" / "claims" / "summary.md").read_text()
