@@ -171,7 +171,14 @@ def signed_extremes(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_host(groups: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-    """The tensors of `groups` on the host, moved in one transfer per dtype kind (floating point as
+    """The tensors of `groups` on the host: as they are when they already are (the CPU), else `packed`."""
+    if all(tensor.device.type == "cpu" for group in groups for tensor in group.values()):
+        return groups
+    return packed(groups)
+
+
+def packed(groups: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """The tensors of `groups` moved to the host in one transfer per dtype kind (floating point as
     float32, integers and booleans as int64) instead of one per tensor; shapes are known without the device."""
     flat = [(g, name, tensor) for g, group in enumerate(groups) for name, tensor in group.items()]
     moved = [{} for _ in groups]
@@ -180,8 +187,8 @@ def to_host(groups: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tenso
         if not part:
             continue
         kind = torch.float32 if floating else torch.int64
-        packed = torch.cat([tensor.reshape(-1).to(kind) for _, _, tensor in part]).cpu()
-        for (g, name, tensor), piece in zip(part, packed.split([tensor.numel() for _, _, tensor in part])):
+        together = torch.cat([tensor.reshape(-1).to(kind) for _, _, tensor in part]).cpu()
+        for (g, name, tensor), piece in zip(part, together.split([tensor.numel() for _, _, tensor in part])):
             moved[g][name] = piece.reshape(tensor.shape)
     return moved
 
