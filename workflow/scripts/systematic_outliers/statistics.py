@@ -233,7 +233,7 @@ class CorpusStatistics:
         self.learned_sink = learned_sink
         # where the outlier tokens are looked for: the tokens with the largest maxima, and at each the
         # channels with the largest |x| (massive_channels); doubled for a window that has more
-        self.candidate_tokens, self.candidate_channels = 64, 16
+        self.candidate_tokens, self.candidate_channels = 16, 8
         self.channel_max: dict[tuple[int, str], torch.Tensor] = {}
         # [windows, tokens] per (layer, site), allocated in the first window: small arrays kept
         # across windows would otherwise pin the C heap between large transient ones, and the
@@ -290,9 +290,12 @@ class CorpusStatistics:
             channel_max = torch.maximum(x.amax(dim=0), -x.amin(dim=0))
             mean = torch.linalg.vector_norm(x, ord=1, dtype=torch.float32) / x.numel()
         token_max = token_max.float()  # thresholds in float32: 1000 × mean overflows float16
-        # the k largest entries lie among the k tokens with the largest maxima
-        rows = token_max.topk(min(self.top_k, tokens)).indices
-        top_values, top_flat = x[rows].abs().flatten().topk(min(self.top_k, rows.numel() * width))
+        # the k largest entries lie among the k tokens with the largest maxima; the outlier tokens
+        # (TOKEN_SITES) among the candidate_tokens largest: one ranking and one gather for both
+        ranked = token_max.topk(min(max(self.top_k, self.candidate_tokens if site in TOKEN_SITES else 0), tokens)).indices
+        at_ranked = x[ranked].abs()  # [ranked, width]
+        rows = ranked[: self.top_k]
+        top_values, top_flat = at_ranked[: self.top_k].flatten().topk(min(self.top_k, rows.numel() * width))
         reduced = {
             "mean": mean,
             "max": token_max.max(),
@@ -305,8 +308,8 @@ class CorpusStatistics:
             # the outlier tokens are those with the largest maxima: look among the first candidates, and
             # count them all, so that finish_window knows whether the candidates held every one
             outlier = is_paper_outlier(token_max, mean) | is_massive(token_max, median)
-            candidates = token_max.topk(min(self.candidate_tokens, tokens)).indices
-            at_candidates = x[candidates].abs().float()  # [candidates, width]
+            candidates = ranked[: self.candidate_tokens]
+            at_candidates = at_ranked[: self.candidate_tokens].float()  # [candidates, width]
             top_channels = at_candidates.topk(min(self.candidate_channels, width), dim=1)  # massive channels lie among these
             reduced.update(
                 median=median,
