@@ -40,9 +40,14 @@ class Plan:
 
     def __str__(self) -> str:
         parts = [
-            f"{f.name.replace('caches', 'replay caches')} {getattr(self, f.name) / GIB:.2f}" for f in fields(self) if getattr(self, f.name)
+            f"{f.name.replace('caches', 'replay caches')} {readable(getattr(self, f.name))}" for f in fields(self) if getattr(self, f.name)
         ]
-        return f"{self.total / GIB:.2f} GiB ({', '.join(parts)} GiB)"
+        return f"{readable(self.total)} ({', '.join(parts)})"
+
+
+def readable(size: int) -> str:
+    """Bytes as GiB from 1 GiB on, else as MiB."""
+    return f"{size / GIB:.2f} GiB" if size >= GIB else f"{size / 2**20:.1f} MiB"
 
 
 def _size(model_config: dict, *keys: str) -> int:

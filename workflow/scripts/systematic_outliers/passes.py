@@ -36,7 +36,7 @@ def check_fits(name: str, needed: memory.Plan, target: torch.device, spread: boo
     where = f"{len(cards)} visible card{'s' if len(cards) > 1 else ''}" if spread and target.type == "cuda" else str(target)
     if needed.total > sum(free.values()) or min(room.values()) < 0 or needed.weights > sum(room.values()):
         raise SourceError(
-            f"models.{name}: needs {needed} but {sum(free.values()) / memory.GIB:.2f} GiB is free on {where}; "
+            f"models.{name}: needs {needed} but {memory.readable(sum(free.values()))} is free on {where}; "
             f"ask for more GPUs (models.{name}.gpus with device_map: auto), use a shorter window_length or a smaller models.{name}.dtype"
         )
     return {card.index if card.type == "cuda" else "cpu": room[card] for card in cards}
@@ -75,7 +75,7 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool, gpus: int = 0
             raise SourceError(
                 f"models.{name}: device_map auto would put {len(elsewhere)} module{'s' if len(elsewhere) > 1 else ''} "
                 f"({', '.join(list(elsewhere)[:3])}{', …' if len(elsewhere) > 3 else ''}) on {', '.join(sorted(set(map(str, elsewhere.values()))))}: "
-                f"it needs {needed}, and the weights may take {sum(max_memory.values()) / memory.GIB:.2f} GiB of {target}; "
+                f"it needs {needed}, and the weights may take {memory.readable(sum(max_memory.values()))} of {target}; "
                 f"ask for more GPUs (models.{name}.gpus) or a smaller models.{name}.dtype"
             )
     # verified again on this device and dtype before anything is captured: the same sites, the same identities
