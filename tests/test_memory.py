@@ -54,7 +54,7 @@ def test_a_job_too_large_for_its_device_is_refused_with_the_numbers(tiny_model_d
     _, folder = tiny_model_dir("llama")
     monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *args, **kwargs: LABELS)
     needed = memory.plan(folder, "float32", tokens=128, cached_windows=10)
-    assert needed.attention == 4 * 128 * 128 * 16 and needed.caches == 10 * memory.REPLAY_STARTS * 128 * 32 * 4
+    assert needed.attention == 4 * 128 * 128 * 12 and needed.caches == 10 * memory.REPLAY_STARTS * 128 * 32 * 4
     monkeypatch.setattr(passes, "free_memory", lambda device: needed.total - 1)
     with pytest.raises(SourceError) as error:
         passes.load("tiny", ENTRY, folder, attention=True, tokens=128, cached_windows=10)
@@ -63,7 +63,7 @@ def test_a_job_too_large_for_its_device_is_refused_with_the_numbers(tiny_model_d
         "ask for more GPUs (models.tiny.gpus with device_map: auto), use a shorter window_length or a smaller models.tiny.dtype"
     )
     assert str(needed) == (
-        f"{needed.total / 2**20:.1f} MiB (weights {needed.weights / 2**20:.1f} MiB, attention 1.0 MiB, logits {needed.logits / 2**20:.1f} MiB, "
+        f"{needed.total / 2**20:.1f} MiB (weights {needed.weights / 2**20:.1f} MiB, attention 0.8 MiB, logits {needed.logits / 2**20:.1f} MiB, "
         f"activations {needed.activations / 2**20:.1f} MiB, replay caches 0.5 MiB)"
     )
     assert memory.readable(3 * 2**30) == "3.00 GiB"

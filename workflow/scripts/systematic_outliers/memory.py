@@ -4,8 +4,9 @@ instead of failing an hour in (or, with device_map auto, spilling layers to the 
 
 Per job, in bytes (dtype: the model's; T: tokens of one pass):
 - weights: the safetensors files as fetched;
-- eager attention, at its peak in one layer: heads × T² scores, three times in the model's dtype
-  (the scores, scaled and masked, then the probabilities) and once in float32 (the softmax);
+- eager attention, at its peak in one layer: heads × T² scores twice in the model's dtype (the
+  scores, then masked), once in float32 (the softmax) and, in half precision, once more as the
+  probabilities cast back;
 - the logits and their float32 copy for the loss: T × vocabulary × (dtype + 2 × 4);
 - activations of one layer: the MLP's intermediate T × d_ff (three tensors: gate, up, product) and the
   statistics' float32 copies of the residual stream (T × d_model, four);
@@ -73,7 +74,7 @@ def plan(model_dir: Path, dtype: str, tokens: int, cached_windows: int = 0) -> P
         inner = int(model_config.get("expansion_ratio", 4) * width)
     return Plan(
         weights=sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")),
-        attention=heads * tokens * tokens * (3 * size + 4),
+        attention=heads * tokens * tokens * (2 * size + 4 + (size if size < 4 else 0)),
         logits=tokens * vocabulary * (size + 8),
         activations=tokens * (3 * inner * size + 4 * width * 4),
         caches=cached_windows * REPLAY_STARTS * tokens * width * size,
