@@ -14,9 +14,9 @@ from systematic_outliers.models import SourceError
 ENTRY = {"dtype": "float32", "trust_remote_code": False}
 
 # One pass of T tokens through a tiny model whose memory is its attention (8 heads × T²), measured as the
-# growth of the process's peak resident memory over the pass (in a child process: a clean peak).
+# growth of the process's peak resident memory over the pass (VmHWM, reset before it; in a child process).
 MEASURE = """
-import json, resource, sys
+import json, sys
 sys.path[:0] = ["tests", "workflow/scripts"]
 from pathlib import Path
 import torch, transformers
@@ -30,11 +30,14 @@ save_with_architecture(model, folder / "model")
 save_file({"input_ids": torch.randint(0, 96, (1, tokens))}, folder / "input_ids.safetensors")
 transformers.AutoTokenizer.from_pretrained = lambda *args, **kwargs: LABELS
 model, _ = passes.load("tiny", {"dtype": dtype, "trust_remote_code": False}, folder / "model", attention=True, tokens=tokens)
+def kib(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
 with torch.no_grad():
     model(torch.zeros(1, 8, dtype=torch.long))  # warm: kernels and the allocator's first pages
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+open("/proc/self/clear_refs", "w").write("5")  # the peak from here on: loading may have peaked higher
+before = kib("VmRSS")
 passes.corpus_statistics(model, LABELS, folder, folder / "stats")
-grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+grown = (kib("VmHWM") - before) * 1024
 plan = memory.plan(folder / "model", dtype, tokens)
 print(json.dumps({"measured": grown, "planned": plan.total - plan.weights}))
 """
