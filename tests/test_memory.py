@@ -83,3 +83,20 @@ def test_device_map_auto_never_offloads(tiny_model_dir, monkeypatch):
         SourceError, match=r"^models.tiny: device_map auto would put \d+ modules? \(.+\) on disk: it needs [\d.]+ MiB \(weights"
     ):
         passes.load("tiny", {**ENTRY, "device_map": "auto"}, folder, attention=True)
+
+
+def test_a_model_spread_over_cards_keeps_room_for_its_working_set_on_each(tiny_model_dir, monkeypatch):
+    """device_map auto over two (faked) cards: each keeps the non-weight part free, the weights get the
+    rest; a card too small for the working set refuses the job even when the sum would do."""
+    import torch
+
+    _, folder = tiny_model_dir("llama")
+    needed = memory.plan(folder, "float32", tokens=128)
+    working = needed.total - needed.weights
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    free = {0: working + needed.weights // 2 + 1, 1: working + needed.weights // 2 + 1}
+    monkeypatch.setattr(passes, "free_memory", lambda card: free[card.index])
+    assert passes.check_fits("tiny", needed, torch.device("cuda", 0), spread=True) == {0: free[0] - working, 1: free[1] - working}
+    free[1] = working - 1  # the second card cannot hold a layer's attention
+    with pytest.raises(SourceError, match=r"^models.tiny: needs .* is free on 2 visible cards; ask for more GPUs"):
+        passes.check_fits("tiny", needed, torch.device("cuda", 0), spread=True)

@@ -127,3 +127,29 @@ def test_smollm2_wheel_converts_to_a_model_with_the_gguf_logits(smollm2_dir, tmp
     assert ids.shape[1] == 9
     with torch.no_grad():
         assert torch.equal(reference(ids).logits, converted(ids).logits)
+
+
+def test_a_hub_download_leaves_one_copy(tiny_model_dir, tmp_path, monkeypatch):
+    """The snapshot lands in a scratch folder beside the target and is deleted once converted: no copy
+    in the hub cache, none beside resources/models/."""
+    import shutil
+
+    import huggingface_hub
+
+    _, folder = tiny_model_dir("llama")
+    info = types.SimpleNamespace(gated=False, sha="2" * 40, siblings=[types.SimpleNamespace(rfilename="model.safetensors")])
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, *a, **k: info)
+    landed = []
+
+    def snapshot_download(repo_id, local_dir, **kwargs):
+        landed.append(local_dir)
+        shutil.copytree(folder, local_dir)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    models_dir = tmp_path / "resources" / "models"
+    manifest = fetch_model("tiny", entry("hf:org/tiny"), models_dir / "tiny")
+    assert manifest["revision"] == "2" * 40
+    assert landed and landed[0].parent.parent == models_dir  # beside the target, on its file system
+    assert sorted(p.name for p in models_dir.iterdir()) == ["tiny"] and not (tmp_path / "hf-home").exists()
