@@ -30,7 +30,9 @@ def tables(folder):
         torch.cat([torch.zeros(10_000), torch.rand(99) * 1e4]),  # a bin holding most values
         torch.rand(4096, 7).mul(60_000).half().abs(),
         torch.randn(333, 5).bfloat16().abs(),
+        torch.cat([torch.zeros(2**24 + 5), torch.rand(2**24 + 100) + 1]),  # one bin over float32's exact counts, over chunks
     ],
+    ids=["uniform", "even", "zeros", "ties", "one-bin", "float16", "bfloat16", "beyond-2^24"],
 )
 def test_radix_median_is_the_lower_median(values):
     expected = values.float().median()

@@ -148,19 +148,24 @@ def lower_median(values: torch.Tensor) -> torch.Tensor:
 def radix_median(values: torch.Tensor) -> torch.Tensor:
     """The lower median of non-negative `values` (|x|), exact, without sorting and without waiting for the
     device: the float32 bit patterns of non-negative numbers order as integers, so two histograms of 2^16
-    bins (high half, then the low half within the chosen high bin) find the k-th smallest."""
-    bits = values.float().reshape(-1).view(torch.int32)
-    rank = torch.tensor((bits.numel() - 1) // 2, device=bits.device)  # 0-based rank of the lower median
-    high, low = bits >> 16, bits & 0xFFFF
+    bins (the high halves, then the low halves within the chosen high bin) find the k-th smallest. The
+    histograms run over chunks of 2^24 values: float32 counts stay exact, and temporaries stay small."""
+    flat = values.reshape(-1)
+    rank = torch.tensor((flat.numel() - 1) // 2, device=flat.device)  # 0-based rank of the lower median
 
-    def select(keys, rank):  # (bin holding the rank-th smallest key, its rank within that bin); keys outside 0…65535 ignored
-        counts = torch.histc(keys.double(), bins=65536, min=0, max=65536).long()  # float64: exact counts
+    def histogram(key_of):  # counts of key_of(bits) over 0…65535; keys outside (-1) are not counted
+        counts = torch.zeros(65536, dtype=torch.long, device=flat.device)
+        for chunk in flat.split(2**24):
+            counts += torch.histc(key_of(chunk.float().view(torch.int32)).float(), bins=65536, min=0, max=65536).long()
+        return counts
+
+    def select(counts, rank):  # (the bin holding the rank-th smallest key, its rank within that bin)
         before = counts.cumsum(0)
         chosen = torch.searchsorted(before, rank, right=True)
         return chosen, rank - (before[chosen] - counts[chosen])
 
-    high_bin, rank = select(high, rank)
-    low_bin, _ = select(torch.where(high == high_bin, low, -1), rank)
+    high_bin, rank = select(histogram(lambda bits: bits >> 16), rank)
+    low_bin, _ = select(histogram(lambda bits: torch.where(bits >> 16 == high_bin, bits & 0xFFFF, -1)), rank)
     return ((high_bin << 16) | low_bin).to(torch.int32).view(torch.float32)
 
 
