@@ -17,6 +17,7 @@ def machine(tmp_path, monkeypatch):
     monkeypatch.setattr(devices, "LOCKS", tmp_path / "locks")
     monkeypatch.setattr(devices, "physical_gpus", lambda: 4)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     yield
     for handle in devices._HELD:
         handle.close()
@@ -30,6 +31,7 @@ def test_no_gpu_asked_runs_on_the_cpu_and_says_so(capsys):
 
 def test_a_job_asking_for_a_gpu_that_is_not_there_stops_with_one_line(tiny_model_dir, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     _, folder = tiny_model_dir("llama")
     with pytest.raises(DeviceError) as error:
         passes.load("tiny", {"dtype": "float32", "trust_remote_code": False}, folder, attention=True, gpus=1)
@@ -37,28 +39,44 @@ def test_a_job_asking_for_a_gpu_that_is_not_there_stops_with_one_line(tiny_model
         f"models.tiny asks for 1 GPU but torch sees none (torch {torch.__version__}, CUDA {torch.version.cuda or 'not in this build'}, "
         "CUDA_VISIBLE_DEVICES=unset); run it where the GPUs are, with a CUDA build of torch, or set its gpus to 0 to run on the CPU"
     )
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # a SLURM allocation: its cards are used as given, none claimed
+    monkeypatch.setenv("SLURM_JOB_ID", "17")  # a SLURM allocation: its cards are used as given, none claimed
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     monkeypatch.setattr(devices, "claim", lambda *args: pytest.fail("claimed cards inside an allocation"))
     with pytest.raises(DeviceError, match=r"^training.tasks.paper asks for 2 GPUs but torch sees none .*CUDA_VISIBLE_DEVICES=2,3\)"):
         devices.device(2, "training.tasks.paper")
 
 
 def test_concurrent_jobs_claim_disjoint_cards(machine, monkeypatch):
-    assert devices.claim(2, "models.a") == [0, 1]
-    assert devices.claim(1, "models.b") == [2]
-    assert devices.claim(1, "models.c") == [3]
     import os
 
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    def job(gpus, who):  # each job is a process of its own, started with the shell's environment
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        return devices.claim(gpus, who)
+
+    assert job(2, "models.a") == ["0", "1"]
+    assert job(1, "models.b") == ["2"]
+    assert job(1, "models.c") == ["3"] and os.environ["CUDA_VISIBLE_DEVICES"] == "3"
     # a fourth job waits until a card is free again: the first job ends, and its cards come back
     first = devices._HELD[:2]
     monkeypatch.setattr(devices.time, "sleep", lambda seconds: [handle.close() for handle in first])
-    assert devices.claim(2, "models.d") == [0, 1]
+    assert job(2, "models.d") == ["0", "1"]
+
+
+def test_a_workstation_that_shows_some_cards_claims_among_those(machine, monkeypatch):
+    """CUDA_VISIBLE_DEVICES set in the shell (not by SLURM) limits the cards; jobs still share none."""
+    import os
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    assert devices.claim(1, "models.a") == ["1"] and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")  # the next job's shell
+    assert devices.claim(1, "models.b") == ["3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no card at all: device() says what torch sees
+    assert devices.claim(1, "models.c") == []
 
 
 def test_a_claim_holds_across_processes(machine, tmp_path):
     """Another process (another Snakemake job) gets the cards this one does not hold."""
-    assert devices.claim(3, "models.a") == [0, 1, 2]
+    assert devices.claim(3, "models.a") == ["0", "1", "2"]
     script = (
         "import sys; sys.path.insert(0, 'workflow/scripts'); from pathlib import Path; from systematic_outliers import devices; "
         f"devices.LOCKS = Path({str(tmp_path / 'locks')!r}); devices.physical_gpus = lambda: 4; "

@@ -3,10 +3,11 @@
 A job asks for `gpus` cards (a model's `models.<m>.gpus`, a training task's `gpus`: Snakemake's `gpu`
 resource, which it only counts). `device(gpus)` then
 - with 0, runs on the CPU, whatever the machine has;
-- under SLURM (or wherever CUDA_VISIBLE_DEVICES is already set), uses the visible cards as given;
-- on a workstation, claims `gpus` cards no other job of this workflow holds (a lock file per card,
-  held until the process ends) and makes only those visible, before CUDA starts: concurrent jobs
-  get disjoint cards instead of all sharing card 0;
+- under SLURM, uses the allocation's cards (CUDA_VISIBLE_DEVICES) as given: they are this job's alone;
+- elsewhere, claims `gpus` cards no other job of this workflow holds, among the visible ones (all of
+  the machine's, or those CUDA_VISIBLE_DEVICES lists), with a lock file per card held until the
+  process ends, and makes only those visible, before CUDA starts: concurrent jobs get disjoint
+  cards instead of all sharing card 0;
 - stops with one line (`DeviceError`) when the cards are not there: what torch sees, its CUDA
   build, and CUDA_VISIBLE_DEVICES.
 It prints the device, the CUDA build and the visible cards first, so every rule's log starts with them.
@@ -41,7 +42,7 @@ def device(gpus: int = 0, who: str = "this job") -> torch.device:
     if gpus == 0:
         print(f"device: cpu ({who} asks for no GPU); torch {torch.__version__}, {torch.get_num_threads()} threads")
         return torch.device("cpu")
-    if "CUDA_VISIBLE_DEVICES" not in os.environ:
+    if "SLURM_JOB_ID" not in os.environ:
         claim(gpus, who)
     if not torch.cuda.is_available() or torch.cuda.device_count() < gpus:
         raise DeviceError(
@@ -65,17 +66,20 @@ def physical_gpus() -> int:
     return int(done.stdout.strip() or 0)
 
 
-def claim(gpus: int, who: str, wait: float = 5.0) -> list[int]:
-    """Lock `gpus` free cards of this machine for this process and make only them visible; waits while
-    other jobs hold them (Snakemake's gpu resource keeps that short). Returns the cards' indices."""
-    count = physical_gpus()
+def claim(gpus: int, who: str, wait: float = 5.0) -> list[str]:
+    """Lock `gpus` free cards among the visible ones for this process and make only them visible; waits
+    while other jobs hold them (Snakemake's gpu resource keeps that short). Returns the cards as
+    CUDA_VISIBLE_DEVICES names them (indices of the machine, or the ids it listed)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    cards = [card.strip() for card in visible.split(",") if card.strip()] if visible is not None else list(map(str, range(physical_gpus())))
+    count = len(cards)
     if count < gpus:
         return []  # device() says what torch sees
     LOCKS.mkdir(parents=True, exist_ok=True)
     announced = False
     while True:
         claimed = []
-        for card in range(count):
+        for card in cards:
             handle = open(LOCKS / f"gpu{card}.lock", "a")  # noqa: SIM115  (held open: the lock lives as long as the file)
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -85,10 +89,10 @@ def claim(gpus: int, who: str, wait: float = 5.0) -> list[int]:
             claimed.append((card, handle))
             if len(claimed) == gpus:
                 _HELD.extend(handle for _, handle in claimed)
-                cards = [card for card, _ in claimed]
-                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, cards))
-                print(f"{who}: claimed card{'s' if gpus > 1 else ''} {', '.join(map(str, cards))} of {count} ({LOCKS})")
-                return cards
+                mine = [card for card, _ in claimed]
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+                print(f"{who}: claimed card{'s' if gpus > 1 else ''} {', '.join(mine)} of {count} ({LOCKS})")
+                return mine
         for _, handle in claimed:
             handle.close()  # closing releases the lock
         if not announced:
