@@ -1,7 +1,7 @@
 """Forward passes that capture: full prompt dumps and streaming corpus statistics.
 
-Both run on CUDA when present, else on the CPU, in the dtype of the model's config
-entry, and record device and dtype in what they write.
+Both run on the device the job was granted (`load`: devices.device, after the memory plan), in
+the dtype of the model's config entry, and record device and dtype in what they write.
 """
 
 from __future__ import annotations
