@@ -1,4 +1,6 @@
 # The paper's Section 5: GPT-2 with each attention variant, trained per task and seed, then analysed.
+# The runs take most of a default run's time, so they yield to any ready LLM job (priority -1):
+# the LLM figures, Table 1 and the claims come first while the training goes on beside them.
 
 
 rule prepare_training_text:
@@ -35,6 +37,7 @@ rule train_variant:
         "results/logs/train_variant/{task}/{variant}/seed{seed}.log",
     benchmark:
         "results/benchmarks/train_variant/{task}/{variant}/seed{seed}.tsv"
+    priority: -1
     conda:
         "../../envs/training.yaml"
     threads: 1
@@ -57,6 +60,7 @@ rule analyse_variants:
         "results/logs/analyse_variants/{task}.log",
     benchmark:
         "results/benchmarks/analyse_variants/{task}.tsv"
+    priority: -1
     conda:
         "../../envs/training.yaml"
     threads: 1
