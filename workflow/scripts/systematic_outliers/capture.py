@@ -2,18 +2,18 @@
 
 Every architecture maps the same site names onto its own modules in one small table
 entry (`architectures.ARCHITECTURES`). A hook hands each captured tensor, as [tokens, channels] (or
-[tokens, heads, head_dim] for query/key/value), to a callback `sink(site, layer, tensor)`
+[tokens, heads, head_dim] for query/key/value), to a callback `callback(site, layer, tensor)`
 and returns None, so the model's outputs are untouched.
 
 Attention probabilities and logits need the attention weights, which only the eager
 path materializes. `register_capture()` registers an attention function that runs the
 model's own eager code and shows its probabilities (and, on request, the logits) to the
-sink; it is used only by the rules that need attention.
+callback; it is used only by the rules that need attention.
 
 Mixture-of-experts MLPs run their experts through transformers' experts interface
 (`transformers.integrations.moe`). `EXPERTS_CAPTURE` is an experts function that runs the
 experts loop of the model's eager code and shows the down projection's input of every expert, for
-the tokens routed to it, to the sink as `ExpertInputs`.
+the tokens routed to it, to the callback as `ExpertInputs`.
 
 Interventions use the same two mechanisms: `replace_layer_output` is a forward hook that returns
 a replacement tensor, and `attention_edits` lets the registered attention function remove keys
@@ -107,8 +107,8 @@ def _shape(tensor: torch.Tensor, tap: Tap, site: str, dim: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def hooks(model, sites, sink):
-    """Call `sink(site, layer, tensor)` for each requested site during forward passes.
+def hooks(model, sites, callback):
+    """Call `callback(site, layer, tensor)` for each requested site during forward passes.
 
     Attention sites need the model loaded with `attn_implementation=ATTENTION_CAPTURE`.
     The hooks are removed on exit, also after an error.
@@ -130,12 +130,12 @@ def hooks(model, sites, sink):
             if tap.side == "experts":  # inside the experts function, per routed token
                 if model.config._experts_implementation != EXPERTS_CAPTURE:
                     raise UnsupportedModel(f"{site} of experts needs the model loaded with experts_implementation={EXPERTS_CAPTURE!r}")
-                kernels.EXPERTS_SINKS[id(module)] = (layer_index, sink)
-                handles.append(kernels.Forget(kernels.EXPERTS_SINKS, id(module)))
+                kernels.EXPERTS_CALLBACKS[id(module)] = (layer_index, callback)
+                handles.append(kernels.Forget(kernels.EXPERTS_CALLBACKS, id(module)))
                 continue
 
             def emit(tensor, site=site, tap=tap, layer_index=layer_index):
-                sink(site, layer_index, _shape(tensor.detach(), tap, site, dim))
+                callback(site, layer_index, _shape(tensor.detach(), tap, site, dim))
 
             if tap.side == "input":  # the first input, whether passed by position or by name
 
@@ -149,15 +149,15 @@ def hooks(model, sites, sink):
         if wanted and architecture.probs_from_output:
 
             def emit_probs(module, args, output, layer_index=layer_index):
-                sink("attn_probs", layer_index, output[1][0].detach())  # returns None: the output stays as it is
+                callback("attn_probs", layer_index, output[1][0].detach())  # returns None: the output stays as it is
 
             handles.append(layer.get_submodule(architecture.attention).register_forward_hook(emit_probs))
         elif wanted:
             if model.config._attn_implementation != ATTENTION_CAPTURE:
                 raise UnsupportedModel(f"attention sites need the model loaded with attn_implementation={ATTENTION_CAPTURE!r}")
             attention = layer.get_submodule(architecture.attention)
-            kernels.ATTENTION_SINKS[id(attention)] = (layer_index, wanted, sink)
-            handles.append(kernels.Forget(kernels.ATTENTION_SINKS, id(attention)))
+            kernels.ATTENTION_CALLBACKS[id(attention)] = (layer_index, wanted, callback)
+            handles.append(kernels.Forget(kernels.ATTENTION_CALLBACKS, id(attention)))
     try:
         yield
     finally:

@@ -1,6 +1,6 @@
 """The attention and experts functions that capture registers with transformers: each runs the
 model's own eager code and shows what the hooks cannot see (the attention probabilities, each
-expert's down-projection input) to the sinks registered here, and lets interventions remove keys.
+expert's down-projection input) to the callbacks `capture.hooks` registers here, and lets interventions remove keys.
 
 Below capture.py and probe.py, which both use it; imports nothing of the package but the
 architectures' UnsupportedModel.
@@ -40,13 +40,13 @@ def _without_keys(mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 # Attention: a registered attention function that runs the model's own eager code.
 
 ATTENTION_CAPTURE = "eager_capture"
-ATTENTION_SINKS: dict[int, tuple[int, tuple[str, ...], callable]] = {}
+ATTENTION_CALLBACKS: dict[int, tuple[int, tuple[str, ...], callable]] = {}  # (layer, sites, callback) per module
 ATTENTION_EDITS: dict[int, tuple[int, callable, callable]] = {}  # (layer, remove_keys, observe) per module
 PROBES: list[dict] = []  # probe.run_probe: what the attention function saw, per module
 
 
 class Forget:
-    """A handle that takes a module's entry out of a registry of sinks."""
+    """A handle that takes a module's entry out of a registry of callbacks."""
 
     def __init__(self, registry: dict, key: int):
         self.registry, self.key = registry, key
@@ -78,9 +78,9 @@ def _eager_capture(module, query, key, value, attention_mask, **kwargs):
             "probs": probs.detach(),
             "learned_sink": kwargs.get("s_aux") is not None,  # gpt-oss: a per-head sink logit in the softmax, then dropped
         }
-    registered = ATTENTION_SINKS.get(id(module))
+    registered = ATTENTION_CALLBACKS.get(id(module))
     if registered is not None:
-        layer_index, wanted, sink = registered
+        layer_index, wanted, callback = registered
         if "attn_logits" in wanted:
             # the scores eager softmaxes: scaled QK^T (soft-capped where the model does) plus the mask
             scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
@@ -90,9 +90,9 @@ def _eager_capture(module, query, key, value, attention_mask, **kwargs):
                 logits = torch.tanh(logits / kwargs["softcap"]) * kwargs["softcap"]
             if attention_mask is not None:
                 logits = logits + attention_mask[:, :, :, : keys.shape[-2]]
-            sink("attn_logits", layer_index, logits[0].detach())
+            callback("attn_logits", layer_index, logits[0].detach())
         if "attn_probs" in wanted:
-            sink("attn_probs", layer_index, probs[0].detach())
+            callback("attn_probs", layer_index, probs[0].detach())
     return output, probs
 
 
@@ -113,7 +113,7 @@ def register_capture() -> None:
 # Mixture-of-experts: an experts function that shows each expert's down-projection input.
 
 EXPERTS_CAPTURE = "experts_capture"
-EXPERTS_SINKS: dict[int, tuple[int, callable]] = {}
+EXPERTS_CALLBACKS: dict[int, tuple[int, callable]] = {}  # (layer, callback) per experts module
 
 
 @dataclass
@@ -159,7 +159,7 @@ def _expert_linear(module, name: str, expert: int, x: torch.Tensor) -> torch.Ten
 def experts_forward(module, *args, **kwargs) -> torch.Tensor:
     """The experts loop of transformers' eager code, from the attributes the experts interface
     gives every experts module (gate, bias, layout, post-expert norm), showing each expert's
-    down-projection input to a registered sink. `probe.resolve` checks it against the model's own.
+    down-projection input to the callback registered for it. `probe.resolve` checks it against the model's own.
 
     The arguments are the model's own experts forward's: hidden states [tokens, d_model], the
     routed experts [tokens, top_k] and their weights [tokens, top_k], whatever their names."""
@@ -168,7 +168,7 @@ def experts_forward(module, *args, **kwargs) -> torch.Tensor:
     hidden_states, top_k_index, top_k_weights = (bound[name] for name in names)
     if module._is_expert_parallel:
         raise UnsupportedModel(f"{type(module).__name__}: expert-parallel experts are not captured; load the model on one device")
-    registered = EXPERTS_SINKS.get(id(module))
+    registered = EXPERTS_CALLBACKS.get(id(module))
     out = torch.zeros_like(hidden_states)
     inputs = None
     for expert in top_k_index.unique().tolist():
@@ -184,6 +184,6 @@ def experts_forward(module, *args, **kwargs) -> torch.Tensor:
             y = module.post_expert_norm(y)
         out.index_add_(0, token, (y * top_k_weights[token, slot, None]).to(out.dtype))
     if registered is not None and inputs is not None:
-        layer_index, sink = registered
-        sink("down_proj_input", layer_index, ExpertInputs(inputs, top_k_index, module.num_experts))
+        layer_index, callback = registered
+        callback("down_proj_input", layer_index, ExpertInputs(inputs, top_k_index, module.num_experts))
     return out
