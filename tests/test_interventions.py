@@ -310,11 +310,11 @@ def verdicts_of(m):
 @pytest.mark.parametrize(
     "changes, expected",
     [
-        ({}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
+        ({}, {"needed": HOLDS, "value": HOLDS, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
         # a rise beyond the controls but short of far: partly; the mean takes back 60 %: partly
         (
             {"zeroed": 2.2, "mean": 2.08, "removed": 2.1, "value_ratio": 0.8},
-            {"needed": PARTLY, "value": PARTLY, "sink_no_op": PARTLY, "scaling_factor": HOLDS, "small_values": PARTLY},
+            {"needed": PARTLY, "value": PARTLY, "sink_needed": PARTLY, "scaling_factor": HOLDS, "small_values": PARTLY},
         ),
         # within the controls' spread (0.002): does not hold, and nothing for the mean to restore
         (
@@ -322,7 +322,7 @@ def verdicts_of(m):
             {
                 "needed": DOES_NOT_HOLD,
                 "value": NOT_MEASURED,
-                "sink_no_op": DOES_NOT_HOLD,
+                "sink_needed": DOES_NOT_HOLD,
                 "scaling_factor": DOES_NOT_HOLD,
                 "small_values": DOES_NOT_HOLD,
             },
@@ -330,41 +330,41 @@ def verdicts_of(m):
         # the mean does not restore; one layer of three negative and none positive: partly
         (
             {"mean": 3.9, "correlations": [-0.8, -0.015, -0.02]},
-            {"needed": HOLDS, "value": DOES_NOT_HOLD, "sink_no_op": HOLDS, "scaling_factor": PARTLY, "small_values": HOLDS},
+            {"needed": HOLDS, "value": DOES_NOT_HOLD, "sink_needed": HOLDS, "scaling_factor": PARTLY, "small_values": HOLDS},
         ),
         # no activation outlier: whatever zeroing the largest entry does, the outliers are not needed
         (
             {"found": False},
-            {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+            {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
         ),
         # zeroed once the outlier is written again; held at zero it breaks the model, and its mean restores it
         (
             {"zeroed": 2.0015, "held": 5.0, "held_mean": 2.1},
-            {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+            {"needed": HOLDS, "value": HOLDS, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
         ),
         # … its mean held restores only half of it: partly, whatever the once ablation's mean did
         (
             {"zeroed": 2.0015, "mean": 9.0, "held": 4.0, "held_mean": 3.0},
-            {"needed": HOLDS, "value": PARTLY, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+            {"needed": HOLDS, "value": PARTLY, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
         ),
         # once hurts a little, held breaks it: the stronger verdict, from the held ablation
         (
             {"zeroed": 2.2, "mean": 2.2, "held": 6.0, "held_mean": 2.0},
-            {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+            {"needed": HOLDS, "value": HOLDS, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
         ),
         # both within their controls
         (
             {"zeroed": 2.0015, "held": 2.0015},
-            {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+            {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
         ),
         # zeroing overflowed the logits (a float16 model): read as an infinite loss, the model broke
-        ({"zeroed": float("nan")}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
+        ({"zeroed": float("nan")}, {"needed": HOLDS, "value": HOLDS, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
         # one window gives no interval over windows
-        ({"windows": 1}, {"needed": HOLDS, "value": HOLDS, "sink_no_op": HOLDS, "scaling_factor": NOT_MEASURED, "small_values": HOLDS}),
+        ({"windows": 1}, {"needed": HOLDS, "value": HOLDS, "sink_needed": HOLDS, "scaling_factor": NOT_MEASURED, "small_values": HOLDS}),
         # an architecture whose attention cannot be edited
         (
             {"sink": False},
-            {"needed": HOLDS, "value": HOLDS, "sink_no_op": NOT_MEASURED, "scaling_factor": NOT_MEASURED, "small_values": NOT_MEASURED},
+            {"needed": HOLDS, "value": HOLDS, "sink_needed": NOT_MEASURED, "scaling_factor": NOT_MEASURED, "small_values": NOT_MEASURED},
         ),
     ],
 )
@@ -438,7 +438,7 @@ def test_an_architecture_whose_attention_cannot_be_edited_gets_the_activation_ab
     )
     m = verdicts.measure(architecture, folder["stats_dir"], folder["weights_path"], folder["prompt_path"], folder["interventions_path"])
     found = {claim.key: finding for claim, finding in verdicts.judge(m)}
-    assert found["sink_no_op"].verdict == NOT_MEASURED and found["sink_no_op"].measured == f"no sink ablation: {reason}"
+    assert found["sink_needed"].verdict == NOT_MEASURED and found["sink_needed"].measured == f"no sink ablation: {reason}"
     assert found["scaling_factor"].verdict == NOT_MEASURED and found["needed"].verdict == DOES_NOT_HOLD
     from conftest import caption_of, run_notebook
 

@@ -35,7 +35,7 @@ def test_the_planted_model_holds_where_it_was_planted(planted_capture):
         # a random model around the planted outlier does not lean on it: zeroing it moves the loss by 0.001 nats
         "needed": DOES_NOT_HOLD,
         "value": NOT_MEASURED,
-        "sink_no_op": DOES_NOT_HOLD,
+        "sink_needed": DOES_NOT_HOLD,
         "scaling_factor": DOES_NOT_HOLD,  # every query puts all its attention on the planted sink: no correlation defined
         "small_values": PARTLY,  # its value norm is 0.6 × the median key's
     }
@@ -63,7 +63,7 @@ def test_the_random_model_has_no_outlier_and_every_existence_claim_fails(random_
         "cancellation": NOT_MEASURED,
         "needed": DOES_NOT_HOLD,
         "value": NOT_MEASURED,
-        "sink_no_op": DOES_NOT_HOLD,
+        "sink_needed": DOES_NOT_HOLD,
         "scaling_factor": DOES_NOT_HOLD,
         "small_values": DOES_NOT_HOLD,
     }

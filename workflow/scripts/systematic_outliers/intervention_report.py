@@ -199,7 +199,7 @@ def judge_value(m) -> Finding:
     )
 
 
-def judge_sink_no_op(m) -> Finding:
+def judge_sink_needed(m) -> Finding:
     r = m.interventions
     if (missing := _not_run(r)) is not None:
         return missing
@@ -311,14 +311,14 @@ INTERVENTION_CLAIMS = [
         judge_value,
     ),
     Claim(
-        "sink_no_op",
+        "sink_needed",
         "The attention sink is needed: heads park attention there",
         f"from the first attention-outlier layer on, every head's attention on the window's outlier keys removed and renormalised; "
         f"holds: the loss rises by ≥ {FAR_RISE:g} nats and ≥ {FAR_FACTOR:g}× the largest rise of removing as many random keys; "
         f"partly: by ≥ {SOME_RISE:g} nats and beyond the controls' seed spread; does not hold otherwise or without attention "
         "outliers; not measured when the architecture's attention cannot be edited",
         "no number (the paper's reading, Section 4)",
-        judge_sink_no_op,
+        judge_sink_needed,
     ),
     Claim(
         "scaling_factor",
