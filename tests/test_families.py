@@ -1,18 +1,20 @@
 """Sites resolved from the model itself: the hand table as a checked record, post-norm and
 sandwich-norm blocks, hybrids, identities that fail, unchanged statistics, and every family of
-transformers' causal-LM mapping as ARCHITECTURES.md lists it."""
+transformers' causal-LM mapping as tests/families.json lists it, and docs/architectures.md as the
+page those rows make."""
 
+import difflib
 import json
 
 import pytest
 import torch
-from conftest import REPO, tiny_model
+from conftest import tiny_model
 from planted import LABELS, capturing, planted_model, planted_windows
 from systematic_outliers import capture, passes, probe
 from systematic_outliers.architectures import ARCHITECTURES, Architecture, available_sites
-from tiny_families import complete, softmax_attention, tiny_family
+from tiny_families import FAMILIES_JSON, TABLE, complete, not_decoder_only, softmax_attention, tiny_family, write_table
 
-FAMILIES = json.loads((REPO / "tests" / "families.json").read_text())
+FAMILIES = json.loads(FAMILIES_JSON.read_text(encoding="utf-8"))
 CAPTURED = [row for row in FAMILIES if row["status"] == "captured"]
 
 
@@ -96,10 +98,26 @@ def test_statistics_from_the_resolved_sites_are_byte_identical_to_the_tables(tmp
         assert (tmp_path / "resolved" / name).read_bytes() == (tmp_path / "table" / name).read_bytes(), name
 
 
-def test_the_coverage_table_is_generated_from_the_families_it_lists():
-    table = (REPO / "ARCHITECTURES.md").read_text()
-    for row in FAMILIES:
-        assert f"| {row['model_type']} |" in table
+def test_the_committed_page_is_the_table_of_the_listed_families():
+    """docs/architectures.md, byte for byte, as tiny_families.write_table makes it from tests/families.json
+    (and the installed transformers' causal-LM mapping); no model is built."""
+    generated = write_table(FAMILIES, not_decoder_only())
+    committed = TABLE.read_bytes()
+    if committed != generated.encode("utf-8"):
+        diff = difflib.unified_diff(
+            committed.decode("utf-8", "replace").splitlines(keepends=True),
+            generated.splitlines(keepends=True),
+            "docs/architectures.md (committed)",
+            "docs/architectures.md (from tests/families.json)",
+        )
+        pytest.fail(
+            "docs/architectures.md is stale: run `python tests/tiny_families.py` (surveys every family anew and writes "
+            "both files; `--page` only rewrites the page from tests/families.json) and commit the result\n" + "".join(list(diff)[:40]),
+            pytrace=False,
+        )
+
+
+def test_nine_in_ten_softmax_attention_families_that_build_tiny_are_captured_completely():
     built = [row for row in FAMILIES if row["status"] != "does not build tiny" and softmax_attention(row["model_type"])]
     assert len([row for row in CAPTURED if complete(row)]) >= 0.9 * len(built)
 
