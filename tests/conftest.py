@@ -128,7 +128,7 @@ def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> d
 
 @pytest.fixture(scope="session")
 def planted_capture(tmp_path_factory):
-    """The planted tiny Llama (test_capture.planted_model): a massive activation, a weight outlier and a sink at known places."""
+    """The planted tiny Llama (planted.planted_model): a massive activation, a weight outlier and a sink at known places."""
     from planted import MASSIVE_TOKEN, planted_model, planted_windows
 
     folder = tmp_path_factory.mktemp("planted")
@@ -137,7 +137,7 @@ def planted_capture(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gradual_capture(tmp_path_factory):
-    """The gradually built outlier (test_capture.gradual_model): written by the MLPs of four layers, needed by a no-op head."""
+    """The gradually built outlier (planted.gradual_model): written by the MLPs of four layers, needed by a no-op head."""
     from planted import MASSIVE_TOKEN, gradual_model, gradual_windows
 
     folder = tmp_path_factory.mktemp("gradual")

@@ -7,7 +7,7 @@ import re
 import subprocess
 
 import pytest
-from test_workflow import SNAKEMAKE, TINY_TASK, path_model, small_corpus
+from snakemake_runs import SNAKEMAKE, TINY_TASK, path_model, small_corpus
 
 MODELS = ("smollm2", "random-llama", "random-falcon", "tiny-gpt-oss", "tiny-jamba")
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from conftest import REPO
-from test_envs import PACKAGE, SCRIPTS, imported, module_path
+from import_walk import PACKAGE, SCRIPTS, imported, module_path
 
 # What the figure notebooks and the claims and table rules import (figures.yaml has no torch).
 JUDGING_AND_DRAWING = (

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, tiny_model
-from test_workflow import TINY_TASK, path_model, small_corpus
+from snakemake_runs import TINY_TASK, path_model, small_corpus
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 PARTITION = "cpu"
