@@ -29,6 +29,12 @@ CARRYING_DIMS = 2  # head dims starred in Fig 8
 BUILT_SHARE = 0.5  # an outlier channel is built once its mean |h| reaches this share of its peak
 
 
+def in_most_windows(count, windows: int):
+    """Whether `count` of `windows` windows are "most windows": at least MOST_WINDOWS of them. The one
+    rule behind every "in most windows"; element-wise on numpy arrays and pandas Series."""
+    return count >= MOST_WINDOWS * windows
+
+
 @dataclass(frozen=True)
 class Choice:
     """A data-derived choice: the value a figure shows, why, and whether the data has what is sought.
@@ -90,7 +96,7 @@ def peak_layer(curves: pd.DataFrame) -> Choice:
 
 def _first_layer_in_most_windows(rows: pd.DataFrame, windows: int, what: str) -> Choice:
     hits = rows.groupby("layer").window.nunique()
-    layers = hits[hits >= MOST_WINDOWS * windows].index
+    layers = hits[in_most_windows(hits, windows)].index
     if len(layers) == 0:
         return Choice(None, f"no layer has {what} in {MOST_WINDOWS:.0%} of the {windows} windows", False)
     layer = int(layers.min())
@@ -115,7 +121,7 @@ def emergence_layer(outliers: pd.DataFrame, windows: int, curves: pd.DataFrame, 
 def last_outlier_layer(outliers: pd.DataFrame, windows: int) -> int | None:
     """The last layer where most windows have an activation-outlier token in the layer outputs."""
     hits = outlier_token_rows(outliers).groupby("layer").window.nunique()
-    layers = hits[hits >= MOST_WINDOWS * windows].index
+    layers = hits[in_most_windows(hits, windows)].index
     return int(layers.max()) if len(layers) else None
 
 
@@ -169,7 +175,7 @@ class ChannelLife:
     def in_most(self) -> bool:
         """Massive in most windows of some layer; otherwise only its corpus maximum is massive, and its
         layers are those where it is massive in any window."""
-        return self.windows[0] >= MOST_WINDOWS * self.windows[1]
+        return bool(in_most_windows(*self.windows))
 
     @property
     def gradual(self) -> bool:
@@ -237,7 +243,7 @@ def channel_lives(evidence) -> list[ChannelLife]:
     medians = medians.reindex(index=range(windows), columns=range(values.shape[1])).to_numpy()
     magnitude = np.abs(values)
     massive_windows = is_massive(magnitude, medians[:, :, None]).sum(axis=0)  # [layers, channels]
-    most = massive_windows >= MOST_WINDOWS * windows
+    most = in_most_windows(massive_windows, windows)
     by_corpus = {c for cs in residual_outlier_channels(evidence.channel_max, evidence.sites, "layer_output").values() for c in cs}
     mean_magnitude = np.nanmean(magnitude, axis=0)  # [layers, channels]
     mean_signed = np.nanmean(values, axis=0)
@@ -365,7 +371,7 @@ def next_layer(layer: int, attention_layers: list[int]) -> Choice:
 def attention_outlier_layers(attention_layers: pd.DataFrame, windows: int) -> list[int]:
     """Every layer where most windows have outlier keys."""
     hits = attention_layers[attention_layers.outlier_keys > 0].groupby("layer").window.nunique()
-    return sorted(int(layer) for layer in hits[hits >= MOST_WINDOWS * windows].index)
+    return sorted(int(layer) for layer in hits[in_most_windows(hits, windows)].index)
 
 
 def spread_head(heads: pd.DataFrame, after: int, override: tuple[int, int] | None = None) -> Choice:

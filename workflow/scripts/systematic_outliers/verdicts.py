@@ -163,9 +163,8 @@ def judge_learned_sink(m: Measured) -> Finding:
             NOT_MEASURED,
             "no learned sink",
         )
-    most = MOST_WINDOWS * m.evidence.windows
-    sink_layers = set(curves.index[curves.sink_windows >= most])
-    key_layers = set(curves.index[curves.key_windows >= most])
+    sink_layers = set(curves.index[choices.in_most_windows(curves.sink_windows, m.evidence.windows)])
+    key_layers = set(curves.index[choices.in_most_windows(curves.key_windows, m.evidence.windows)])
     parking = sorted(sink_layers | key_layers)
     peak = int(curves.sink.idxmax())
     where = f"the learned sink's largest mean is {curves.sink[peak]:.1f} at layer {peak + 1} (threshold {curves.threshold[peak]:.1f})"
