@@ -43,7 +43,6 @@ from .kernels import (  # noqa: F401  (re-exported: capture.ATTENTION_CAPTURE, c
     EXPERTS_CAPTURE,
     ExpertInputs,
     experts_forward,
-    is_experts,
     register_capture,
 )
 

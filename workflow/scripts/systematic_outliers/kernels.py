@@ -145,9 +145,20 @@ class ExpertInputs:
         return out.reshape(tokens, -1)
 
 
-def is_experts(module) -> bool:
-    """Whether the module runs through transformers' experts interface (`use_experts_implementation`)."""
+def runs_experts_interface(module) -> bool:
+    """Whether the module runs through transformers' experts interface (`use_experts_implementation`),
+    so that `experts_forward` can stand in for it."""
     return hasattr(type(module).forward, "__wrapped__") and hasattr(module, "has_gate") and hasattr(module, "down_proj")
+
+
+def is_experts(module) -> bool:
+    """Whether the module holds a mixture-of-experts MLP's experts: one that runs through the experts
+    interface, or one with its matrices as 3-D parameters [experts, out, in], or that lists the experts
+    (…Experts, …SparseMoeBlock)."""
+    if runs_experts_interface(module):
+        return True
+    stacked = any(p.dim() == 3 and n.endswith(("proj", "w1", "w2", "w3")) for n, p in module.named_parameters(recurse=False))
+    return stacked or type(module).__name__.endswith(("Experts", "SparseMoeBlock"))
 
 
 def _expert_linear(module, name: str, expert: int, x: torch.Tensor) -> torch.Tensor:

@@ -113,7 +113,7 @@ def run_probe(model, tokens: int = PROBE_TOKENS, output_attentions: bool = True)
 
         def pre(module, args, kwargs, name=name):
             call = Call(name, module, next(counter), input=_first(args) if _first(args) is not None else _first(kwargs))
-            if kernels.is_experts(module):  # to run its own loop and ours on the same routing
+            if kernels.runs_experts_interface(module):  # to run its own loop and ours on the same routing
                 call.arguments = (tuple(_copy(a) for a in args), {k: _copy(v) for k, v in kwargs.items()})
             calls.append(call)
             by_module.setdefault(id(module), []).append(call)
@@ -303,7 +303,7 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
         else:
             absent["mlp_norm_output"] = "no module between the residual stream and the MLP input"
     mlp_sites = ("gate_output", "up_output", "act_output", "down_proj_input", "down_proj_output")
-    experts = [c for c in after if _is_experts(c.module) or kernels.is_experts(c.module)]
+    experts = [c for c in after if kernels.is_experts(c.module)]
     if experts:
         taps.update(_experts_taps(experts, rel, absent))
         return taps, (rel[attention.name] if attention else None), absent, own is not None
@@ -365,12 +365,6 @@ def _has_matrices(module) -> bool:
 
 def _output_of(calls, name):
     return next((c.output for c in calls if c.name == name), None)
-
-
-def _is_experts(module) -> bool:
-    """transformers' experts modules hold their matrices as 3-D parameters [experts, out, in], or list the experts."""
-    stacked = any(p.dim() == 3 and n.endswith(("proj", "w1", "w2", "w3")) for n, p in module.named_parameters(recurse=False))
-    return stacked or type(module).__name__.endswith(("Experts", "SparseMoeBlock"))
 
 
 def _experts_taps(experts: list[Call], rel: dict, absent: dict) -> dict[str, Tap]:
