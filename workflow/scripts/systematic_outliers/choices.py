@@ -35,6 +35,11 @@ def in_most_windows(count, windows: int):
     return count >= MOST_WINDOWS * windows
 
 
+def magnitude_text(value: float) -> str:
+    """A magnitude for the text: whole, with thousands separators, from 100 on; three significant digits below."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 @dataclass(frozen=True)
 class Choice:
     """A data-derived choice: the value a figure shows, why, and whether the data has what is sought.
@@ -80,7 +85,7 @@ def peak_layer(curves: pd.DataFrame) -> Choice:
     massive = massive_layers(curves)
     layer = int(curves.ratio.loc[massive].idxmax()) if massive else int(curves.ratio.idxmax())
     row = curves.loc[layer]
-    top1 = f"{row.top1:,.0f}" if row.top1 >= 100 else f"{row.top1:.3g}"
+    top1 = magnitude_text(row.top1)
     return Choice(
         layer,
         f"the largest mean top-1 |x| over the median{' of a massive layer' if massive else ''}, {row.ratio:,.0f}× "
@@ -560,7 +565,7 @@ def prompt_ratio(values, routed: bool = False) -> str:
     kept = magnitude[magnitude > 0] if routed else magnitude
     median = float(np.median(kept)) if kept.size else 0.0
     largest = float(magnitude.max())
-    shown = f"{largest:,.0f}" if largest >= 100 else f"{largest:.3g}"
+    shown = magnitude_text(largest)
     return f"largest |x| {shown}, {largest / median if median else float('inf'):,.0f}× the median"
 
 

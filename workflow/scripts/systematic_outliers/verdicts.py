@@ -90,10 +90,6 @@ def alignment(evidence: Evidence, chosen: choices.ModelChoices) -> dict:
     }
 
 
-def _magnitude(value: float) -> str:
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-
-
 def _no_attention(m: Measured) -> Finding:
     return Finding(f"{m.evidence.manifest['model_type']} has no attention capture (see architecture.json of the model)", NOT_MEASURED, "–")
 
@@ -114,7 +110,9 @@ def judge_activation(m: Measured) -> Finding:
     near = bool(((curves.top1 > SUN_FLOOR) & (curves.ratio >= MASSIVE_PARTLY)).any())  # short of massive: the "partly"
     verdict = HOLDS if m.chosen.peak.found else PARTLY if near else DOES_NOT_HOLD
     return Finding(
-        f"over {m.layers} layers, {m.chosen.peak.why}", verdict, f"{_magnitude(peak.top1)} ({peak.ratio:,.0f}× median) at layer {layer}"
+        f"over {m.layers} layers, {m.chosen.peak.why}",
+        verdict,
+        f"{choices.magnitude_text(peak.top1)} ({peak.ratio:,.0f}× median) at layer {layer}",
     )
 
 
