@@ -5,7 +5,8 @@ import copy
 import pytest
 import yaml
 from conftest import REPO
-from systematic_outliers.config import ConfigError, check_window_length, validate_config
+from systematic_outliers.config import ConfigError, check_window_length, load_schema, validate_config
+from systematic_outliers.definitions import TOP_K
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
@@ -27,6 +28,12 @@ def test_default_and_paper_configs_validate_with_defaults_filled():
     paper = validate_config(yaml.safe_load((REPO / "config" / "paper.yaml").read_text()))
     assert len(paper["targets"]["models"]) == 12
     assert {m["dtype"] for m in paper["models"].values()} == {"float16"}
+
+
+def test_the_schema_default_of_top_k_is_the_package_constant():
+    """statistics.top_k defaults to definitions.TOP_K in the schema, CorpusStatistics and passes.corpus_statistics alike."""
+    assert load_schema()["properties"]["statistics"]["properties"]["top_k"]["default"] == TOP_K
+    assert "statistics" not in DEFAULT and validate_config(DEFAULT)["statistics"]["top_k"] == TOP_K
 
 
 def test_unknown_keys_name_the_path_and_the_allowed_keys():

@@ -57,6 +57,10 @@ def token_class(position: int, text: str) -> str:
     return "other"
 
 
+# The corpus statistics keep the TOP_K largest |x|, with their positions, per window, layer and site
+# (config statistics.top_k, whose schema default is this).
+TOP_K = 8
+
 # The weight table: each matrix's TOP columns by max/mean ratio, and the rows a column writes (|W| ≥
 # WRITE_SHARE × its largest).
 TOP = 3

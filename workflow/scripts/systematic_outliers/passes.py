@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import architectures, capture, choices, memory
 from .architectures import SITES, available_sites
 from .config import ConfigError, model_context
-from .definitions import TOP
+from .definitions import TOP, TOP_K
 from .devices import device, free_memory
 from .io import atomic_directory, atomic_file, prompt_files, write_json
 from .models import SourceError, load_dtype
@@ -193,7 +193,7 @@ def statistics_sites(model) -> tuple[str, ...]:
 
 
 def corpus_statistics(
-    model, tokenizer, windows_dir: Path, target: Path, top_k: int = 8, context_length: int | None = None, name: str = "the model"
+    model, tokenizer, windows_dir: Path, target: Path, top_k: int = TOP_K, context_length: int | None = None, name: str = "the model"
 ) -> dict:
     """Stream the windows through the model once; write the statistics tables to folder `target`.
     `context_length`: the config's models.<m>.context_length, which overrides the model's own;

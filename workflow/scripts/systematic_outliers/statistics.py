@@ -23,7 +23,7 @@ import torch
 from . import field_metrics
 from .capture import ATTENTION_SITES, ExpertInputs
 from .config import UserError
-from .definitions import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO, TOKEN_CLASSES, is_massive, is_paper_outlier, token_class
+from .definitions import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO, TOKEN_CLASSES, TOP_K, is_massive, is_paper_outlier, token_class
 
 # Sites that also get the median, per-token maxima and outlier tokens (they need |x| in full).
 TOKEN_SITES = ("attn_residual", "down_proj_input", "layer_output")
@@ -231,7 +231,7 @@ class CorpusStatistics:
     through `run_window`, inside `capture.hooks(model, sites, statistics)`.
     """
 
-    def __init__(self, tokenizer, windows: int, top_k: int = 8, learned_sink: bool = False, model: str = "the model"):
+    def __init__(self, tokenizer, windows: int, top_k: int = TOP_K, learned_sink: bool = False, model: str = "the model"):
         self.tokenizer, self.windows, self.top_k, self.model = tokenizer, windows, top_k, model
         skipped = ("channel_max", "token_max", "channel_extremes") + (() if learned_sink else ("attention_sink",))
         self.rows = {name: [] for name in COLUMNS if name not in skipped}
