@@ -12,6 +12,7 @@ paper's delimiter outliers, below float16's 65,504).
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -202,3 +203,17 @@ def word_tokenizer(vocab_size: int):
     tokenizer = Tokenizer(models.WordLevel(words, unk_token="w0"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="w0")
+
+
+DELIMITERS = [8, 2]  # "." and the newline of word_tokenizer
+
+
+def corpus(folder: Path) -> Path:
+    """Documents of the word tokenizer's words, sentences of 25–40 words ending in ".": one to three delimiters a window,
+    so the planted outlier passes the paper's rule (max > 1000 × the window's mean |h|) as well as Sun et al.'s."""
+    folder.mkdir()
+    draw = random.Random(0)
+    for document in range(3):
+        sentences = [" ".join(f"w{draw.randrange(40, 128)}" for _ in range(draw.randrange(25, 41))) + " ." for _ in range(20)]
+        (folder / f"doc{document}.txt").write_text(" ".join(sentences))
+    return folder

@@ -12,11 +12,10 @@ precisions against float32."""
 
 import json
 import os
-import random
 import subprocess
 
 import pytest
-from paper_families import OUTLIER_CHANNEL, build, plant, save
+from paper_families import DELIMITERS, OUTLIER_CHANNEL, build, corpus, plant, save
 from test_workflow import SNAKEMAKE
 
 REHEARSED = {
@@ -27,18 +26,6 @@ REHEARSED = {
     "mpt-7b": "float16",
     "falcon-7b": "bfloat16",
 }
-DELIMITERS = [8, 2]  # "." and the newline of paper_families.word_tokenizer
-
-
-def corpus(folder):
-    """Documents of the word tokenizer's words, sentences of 25–40 words ending in ".": one to three delimiters a window,
-    so the planted outlier passes the paper's rule (max > 1000 × the window's mean |h|) as well as Sun et al.'s."""
-    folder.mkdir()
-    draw = random.Random(0)
-    for document in range(3):
-        sentences = [" ".join(f"w{draw.randrange(40, 128)}" for _ in range(draw.randrange(25, 41))) + " ." for _ in range(20)]
-        (folder / f"doc{document}.txt").write_text(" ".join(sentences))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -64,13 +64,23 @@ if "HF_TOKEN" in os.environ:
 NOTEBOOKS = Path(workflow.basedir) / "notebooks"
 
 
+# The report's sections, in the paper's order (the report sorts them by name, hence the numbers).
+EXISTENCE = "1 Existence and positions of the outliers (paper section 3)"
+LIFECYCLE = "2 Lifecycle and role of the outliers (paper section 4)"
+VARIANTS = "3 GPT-2 attention variants (paper section 5)"
+CLAIMS = "4 Claims with their measured numbers and verdicts"
+
+
 @dataclass(frozen=True)
 class Figure:
     """A figure: the notebook that draws it (notebooks/<notebook>.ipynb; one notebook may draw a
-    family), the fixed parameters that make it this figure, and the capture sites it needs.
+    family), its report section and the paper's figure it rebuilds (or what it adds), the fixed
+    parameters that make it this figure, and the capture sites it needs.
     """
 
     notebook: str
+    section: str
+    paper: str
     parameters: dict = field(default_factory=dict)
     sites: tuple = ()
 
@@ -88,26 +98,38 @@ _LIFECYCLE_SITES = (
 # Every LLM figure (rule figure); fig02_layer is drawn from the resolved architecture alone.
 FIGURES = {
     "fig01_existence": Figure(
-        "fig01_existence", sites=("down_proj_input", "layer_output", "attn_probs")
+        "fig01_existence",
+        EXISTENCE,
+        "Fig 1 (Figs 13-22 for other models)",
+        sites=("down_proj_input", "layer_output", "attn_probs"),
     ),
-    "fig02_layer": Figure("fig02_layer"),
+    "fig02_layer": Figure("fig02_layer", EXISTENCE, "Fig 2"),
     "fig03_activation_positions": Figure(
-        "fig03_activation_positions", sites=("layer_output",)
+        "fig03_activation_positions", EXISTENCE, "Fig 3", sites=("layer_output",)
     ),
     "fig04_down_proj_positions": Figure(
-        "fig04_down_proj_positions", sites=("down_proj_input", "layer_output")
+        "fig04_down_proj_positions",
+        EXISTENCE,
+        "Fig 4",
+        sites=("down_proj_input", "layer_output"),
     ),
     "fig05_weight_positions": Figure(
-        "fig05_weight_positions", sites=("down_proj_input",)
+        "fig05_weight_positions", EXISTENCE, "Fig 5", sites=("down_proj_input",)
     ),
     "fig06_attention_positions": Figure(
-        "fig06_attention_positions", sites=("attn_probs",)
+        "fig06_attention_positions", EXISTENCE, "Fig 6", sites=("attn_probs",)
     ),
     "fig07_emergence": Figure(
-        "lifecycle_mlp", {"stage": "emergence"}, sites=_LIFECYCLE_SITES
+        "lifecycle_mlp",
+        LIFECYCLE,
+        "Fig 7",
+        {"stage": "emergence"},
+        sites=_LIFECYCLE_SITES,
     ),
     "fig08_spread": Figure(
         "fig08_spread",
+        LIFECYCLE,
+        "Fig 8",
         sites=(
             "layer_input",
             "attn_norm_output",
@@ -119,41 +141,118 @@ FIGURES = {
         ),
     ),
     "fig09_disappearance": Figure(
-        "lifecycle_mlp", {"stage": "disappearance"}, sites=_LIFECYCLE_SITES
+        "lifecycle_mlp",
+        LIFECYCLE,
+        "Fig 9",
+        {"stage": "disappearance"},
+        sites=_LIFECYCLE_SITES,
     ),
 }
 
 # What the outliers do, on the outputs of rule interventions (rule intervention_figure).
 INTERVENTION_FIGURES = {
-    "interventions": Figure("interventions"),
-    "scaling_factor": Figure("scaling_factor"),
+    "interventions": Figure(
+        "interventions", LIFECYCLE, "section 4, tested: the outliers removed"
+    ),
+    "scaling_factor": Figure(
+        "scaling_factor", LIFECYCLE, "section 4, measured: the scaling-factor reading"
+    ),
 }
 
 # The GPT-2 attention-variant figures of each training task (rule gpt2_figure).
 GPT2_FIGURES = {
-    "fig10_variants_3d": Figure("gpt2_activations", {"panel": "3d"}),
-    "fig11_variants_layerwise": Figure("gpt2_activations", {"panel": "layerwise"}),
-    "variants_sigmoid": Figure("gpt2_activations", {"panel": "sigmoid"}),
-    "variants_attention_sink": Figure("gpt2_attention_sink"),
-    "convergence": Figure("gpt2_convergence"),
-    "variants_metrics": Figure("gpt2_metrics"),
+    "fig10_variants_3d": Figure(
+        "gpt2_activations", VARIANTS, "Fig 10", {"panel": "3d"}
+    ),
+    "fig11_variants_layerwise": Figure(
+        "gpt2_activations", VARIANTS, "Fig 11", {"panel": "layerwise"}
+    ),
+    "variants_sigmoid": Figure(
+        "gpt2_activations", VARIANTS, "sigmoid attention (f)", {"panel": "sigmoid"}
+    ),
+    "variants_attention_sink": Figure(
+        "gpt2_attention_sink", VARIANTS, "beyond the paper: the sink per variant"
+    ),
+    "convergence": Figure("gpt2_convergence", VARIANTS, "convergence (Fig 12)"),
+    "variants_metrics": Figure(
+        "gpt2_metrics", VARIANTS, "beyond the paper: the field's metrics"
+    ),
 }
 
 
-def notebook_outputs(stem, caption, category, subcategory):
-    """The outputs of every notebook-running rule, for results/figures/<stem>.png (in the report),
-    its PDF and caption, and the executed notebook."""
+def notebook_outputs(stem, caption, figure, subcategory):
+    """The outputs of every notebook-running rule, for results/figures/<stem>.png (in the report,
+    in the section of `figure(wildcards)`, labelled with the paper's figure), its PDF and caption,
+    and the executed notebook."""
     return {
         "png": report(
             f"results/figures/{stem}.png",
             caption=caption,
-            category=category,
+            category=lambda wildcards: figure(wildcards).section,
             subcategory=subcategory,
+            labels=lambda wildcards: {"paper": figure(wildcards).paper},
         ),
         "pdf": f"results/figures/{stem}.pdf",
         "caption": f"results/figures/{stem}.caption.txt",
         "notebook": f"results/notebooks/{stem}.ipynb",
     }
+
+
+@dataclass(frozen=True)
+class Page:
+    """A Markdown result the report shows as an HTML page (rule markdown_page)."""
+
+    section: str
+    subcategory: str
+    paper: str
+    title: str
+
+
+def report_pages():
+    """results/<page>.md -> its Page, for every table and claims file the configuration builds."""
+    pages = {
+        "tables/table1_alignment": Page(
+            EXISTENCE, "all models", "Table 1", "Table 1: alignment of the outliers"
+        ),
+        "tables/interventions": Page(
+            LIFECYCLE,
+            "all models",
+            "section 4, tested",
+            "What the outliers do: losses with them removed",
+        ),
+        "claims/summary": Page(
+            CLAIMS,
+            "all models",
+            "scorecard",
+            "Scorecard: each claim per model beside the paper's LLaMA-2-7B",
+        ),
+        **{
+            f"claims/{model}": Page(
+                CLAIMS, model, "claims", f"The paper's claims measured on {model}"
+            )
+            for model in TARGET_MODELS
+        },
+    }
+    for task in TRAINING["run"]:
+        pages |= {
+            f"tables/gpt2/{task}/table2_variants": Page(
+                VARIANTS, task, "Table 2", "Table 2: the attention variants"
+            ),
+            f"tables/gpt2/{task}/compression": Page(
+                VARIANTS, task, "compression", "Compression of each variant"
+            ),
+            f"tables/gpt2/{task}/ranking": Page(
+                VARIANTS,
+                task,
+                "beyond the paper: ranking",
+                "The variants ranked on the field's metrics",
+            ),
+        }
+    if TRAINING["run"]:
+        pages["claims/gpt2"] = Page(
+            CLAIMS, "GPT-2", "claims", "The paper's claims on the GPT-2 variants"
+        )
+    return pages
 
 
 def notebook_parameters(figure, png, wildcards, **paths):
@@ -209,6 +308,8 @@ def figures_for(model):
     return [name for name, figure in FIGURES.items() if set(figure.sites) <= have]
 
 
+REPORT_PAGES = report_pages()
+
 # The prompt the figures' 3-D panels show: the first configured one.
 FIGURE_PROMPT = next(iter(CONFIG["prompts"]))
 
@@ -223,6 +324,7 @@ wildcard_constraints:
     prompt="|".join(map(re.escape, CONFIG["prompts"])),
     figure="|".join(FIGURES),
     intervention_figure="|".join(INTERVENTION_FIGURES),
+    page="|".join(map(re.escape, REPORT_PAGES)),
 
 
 def training_runs(task):
@@ -318,4 +420,5 @@ def default_targets():
             for path in expand(getattr(rules.variant_tables.output, key), task=task)
         ),
         *([rules.gpt2_claims.output[0]] if TRAINING["run"] else []),
+        *expand(rules.markdown_page.output[0], page=REPORT_PAGES),
     ]

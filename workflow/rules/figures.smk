@@ -1,4 +1,5 @@
-# Figures and tables: papermill notebooks and small scripts that read the capture stage's files.
+# Figures and tables: papermill notebooks and small scripts that read the capture stage's files,
+# and the Markdown results as HTML pages for the report.
 
 
 # light jobs: on a cluster they run where Snakemake runs, not as cluster jobs
@@ -10,6 +11,7 @@ localrules:
     gpt2_figure,
     variant_tables,
     gpt2_claims,
+    markdown_page,
 
 
 rule figure:
@@ -22,7 +24,7 @@ rule figure:
         **notebook_outputs(
             "{model}/{figure}",
             caption="../report/figure.rst",
-            category="Figures",
+            figure=lambda wildcards: FIGURES[wildcards.figure],
             subcategory="{model}",
         ),
     log:
@@ -55,7 +57,7 @@ rule claims:
             corpus=TARGET_CORPUS,
         ),
     output:
-        report("results/claims/{model}.md", category="Claims"),
+        "results/claims/{model}.md",
     log:
         "results/logs/claims/{model}.log",
     conda:
@@ -73,7 +75,7 @@ rule table1_alignment:
         ),
         weights=expand(rules.weight_statistics.output[0], model=TARGET_MODELS),
     output:
-        csv=report("results/tables/table1_alignment.csv", category="Tables"),
+        csv="results/tables/table1_alignment.csv",
         markdown="results/tables/table1_alignment.md",
     log:
         "results/logs/tables/table1_alignment.log",
@@ -94,7 +96,7 @@ rule claims_summary:
         ),
         interventions=rules.interventions_table.input.interventions,
     output:
-        markdown=report("results/claims/summary.md", category="Claims"),
+        markdown="results/claims/summary.md",
         csv="results/claims/summary.csv",
         atlas="results/claims/atlas.csv",
     log:
@@ -105,3 +107,23 @@ rule claims_summary:
         models=TARGET_MODELS,
     script:
         "../scripts/write_summary.py"
+
+
+rule markdown_page:
+    input:
+        "results/{page}.md",
+    output:
+        report(
+            "results/pages/{page}.html",
+            category=lambda wildcards: REPORT_PAGES[wildcards.page].section,
+            subcategory=lambda wildcards: REPORT_PAGES[wildcards.page].subcategory,
+            labels=lambda wildcards: {"paper": REPORT_PAGES[wildcards.page].paper},
+        ),
+    log:
+        "results/logs/pages/{page}.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        title=lambda wildcards: REPORT_PAGES[wildcards.page].title,
+    script:
+        "../scripts/markdown_page.py"

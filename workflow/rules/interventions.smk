@@ -49,7 +49,9 @@ rule intervention_figure:
         **notebook_outputs(
             "{model}/{intervention_figure}",
             caption="../report/figure.rst",
-            category="Figures",
+            figure=lambda wildcards: INTERVENTION_FIGURES[
+                wildcards.intervention_figure
+            ],
             subcategory="{model}",
         ),
     log:
@@ -91,7 +93,7 @@ rule interventions_table:
         ),
         weights=expand(rules.weight_statistics.output[0], model=TARGET_MODELS),
     output:
-        csv=report("results/tables/interventions.csv", category="Tables"),
+        csv="results/tables/interventions.csv",
         markdown="results/tables/interventions.md",
     log:
         "results/logs/tables/interventions.log",

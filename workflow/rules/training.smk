@@ -81,7 +81,7 @@ rule gpt2_figure:
         **notebook_outputs(
             "gpt2/{task}/{gpt2_figure}",
             caption="../report/gpt2_figure.rst",
-            category="GPT-2 attention variants",
+            figure=lambda wildcards: GPT2_FIGURES[wildcards.gpt2_figure],
             subcategory="{task}",
         ),
     log:
@@ -104,15 +104,11 @@ rule variant_tables:
     input:
         analysis=rules.analyse_variants.output[0],
     output:
-        table2_csv=report(
-            "results/tables/gpt2/{task}/table2_variants.csv", category="Tables"
-        ),
+        table2_csv="results/tables/gpt2/{task}/table2_variants.csv",
         table2_md="results/tables/gpt2/{task}/table2_variants.md",
-        compression_csv=report(
-            "results/tables/gpt2/{task}/compression.csv", category="Tables"
-        ),
+        compression_csv="results/tables/gpt2/{task}/compression.csv",
         compression_md="results/tables/gpt2/{task}/compression.md",
-        ranking_csv=report("results/tables/gpt2/{task}/ranking.csv", category="Tables"),
+        ranking_csv="results/tables/gpt2/{task}/ranking.csv",
         ranking_md="results/tables/gpt2/{task}/ranking.md",
     log:
         "results/logs/variant_tables/{task}.log",
@@ -126,7 +122,7 @@ rule gpt2_claims:
     input:
         analyses=expand(rules.analyse_variants.output[0], task=TRAINING["run"]),
     output:
-        report("results/claims/gpt2.md", category="Claims"),
+        "results/claims/gpt2.md",
     log:
         "results/logs/claims/gpt2.log",
     conda:
