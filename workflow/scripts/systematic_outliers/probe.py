@@ -59,6 +59,16 @@ class Call:
     second: torch.Tensor | None = None  # a 4-D second output: attention code of a model's own returns its probabilities there
 
 
+@dataclass(frozen=True)
+class LayerSites:
+    """What one decoder layer resolves to on the probe (`_resolve_layer`)."""
+
+    taps: dict[str, Tap]  # site -> where the layer has it
+    attention: str | None  # the attention module's path in the layer; None: its token mixer runs no softmax attention
+    absent: dict[str, str]  # site -> why the layer lacks it
+    own_attention: bool  # the attention is code of the model's own that returns its probabilities (MPT, GPT-J, …)
+
+
 @dataclass
 class Probe:
     calls: list[Call]
@@ -189,9 +199,8 @@ def _decoder_layers(model, probe: Probe) -> str:
     )
 
 
-def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], layer_call: Call, table: Architecture | None):
-    """(taps, attention module or None, absent {site: reason}, whether the attention returns its probabilities
-    from code of its own) of one decoder layer."""
+def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], layer_call: Call, table: Architecture | None) -> LayerSites:
+    """The sites of one decoder layer, and why it lacks the others."""
     prefix = f"{layers}.{index}."
     rel = {c.name: c.name[len(prefix) :] for c in calls}
     once = [c for c in calls if probe.counts[c.name] == 1 and c.end > 0]
@@ -303,14 +312,16 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
         else:
             absent["mlp_norm_output"] = "no module between the residual stream and the MLP input"
     mlp_sites = ("gate_output", "up_output", "act_output", "down_proj_input", "down_proj_output")
+    attention_path = rel[attention.name] if attention else None
+
     experts = [c for c in after if kernels.is_experts(c.module)]
     if experts:
         taps.update(_experts_taps(experts, rel, absent))
-        return taps, (rel[attention.name] if attention else None), absent, own is not None
+        return LayerSites(taps, attention_path, absent, own is not None)
     down = next((c for c in reversed(matrices) if c.output.shape[-1] == d_model), None)
     if down is None:
         absent.update({site: "no matrix writing d_model after the attention" for site in mlp_sites})
-        return taps, (rel[attention.name] if attention else None), absent, own is not None
+        return LayerSites(taps, attention_path, absent, own is not None)
     if _linear_identity(down) is None:
         for site in ("down_proj_input", "down_proj_output"):
             absent[site] = f"{rel[down.name]}: down_proj_output ≠ down_proj_input × W_down (+ bias)"
@@ -318,7 +329,7 @@ def _resolve_layer(probe: Probe, layers: str, index: int, calls: list[Call], lay
         taps.update(down_proj_input=Tap(rel[down.name], "input"), down_proj_output=Tap(rel[down.name]))
     inner = [c for c in matrices if c.start >= first.start and c.end < down.start]
     taps.update(_mlp_taps(inner, after, down, rel, absent))
-    return taps, (rel[attention.name] if attention else None), absent, own is not None
+    return LayerSites(taps, attention_path, absent, own is not None)
 
 
 def _scaled_or_post_norm_residual(after: list[Call], x_in, x_out) -> Call | None:
@@ -509,15 +520,15 @@ def resolve(model) -> Architecture:
     return architecture
 
 
-def _combine(model, layers: str, per_layer: list, table: Architecture | None) -> Architecture:
+def _combine(model, layers: str, per_layer: list[LayerSites], table: Architecture | None) -> Architecture:
     """One Architecture from the layers' taps. A site found in some layers only (hybrid models)
     names them in `site_layers`, and `absent` says why the others lack it."""
-    attention_modules = {a for _, a, _, _ in per_layer if a}
+    attention_modules = {layer.attention for layer in per_layer if layer.attention}
     attention = attention_modules.pop() if len(attention_modules) == 1 else None
-    found = [dict(layer_taps) for layer_taps, _, _, _ in per_layer]
-    for index, (_, module, layer_absent, _) in enumerate(per_layer):
-        if module and module == attention:  # the attention sites ride on the attention module
-            found[index].update({site: None for site in ATTENTION_SITES if site not in layer_absent})
+    found = [dict(layer.taps) for layer in per_layer]
+    for index, layer in enumerate(per_layer):
+        if layer.attention and layer.attention == attention:  # the attention sites ride on the attention module
+            found[index].update({site: None for site in ATTENTION_SITES if site not in layer.absent})
     taps, absent, site_layers, layer_taps = {}, {}, {}, {}
     for site in SITES:
         where = [i for i, layer in enumerate(found) if site in layer]
@@ -529,13 +540,13 @@ def _combine(model, layers: str, per_layer: list, table: Architecture | None) ->
             if len(set(tapped)) > 1:
                 layer_taps[site] = {i: found[i][site] for i in where if found[i][site] != taps[site]}
         if missing:
-            reasons = {per_layer[i][2].get(site, "not found") for i in missing}
+            reasons = {per_layer[i].absent.get(site, "not found") for i in missing}
             why = "; ".join(sorted(reasons))
             absent[site] = why if not where else f"layers {_ranges([i + 1 for i in missing])}: {why}"  # 1-based, as in the figures
         if where and missing:
             site_layers[site] = tuple(where)
     # attention code of the model's own (MPT, GPT-J, …) that returns its probabilities: no logits
-    probs_from_output = bool(attention) and all(own for _, module, _, own in per_layer if module == attention)
+    probs_from_output = bool(attention) and all(layer.own_attention for layer in per_layer if layer.attention == attention)
     return Architecture(
         layers,
         taps,
