@@ -95,13 +95,12 @@ def test_sun_et_al_s_massive_test_is_written_once():
     assert written == ["definitions.py"]
 
 
-def test_the_readme_layout_names_every_top_level_entry_and_package_module():
-    readme = (REPO / "README.md").read_text()
-    layout = readme[readme.index("## Layout") : readme.index("## Tests")]
+def test_the_layout_page_names_every_top_level_entry_and_package_module():
+    layout = (REPO / "docs" / "layout.md").read_text()
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     top = {path.split("/")[0] for path in tracked if not path.startswith(".")} - {"README.md", "Makefile", "pyproject.toml"}
     missing = sorted(entry for entry in top if entry not in layout)
     modules = sorted(p.stem for p in (SCRIPTS / PACKAGE).glob("*.py") if p.stem != "__init__")
     missing += [module for module in modules if module not in layout]
-    assert not missing, f"README's Layout section does not name {', '.join(missing)}"
+    assert not missing, f"docs/layout.md does not name {', '.join(missing)}"
     assert "workflow/envs" not in layout and (REPO / "envs").is_dir()
