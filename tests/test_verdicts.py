@@ -187,7 +187,7 @@ def synthetic(ratio=None, sink=None, tokens=None, damage=None, seeds=(0, 1, 2), 
     """Per-variant measures as variant_report.measures returns them, with chosen values."""
     ratio, sink, tokens, damage, sink_rate = ratio or {}, sink or {}, tokens or {}, damage or {}, sink_rate or {}
     series = lambda values: pd.Series(values if np.ndim(values) else [values] * len(seeds), index=list(seeds), dtype=float)  # noqa: E731
-    out = {"_convergence": {"target": 2.0, "resolution": 1000.0, "quiet": "non_trigger"}}
+    out = variant_report.Measures({}, variant_report.Convergence(target=2.0, resolution=1000.0))
     for variant in variants:
         r = ratio.get(variant, 30.0)
         top1 = series(3000.0)  # well over Sun's floor of 100: only the ratio decides

@@ -8,6 +8,7 @@ magnitude counts as an outlier only when it is massive by Sun et al.'s criterion
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,24 @@ def convergence(curves: pd.DataFrame) -> tuple[float, dict[str, dict[int, float]
 # Per-variant measures, per seed.
 
 
-def measures(analysis_dir: Path) -> dict:
+@dataclass(frozen=True)
+class Convergence:
+    """The target the training runs are timed against (`convergence`)."""
+
+    target: float  # the validation loss a run must reach
+    resolution: float  # tokens between logged evaluations
+
+
+class Measures(dict):
+    """What `measures` returns: variant -> its measures, for the trained variants only (in the order of
+    VARIANTS), and `convergence`, the target each variant's `tokens` count up to."""
+
+    def __init__(self, variants: dict[str, dict], convergence: Convergence):
+        super().__init__(variants)
+        self.convergence = convergence
+
+
+def measures(analysis_dir: Path) -> Measures:
     """Per variant: per-seed outlier ratio and massiveness, the sink measures at its sink layer,
     final loss, compression damage; and the convergence of every run.
 
@@ -149,7 +167,7 @@ def measures(analysis_dir: Path) -> dict:
     curves = read_table(analysis_dir, "curves", ("variant", "seed", "tokens", "val_loss"))
     quiet = "non_trigger" if "non_trigger" in set(sink.positions) else "all"
     target, reached, resolution = convergence(curves)
-    out = {"_convergence": {"target": target, "resolution": resolution, "quiet": quiet}}
+    out = Measures({}, Convergence(target, resolution))
     for variant in [v for v in VARIANTS if v in set(runs.variant)]:
         rows = layerwise[layerwise.variant == variant].assign(ratio=lambda t: t.top1 / t["median"])
         rows["massive"] = is_massive(rows.top1, rows["median"])
@@ -204,7 +222,7 @@ def _span(values: pd.Series, digits: int = 2) -> str:
 # The claims, each judged on one task's measures.
 
 
-def judge_massive(m: dict) -> Finding:
+def judge_massive(m: Measures) -> Finding:
     keep, lose = [v for v in KEEP if v in m], [v for v in LOSE if v in m]
     if not keep or not lose:
         return Finding(f"needs one of {', '.join(KEEP)} and one of {', '.join(LOSE)}", NOT_MEASURED)
@@ -224,7 +242,7 @@ def judge_massive(m: dict) -> Finding:
     return Finding(text + (f"; {seeds} seed, so at most partly" if seeds == 1 else ""), verdict)
 
 
-def _untrained(m: dict, *variants: str) -> Finding | None:
+def _untrained(m: Measures, *variants: str) -> Finding | None:
     """ "Not measured" when a variant the claim compares was not trained."""
     for needed in variants:
         if needed not in m:
@@ -232,7 +250,7 @@ def _untrained(m: dict, *variants: str) -> Finding | None:
     return None
 
 
-def _sink_missing(m: dict, variant: str) -> Finding | None:
+def _sink_missing(m: Measures, variant: str) -> Finding | None:
     """Why a sink claim about `variant` cannot be judged: the variant or (a) was not trained, or (a) has no sink to replace."""
     untrained = _untrained(m, variant, "default")
     if untrained:
@@ -245,7 +263,7 @@ def _sink_missing(m: dict, variant: str) -> Finding | None:
     return None
 
 
-def judge_attention_bias(m: dict) -> Finding:
+def judge_attention_bias(m: Measures) -> Finding:
     missing = _sink_missing(m, "attention_bias")
     if missing:
         return missing
@@ -258,7 +276,7 @@ def judge_attention_bias(m: dict) -> Finding:
     )
 
 
-def judge_context_scale(m: dict) -> Finding:
+def judge_context_scale(m: Measures) -> Finding:
     missing = _sink_missing(m, "context_scale")
     if missing:
         return missing
@@ -272,30 +290,30 @@ def judge_context_scale(m: dict) -> Finding:
     )
 
 
-def _fewer_tokens(m: dict, variant: str) -> verdict_engine.Comparison:
+def _fewer_tokens(m: Measures, variant: str) -> verdict_engine.Comparison:
     """Does `variant` reach the convergence target in fewer tokens than (a), beyond the seeds' spread?"""
     a = m["default"]["tokens"]
     margin = RELATIVE_MARGIN * a.mean()
     return verdict_engine.compare_over_seeds(
-        m[variant]["tokens"], a, lower_is_better=True, margin=margin, floor=m["_convergence"]["resolution"], unit=" tokens", digits=3
+        m[variant]["tokens"], a, lower_is_better=True, margin=margin, floor=m.convergence.resolution, unit=" tokens", digits=3
     )
 
 
-def judge_convergence(m: dict) -> Finding:
+def judge_convergence(m: Measures) -> Finding:
     untrained = _untrained(m, "default", "context_scale")
     if untrained:
         return untrained
-    a, e, c = m["default"], m["context_scale"], m["_convergence"]
+    a, e, c = m["default"], m["context_scale"], m.convergence
     comparison = _fewer_tokens(m, "context_scale")
     return Finding(
-        f"tokens until the validation loss is {c['target']:.4f} ({CONVERGED:.0%} of (a)'s improvement): (e) "
-        f"{_span(e['tokens'], 0)}, (a) {_span(a['tokens'], 0)} (logged every {c['resolution']:,.0f}); final loss (e) "
+        f"tokens until the validation loss is {c.target:.4f} ({CONVERGED:.0%} of (a)'s improvement): (e) "
+        f"{_span(e['tokens'], 0)}, (a) {_span(a['tokens'], 0)} (logged every {c.resolution:,.0f}); final loss (e) "
         f"{_span(e['loss'], 4)}, (a) {_span(a['loss'], 4)}; {comparison.text}",
         comparison.verdict,
     )
 
 
-def judge_compression(m: dict, variant: str = "context_scale") -> Finding:
+def judge_compression(m: Measures, variant: str = "context_scale") -> Finding:
     untrained = _untrained(m, "default", variant)
     if untrained:
         return untrained
@@ -322,7 +340,7 @@ def judge_compression(m: dict, variant: str = "context_scale") -> Finding:
     return Finding("damage (validation loss compressed minus full): " + "; ".join(parts), verdict)
 
 
-def judge_sigmoid(m: dict) -> Finding:
+def judge_sigmoid(m: Measures) -> Finding:
     missing = _sink_missing(m, "sigmoid")
     if missing:
         return missing
@@ -395,7 +413,7 @@ GPT2_CLAIMS = [
 # The sink-free mechanisms of the literature (VARIANTS with `zoo`), each against (a).
 
 
-def judge_zoo_sink(m: dict, variant: str) -> Finding:
+def judge_zoo_sink(m: Measures, variant: str) -> Finding:
     missing = _sink_missing(m, variant)
     if missing:
         return missing
@@ -410,7 +428,7 @@ def judge_zoo_sink(m: dict, variant: str) -> Finding:
     )
 
 
-def judge_zoo_massive(m: dict, variant: str) -> Finding:
+def judge_zoo_massive(m: Measures, variant: str) -> Finding:
     untrained = _untrained(m, "default", variant)
     if untrained:
         return untrained
@@ -430,17 +448,17 @@ def judge_zoo_massive(m: dict, variant: str) -> Finding:
     return Finding(text, verdict)
 
 
-def judge_zoo_convergence(m: dict, variant: str) -> Finding:
+def judge_zoo_convergence(m: Measures, variant: str) -> Finding:
     """No slower: holds unless slower than (a) beyond the seed spread; one seed: at most partly."""
     untrained = _untrained(m, "default", variant)
     if untrained:
         return untrained
-    a, v, c = m["default"], m[variant], m["_convergence"]
+    a, v, c = m["default"], m[variant], m.convergence
     comparison = _fewer_tokens(m, variant)
     single = min(len(v["tokens"]), len(a["tokens"])) < 2
     verdict = {HOLDS: HOLDS, PARTLY: PARTLY, NOT_SHOWN: PARTLY if single else HOLDS}.get(comparison.verdict, comparison.verdict)
     return Finding(
-        f"tokens until the validation loss is {c['target']:.4f}: {_letter(variant)} {_span(v['tokens'], 0)}, (a) {_span(a['tokens'], 0)}; "
+        f"tokens until the validation loss is {c.target:.4f}: {_letter(variant)} {_span(v['tokens'], 0)}, (a) {_span(a['tokens'], 0)}; "
         f"final loss {_letter(variant)} {_span(v['loss'], 4)}, (a) {_span(a['loss'], 4)}; {comparison.text}",
         verdict,
     )
@@ -509,11 +527,11 @@ RANKED = {  # column: (what, digits); lower is better for every one
 }
 
 
-def ranking(m: dict) -> pd.DataFrame:
+def ranking(m: Measures) -> pd.DataFrame:
     """One row per trained variant: each metric's mean, min and max over seeds, its rank (1 = lowest
     mean) and the Softpick paper's value where it has the variant."""
     rows = []
-    for variant, v in ((k, v) for k, v in m.items() if not k.startswith("_")):
+    for variant, v in m.items():
         values = {
             "sink_rate_0.3": v["sink_rate_0.3"],
             "sink_rate_0.2": v["sink_rate_0.2"],
@@ -571,7 +589,7 @@ def ranking_markdown(table: pd.DataFrame) -> list[str]:
     return verdict_engine.markdown_table(["variant", *header, "Sink_1^0.2", "Softpick paper: Sink_1^0.3", "kurtosis", "max |h|"], rows)
 
 
-def judge(m: dict) -> list[tuple[Claim, Finding]]:
+def judge(m: Measures) -> list[tuple[Claim, Finding]]:
     """The paper's claims, then four for each trained variant of the zoo."""
     claims = GPT2_CLAIMS + [claim for variant in ZOO if variant in m for claim in zoo_claims(variant)]
     return [(claim, claim.judge(m)) for claim in claims]
@@ -596,8 +614,6 @@ def claims(tasks: dict[str, Path]) -> str:
         seeds = read_manifest(analysis_dir)["seeds"]
         rows = []
         for variant, v in m.items():
-            if variant.startswith("_"):
-                continue
             rows.append(
                 [
                     f"{_letter(variant)} {variant}",
