@@ -144,6 +144,131 @@ class ScalingReading:
         ]
 
 
+class _Passes:
+    """The forward passes of one `run` over the windows and what they share: the window a pass is
+    on, the entries its edits have set (or keys removed) there, each pass's losses and seconds.
+
+    An edit changes nothing before its first edited layer: an edited pass starts there (`start`),
+    from what the layer before it returned on the unedited pass (`entering`: per start, one per
+    window), where a replay from that start without edits gives the unedited logits bit for bit
+    (`exact`, checked on the first window)."""
+
+    def __init__(self, model, input_ids: torch.Tensor, starts):
+        self.model, self.input_ids = model, input_ids
+        self.window = 0  # the window the running pass is on
+        self.edited = 0  # entries set or keys removed in that window so far
+        self.losses, self.seconds = [], {}
+        self.entering = {start: [] for start in set(starts) if start > 0}
+        self.exact = {}  # start -> whether a replay from it without edits gives the unedited logits bit for bit
+        self.baseline_logits = None  # window 0's unedited logits, until the replays are checked
+
+    def replaying(self, start: int):
+        if not self.exact.get(start):
+            return nullcontext()  # from the first layer: no replay, or one that would not be exact
+        return capture.replay_from(self.model, start, lambda: self.entering[start][self.window])
+
+    def run(self, name: str, seed: int, edits, start: int = 0) -> None:
+        """One pass over the windows under `edits()` (a context manager), from layer `start` where it replays exactly."""
+        label = f"{name}{f' seed {seed}' if seed >= 0 else ''}"
+        started = time.perf_counter()
+        with edits(), self.replaying(start), torch.no_grad():
+            for window, ids in enumerate(tqdm(self.input_ids, desc=label, unit="window")):
+                self.window = window
+                logits = self.model(ids[None].to(self.model.device), use_cache=False).logits[0]
+                if name == BASELINE and window == 0:
+                    self.baseline_logits = logits
+                self.losses.append(
+                    {"intervention": name, "seed": seed, "window": window, "loss": next_token_loss(logits, ids), "edited": self.edited}
+                )
+                self.edited = 0
+        self.seconds[label] = round(time.perf_counter() - started, 2)
+
+    def check_replays(self) -> None:
+        """After the unedited pass: window 0 replayed without edits from each start; a start whose
+        replay differs from the unedited logits is not used (its passes run from the first layer)."""
+        with torch.no_grad():
+            for start in self.entering:
+                with capture.replay_from(self.model, start, lambda start=start: self.entering[start][0]):
+                    replayed = self.model(self.input_ids[0][None].to(self.model.device), use_cache=False).logits[0]
+                self.exact[start] = bool(torch.equal(replayed, self.baseline_logits))
+                if not self.exact[start]:  # said in the rule log and in the record: these passes run in full
+                    print(
+                        f"a replay from layer {start} does not give the unedited logits; the passes that start there run from the first layer"
+                    )
+        self.baseline_logits = None
+
+
+class _EntryValues:
+    """Callback of `capture.hooks` at the layer outputs on the unedited pass: the values at the entries
+    the mean ablations set, per (channel, layer), for their means over the windows."""
+
+    def __init__(self, activation: ActivationTargets, passes: _Passes):
+        self.passes = passes
+        # (channel, layer) -> the tokens whose values there the mean ablations set (both ablations edit the same entries)
+        self.watched = {(t.channel, layer): t.tokens for kind in ABLATIONS for t in getattr(activation, kind) for layer in t.layers}
+        self.seen = {key: [] for key in self.watched}
+
+    def __call__(self, site, layer, tensor):
+        window = self.passes.window
+        for (channel, at), tokens in self.watched.items():
+            if at == layer and tokens.get(window):
+                self.seen[channel, at].append(tensor[tokens[window], channel].float().cpu())
+
+    def means(self) -> dict[tuple[int, int], float]:
+        return {key: float(torch.cat(values).mean()) if values else 0.0 for key, values in self.seen.items()}
+
+
+@contextmanager
+def _unedited(passes: _Passes, values: _EntryValues, reading: ScalingReading | None):
+    """What the unedited pass watches: the entries' values, the scaling reading (without `reading`,
+    none: attention that cannot be edited cannot be read either) and what each replay start receives."""
+    model = passes.model
+    layer_modules = capture.decoder_layers(model, capture.architecture_of(model))
+    with ExitStack() as stack:
+        stack.enter_context(capture.hooks(model, ["layer_output"], values))
+        if reading is not None:
+            stack.enter_context(capture.attention_edits(model, range(len(layer_modules)), observe=_follow(reading, passes)))
+        handles = [layer_modules[start - 1].register_forward_hook(_keep_output(passes.entering[start])) for start in passes.entering]
+        stack.callback(lambda: [handle.remove() for handle in handles])
+        yield
+
+
+def _setting(passes: _Passes, targets: list[ChannelTarget], values: dict | None = None):
+    """The edits (for `_Passes.run`) that set each target's entries to 0, or with `values` to its mean at that layer."""
+    by_layer = {}
+    for target in targets:
+        for layer in target.layers:
+            by_layer.setdefault(layer, []).append(target)
+
+    def replace(layer, hidden):
+        edits = [
+            (target.tokens.get(passes.window, []), target.channel, values[target.channel, layer] if values else 0.0)
+            for target in by_layer[layer]
+        ]
+        passes.edited += sum(len(tokens) for tokens, _, _ in edits)
+        return set_entries(hidden, edits)
+
+    @contextmanager
+    def edits():
+        with ExitStack() as stack:
+            for layer in by_layer:
+                stack.enter_context(capture.replace_layer_output(passes.model, layer, lambda hidden, layer=layer: replace(layer, hidden)))
+            yield
+
+    return edits
+
+
+def _removing(passes: _Passes, layers: range, choose):
+    """The edits (for `_Passes.run`) that remove the keys `choose(window)` from the softmax at `layers`."""
+
+    def remove_keys():
+        keys = choose(passes.window)
+        passes.edited = len(keys)
+        return keys
+
+    return lambda: capture.attention_edits(passes.model, layers, remove_keys=remove_keys)
+
+
 def run(
     model, input_ids: torch.Tensor, activation: ActivationTargets, sink: SinkTargets | None, seeds: list[int], sink_reason: str = ""
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
@@ -152,138 +277,50 @@ def run(
 
     Without `sink` (the architecture's attention cannot be edited; `sink_reason` says why) the
     sink ablation and the scaling reading are skipped."""
-    layer_modules = capture.decoder_layers(model, capture.architecture_of(model))
-    layers = len(layer_modules)
-    width, state = model.config.hidden_size, {"window": 0}
-    losses, seconds = [], {}
-    # An edit changes nothing before its first edited layer: each edited pass starts there, from
-    # what the layer before it returned on the unedited pass (kept per window, `entering`).
+    layers = len(capture.decoder_layers(model, capture.architecture_of(model)))
+    width = model.config.hidden_size
+    # the layer each kind of edited pass starts at: its first edited layer
     starts = {kind: min((layer for t in getattr(activation, kind) for layer in t.layers), default=0) for kind in ABLATIONS}
     if sink is not None:
         starts["sink"] = sink.first_layer
-    entering = {start: [] for start in set(starts.values()) if start > 0}
-    exact = {}  # start -> whether a replay from it without edits gives the unedited logits bit for bit
-
-    def replaying(start: int):
-        if not exact.get(start):
-            return nullcontext()  # from the first layer: no replay, or one that would not be exact
-        return capture.replay_from(model, start, lambda: entering[start][state["window"]])
-
-    def run_pass(name: str, seed: int, edits, start: int = 0):
-        started = time.perf_counter()
-        with edits(), replaying(start), torch.no_grad():
-            for window, ids in enumerate(tqdm(input_ids, desc=f"{name}{f' seed {seed}' if seed >= 0 else ''}", unit="window")):
-                state["window"] = window
-                logits = model(ids[None].to(model.device), use_cache=False).logits[0]
-                if name == BASELINE and window == 0:
-                    state["baseline_logits"] = logits
-                losses.append(
-                    {
-                        "intervention": name,
-                        "seed": seed,
-                        "window": window,
-                        "loss": next_token_loss(logits, ids),
-                        "edited": state.pop("edited", 0),
-                    }
-                )
-        seconds[f"{name}{f' seed {seed}' if seed >= 0 else ''}"] = round(time.perf_counter() - started, 2)
+    passes = _Passes(model, input_ids, starts.values())
 
     # 1. the unedited model: losses, the scaling reading and the values the mean ablations set
     reading = ScalingReading(sink.keys if sink else {}, len(input_ids))
-    # (channel, layer) -> the tokens whose values there the mean ablations set (both ablations edit the same entries)
-    watched = {(t.channel, layer): t.tokens for kind in ABLATIONS for t in getattr(activation, kind) for layer in t.layers}
-    seen_values = {key: [] for key in watched}
-
-    def keep_targets(site, layer, tensor):
-        for (channel, at), tokens in watched.items():
-            if at == layer and tokens.get(state["window"]):
-                seen_values[channel, at].append(tensor[tokens[state["window"]], channel].float().cpu())
-
-    @contextmanager
-    def observe():
-        with ExitStack() as stack:
-            stack.enter_context(capture.hooks(model, ["layer_output"], keep_targets))
-            if sink is not None:
-                stack.enter_context(capture.attention_edits(model, range(layers), observe=_follow(reading, state)))
-            handles = [layer_modules[start - 1].register_forward_hook(_keep_output(entering[start])) for start in entering]
-            stack.callback(lambda: [handle.remove() for handle in handles])
-            yield
-
-    run_pass(BASELINE, -1, observe)
-    with torch.no_grad():  # the check: window 0 replayed without edits from each start
-        for start in entering:
-            with capture.replay_from(model, start, lambda start=start: entering[start][0]):
-                replayed = model(input_ids[0][None].to(model.device), use_cache=False).logits[0]
-            exact[start] = bool(torch.equal(replayed, state["baseline_logits"]))
-            if not exact[start]:  # said in the rule log and in the record: these passes run in full
-                print(
-                    f"a replay from layer {start} does not give the unedited logits; the passes that start there run from the first layer"
-                )
-    del state["baseline_logits"]
-    mean_values = {key: float(torch.cat(values).mean()) if values else 0.0 for key, values in seen_values.items()}
+    values = _EntryValues(activation, passes)
+    passes.run(BASELINE, -1, lambda: _unedited(passes, values, reading if sink is not None else None))
+    passes.check_replays()
+    mean_values = values.means()
 
     # 2. the activation ablations, once and held, and their random controls
-    def set_at(targets: list[ChannelTarget], values=None):
-        """Edits that set each target's entries to 0, or with `values` to its mean at that layer."""
-        by_layer = {}
-        for target in targets:
-            for layer in target.layers:
-                by_layer.setdefault(layer, []).append(target)
-
-        def replace(layer, hidden):
-            edits = [
-                (target.tokens.get(state["window"], []), target.channel, values[target.channel, layer] if values else 0.0)
-                for target in by_layer[layer]
-            ]
-            state["edited"] = state.get("edited", 0) + sum(len(tokens) for tokens, _, _ in edits)
-            return set_entries(hidden, edits)
-
-        @contextmanager
-        def edits():
-            with ExitStack() as stack:
-                for layer in by_layer:
-                    stack.enter_context(capture.replace_layer_output(model, layer, lambda hidden, layer=layer: replace(layer, hidden)))
-                yield
-
-        return edits
-
     for kind, (zeroed, mean, random) in ABLATIONS.items():
         targets = getattr(activation, kind)
-        run_pass(zeroed, -1, set_at(targets), starts[kind])
-        run_pass(mean, -1, set_at(targets, mean_values), starts[kind])
+        passes.run(zeroed, -1, _setting(passes, targets), starts[kind])
+        passes.run(mean, -1, _setting(passes, targets, mean_values), starts[kind])
         for seed in seeds:
-            run_pass(random, seed, set_at(random_channels(targets, width, seed)), starts[kind])
+            passes.run(random, seed, _setting(passes, random_channels(targets, width, seed)), starts[kind])
 
     # 3. sink ablation and its random controls
     if sink is not None:
-        window_length = input_ids.shape[1]
-
-        def removing(choose):
-            def remove_keys():
-                keys = choose(state["window"])
-                state["edited"] = len(keys)
-                return keys
-
-            return lambda: capture.attention_edits(model, range(sink.first_layer, layers), remove_keys=remove_keys)
-
-        run_pass(KEYS_REMOVED, -1, removing(lambda window: sink.keys.get(window, [])), sink.first_layer)
+        edited, window_length = range(sink.first_layer, layers), input_ids.shape[1]
+        passes.run(KEYS_REMOVED, -1, _removing(passes, edited, lambda window: sink.keys.get(window, [])), sink.first_layer)
         for seed in seeds:
-            run_pass(
+            passes.run(
                 RANDOM_KEYS_REMOVED,
                 seed,
-                removing(lambda window, seed=seed: random_keys(sink.keys.get(window, []), window_length, seed, window)),
+                _removing(passes, edited, lambda window, seed=seed: random_keys(sink.keys.get(window, []), window_length, seed, window)),
                 sink.first_layer,
             )
 
     points = pd.DataFrame(reading.points, columns=["window", "layer", "head", "query", "outlier_share", "output_norm"])
     record = {
         "mean_values": [{"channel": c, "layer": layer, "value": v} for (c, layer), v in sorted(mean_values.items())],
-        "seconds": seconds,
+        "seconds": passes.seconds,
         # per pass kind, the layer it starts at and whether it starts there (the replay was exact)
-        "replay": {kind: {"layer": start, "replayed": exact.get(start, False)} for kind, start in starts.items()},
+        "replay": {kind: {"layer": start, "replayed": passes.exact.get(start, False)} for kind, start in starts.items()},
         "sink_not_measured": sink_reason,
     }
-    return pd.DataFrame(losses), pd.DataFrame(reading.rows, columns=list(SCALING_COLUMNS)), points, record
+    return pd.DataFrame(passes.losses), pd.DataFrame(reading.rows, columns=list(SCALING_COLUMNS)), points, record
 
 
 def _keep_output(kept: list):
@@ -297,11 +334,11 @@ def _keep_output(kept: list):
     return lambda module, args, output: kept.append(copy(output))
 
 
-def _follow(reading: ScalingReading, state: dict):
+def _follow(reading: ScalingReading, passes: _Passes):
     """The observer, told which window the pass is on."""
 
     def observe(layer, probs, output, value, visible):
-        reading.window = state["window"]
+        reading.window = passes.window
         reading(layer, probs, output, value, visible)
 
     return observe
