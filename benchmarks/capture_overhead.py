@@ -111,7 +111,7 @@ def main():
 
     entry = {"dtype": "float32", "trust_remote_code": False}
     windows = load_file(Path(args.windows) / "input_ids.safetensors")["input_ids"][: args.count]
-    model, tokenizer = passes.load("benchmark", entry, Path(args.model), attention=True, tokens=windows.shape[1])
+    model, tokenizer = passes.load("benchmark", entry, Path(args.model), tokens=windows.shape[1])
     every_site = passes.statistics_sites(model)
     if args.waits:
         result = {"model": args.model, "windows": len(windows), "window_length": int(windows.shape[1]), "sites": list(every_site)}

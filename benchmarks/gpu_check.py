@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
     scratch = tempfile.TemporaryDirectory(prefix="gpu-check-")
     folder = save_model(args.shape, args.layers, dtype, Path(scratch.name) / "model")
     entry = {"dtype": args.dtype, "trust_remote_code": False}
-    model, tokenizer = passes.load("gpu-check", entry, folder, attention=True, gpus=args.gpus, tokens=args.length)
+    model, tokenizer = passes.load("gpu-check", entry, folder, gpus=args.gpus, tokens=args.length)
     device = model.device
     planned = memory.plan(folder, args.dtype, args.length)
     generator = torch.Generator().manual_seed(0)

@@ -207,7 +207,7 @@ def test_too_long_windows_and_too_large_models_fail_before_any_work(tmp_path, ti
     _, folder = tiny_model_dir("llama")
     monkeypatch.setattr(passes, "free_memory", lambda device: 1024)
     with pytest.raises(SourceError, match=r"^models.tiny: needs 0.\d MiB \(weights 0.\d MiB\) but 0.0 MiB is free on cpu"):
-        passes.load("tiny", {"dtype": "float32", "trust_remote_code": False}, folder, attention=True)
+        passes.load("tiny", {"dtype": "float32", "trust_remote_code": False}, folder)
 
 
 def test_statistics_are_deterministic(tmp_path):
@@ -301,7 +301,7 @@ def test_memory_is_bounded_by_one_window(tmp_path):
 def test_real_default_model_shows_the_papers_outliers(smollm2_dir, tmp_path):
     """SmolLM2 on the paper's prompt: the numbers measured when it was chosen as the default model."""
     folder, _ = smollm2_dir
-    model, tokenizer = passes.load("smollm2-135m", {"dtype": "float32", "trust_remote_code": False}, folder, attention=True)
+    model, tokenizer = passes.load("smollm2-135m", {"dtype": "float32", "trust_remote_code": False}, folder)
     record = passes.dump_prompt(model, tokenizer, "Summer is warm. Winter is cold.\n", False, tmp_path / "summer.safetensors")
     assert record["tokens"][0] == "Summer" and record["tokens"][-1] == "\\n" and len(record["tokens"]) == 9
     tensors = load_file(tmp_path / "summer.safetensors")
@@ -326,7 +326,7 @@ def test_a_model_spread_with_device_map_auto_gives_the_same_statistics(tmp_path,
     monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *args, **kwargs: LABELS)  # the folder has none
     entry = {"dtype": "float32", "trust_remote_code": False}
     for name, settings in (("plain", entry), ("spread", {**entry, "device_map": "auto"})):
-        model, _ = passes.load("tiny", settings, folder, attention=True)
+        model, _ = passes.load("tiny", settings, folder)
         passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / name)
     for table in sorted((tmp_path / "plain").glob("*.parquet")):
         assert table.read_bytes() == (tmp_path / "spread" / table.name).read_bytes(), table.name

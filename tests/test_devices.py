@@ -34,7 +34,7 @@ def test_a_job_asking_for_a_gpu_that_is_not_there_stops_with_one_line(tiny_model
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     _, folder = tiny_model_dir("llama")
     with pytest.raises(DeviceError) as error:
-        passes.load("tiny", {"dtype": "float32", "trust_remote_code": False}, folder, attention=True, gpus=1)
+        passes.load("tiny", {"dtype": "float32", "trust_remote_code": False}, folder, gpus=1)
     assert str(error.value) == (
         f"models.tiny asks for 1 GPU but torch sees none (torch {torch.__version__}, CUDA {torch.version.cuda or 'not in this build'}, "
         "CUDA_VISIBLE_DEVICES=unset); run it where the GPUs are, with a CUDA build of torch, or set its gpus to 0 to run on the CPU"

@@ -29,7 +29,7 @@ model = tiny_model("llama", max_position_embeddings=4096, hidden_size=64, num_at
 save_with_architecture(model, folder / "model")
 save_file({"input_ids": torch.randint(0, 96, (1, tokens))}, folder / "input_ids.safetensors")
 transformers.AutoTokenizer.from_pretrained = lambda *args, **kwargs: LABELS
-model, _ = passes.load("tiny", {"dtype": dtype, "trust_remote_code": False}, folder / "model", attention=True, tokens=tokens)
+model, _ = passes.load("tiny", {"dtype": dtype, "trust_remote_code": False}, folder / "model", tokens=tokens)
 def kib(field):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
 with torch.no_grad():
@@ -60,7 +60,7 @@ def test_a_job_too_large_for_its_device_is_refused_with_the_numbers(tiny_model_d
     assert needed.attention == 4 * 128 * 128 * 12 and needed.caches == 10 * memory.REPLAY_STARTS * 128 * 32 * 4
     monkeypatch.setattr(passes, "free_memory", lambda device: needed.total - 1)
     with pytest.raises(SourceError) as error:
-        passes.load("tiny", ENTRY, folder, attention=True, tokens=128, cached_windows=10)
+        passes.load("tiny", ENTRY, folder, tokens=128, cached_windows=10)
     assert str(error.value) == (
         f"models.tiny: needs {needed} but {memory.readable(needed.total - 1)} is free on cpu; "
         "ask for more GPUs (models.tiny.gpus with device_map: auto), use a shorter window_length or a smaller models.tiny.dtype"
@@ -71,7 +71,7 @@ def test_a_job_too_large_for_its_device_is_refused_with_the_numbers(tiny_model_d
     )
     assert memory.readable(3 * 2**30) == "3.00 GiB"
     monkeypatch.setattr(passes, "free_memory", lambda device: needed.total)
-    passes.load("tiny", ENTRY, folder, attention=True, tokens=128, cached_windows=10)  # it fits exactly
+    passes.load("tiny", ENTRY, folder, tokens=128, cached_windows=10)  # it fits exactly
 
 
 def test_device_map_auto_never_offloads(tiny_model_dir, monkeypatch):
@@ -82,7 +82,7 @@ def test_device_map_auto_never_offloads(tiny_model_dir, monkeypatch):
     with pytest.raises(
         SourceError, match=r"^models.tiny: device_map auto would put \d+ modules? \(.+\) on disk: it needs [\d.]+ MiB \(weights"
     ):
-        passes.load("tiny", {**ENTRY, "device_map": "auto"}, folder, attention=True)
+        passes.load("tiny", {**ENTRY, "device_map": "auto"}, folder)
 
 
 def test_a_model_spread_over_cards_keeps_room_for_its_working_set_on_each(tiny_model_dir, monkeypatch):

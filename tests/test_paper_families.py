@@ -92,7 +92,7 @@ def test_half_precision_statistics_of_every_family_agree_with_float32(checkpoint
     results = {}
     for dtype in ("float32", "float16", "bfloat16"):
         fetch_model(name, entry(f"path:{checkpoints[name]}", dtype), tmp_path / dtype)
-        model, _ = passes.load(name, entry("", dtype), tmp_path / dtype, attention=True)
+        model, _ = passes.load(name, entry("", dtype), tmp_path / dtype)
         passes.corpus_statistics(model, LABELS, tmp_path, tmp_path / f"stats-{dtype}", name=name)
         results[dtype] = {
             table: pd.read_parquet(tmp_path / f"stats-{dtype}" / f"{table}.parquet") for table in ("activation_outliers", "sites")

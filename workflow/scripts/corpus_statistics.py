@@ -12,7 +12,6 @@ def main(snakemake):
         snakemake.wildcards.model,
         snakemake.params.entry,
         Path(snakemake.input.model),
-        attention=True,
         gpus=snakemake.resources.gpu,
         tokens=length,
     )

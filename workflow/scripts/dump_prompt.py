@@ -13,7 +13,6 @@ def main(snakemake):
         snakemake.wildcards.model,
         snakemake.params.entry,
         Path(snakemake.input.model),
-        attention=True,
         gpus=snakemake.resources.gpu,
         tokens=len(snakemake.params.prompt["text"]) + 1,  # a token per character at most, and a BOS
     )

@@ -17,7 +17,6 @@ def main(snakemake):
         name,
         snakemake.params.entry,
         Path(snakemake.input.model),
-        attention=True,
         gpus=snakemake.resources.gpu,
         tokens=length,
         cached_windows=count,

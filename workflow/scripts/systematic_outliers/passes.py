@@ -42,11 +42,13 @@ def check_fits(name: str, needed: memory.Plan, target: torch.device, spread: boo
     return {card.index if card.type == "cuda" else "cpu": room[card] for card in cards}
 
 
-def load(name: str, entry: dict, model_dir: Path, attention: bool, gpus: int = 0, tokens: int = 0, cached_windows: int = 0):
+def load(name: str, entry: dict, model_dir: Path, gpus: int = 0, tokens: int = 0, cached_windows: int = 0):
     """Load the fetched model unmodified, on the `gpus` cards the job was granted (on the CPU with 0;
-    devices.device); the capturing eager attention only when `attention`. `tokens` (of one pass) and
-    `cached_windows` (layer outputs the interventions keep) are the work at hand, which the memory
-    plan counts before anything is loaded (memory.plan, check_fits)."""
+    devices.device), always in eager attention: through the capturing attention function
+    (capture.ATTENTION_CAPTURE) where the model's attention runs through transformers' interface, and
+    the capturing experts function where it has experts. `tokens` (of one pass) and `cached_windows`
+    (layer outputs the interventions keep) are the work at hand, which the memory plan counts before
+    anything is loaded (memory.plan, check_fits)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = device(gpus, f"models.{name}")
@@ -62,7 +64,7 @@ def load(name: str, entry: dict, model_dir: Path, attention: bool, gpus: int = 0
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,
         dtype=dtype,
-        attn_implementation=eager if attention else "sdpa",
+        attn_implementation=eager,
         **({"experts_implementation": capture.EXPERTS_CAPTURE} if fetched.reads_experts else {}),
         trust_remote_code=entry["trust_remote_code"],
         **({"device_map": "auto", "max_memory": max_memory} if spread else {}),
