@@ -326,6 +326,24 @@ def test_ranking_orders_by_the_means_and_compares_with_the_softpick_paper():
     )
 
 
+def test_a_hybrids_attention_claim_counts_its_softmax_layers_only(planted_capture):
+    """The planted model as a hybrid whose first layer has no softmax attention (a state-space mixer, as
+    Jamba's): the attention claim's scorecard value gives the share over the 3 layers it counted, not over all 4."""
+    from copy import deepcopy
+
+    m = measured(planted_capture, "planted")
+    attention = {claim.key: finding for claim, finding in verdicts.judge(m)}["attention"]
+    found = len(choices.attention_outlier_layers(m.evidence.attention_layers, m.evidence.windows))
+    assert m.layers == 4 and attention.value.startswith(f"{found} of 4 layers, top-1 ")  # every layer attends: as before
+    hybrid = deepcopy(m)
+    hybrid.evidence.attention_layers = m.evidence.attention_layers[m.evidence.attention_layers.layer > 0]
+    assert choices.softmax_layers(hybrid.evidence.attention_layers) == [1, 2, 3]
+    found = len(choices.attention_outlier_layers(hybrid.evidence.attention_layers, m.evidence.windows))
+    attention = {claim.key: finding for claim, finding in verdicts.judge(hybrid)}["attention"]
+    assert found > 0 and attention.value.startswith(f"{found} of 3 layers with softmax attention, top-1 ")
+    assert f"at {found} of 3 layers with softmax attention (of 4)" in attention.measured
+
+
 def test_every_llm_verdict_is_reachable(planted_capture):
     """The planted measurements, edited one way at a time: each claim reaches holds, partly and does not hold
     (the intervention claims: test_interventions)."""

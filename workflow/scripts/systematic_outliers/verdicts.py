@@ -140,14 +140,14 @@ def judge_attention(m: Measured) -> Finding:
     softmax = len(choices.softmax_layers(m.evidence.attention_layers))  # a hybrid's other layers have no keys to weigh
     share = len(layers) / softmax
     verdict = HOLDS if share >= ATTENTION_LAYERS_HOLDS else PARTLY if layers else DOES_NOT_HOLD
+    counted = f"{len(layers)} of {softmax} layers" + (" with softmax attention" if softmax < m.layers else "")  # the share's terms
     return Finding(
-        f"keys receiving ≥ {ATTENTION_SHARE:g} × the window length in most of {m.evidence.windows} windows at "
-        f"{len(layers)} of {softmax} layers"
-        + (f" with softmax attention (of {m.layers})" if softmax < m.layers else "")
+        f"keys receiving ≥ {ATTENTION_SHARE:g} × the window length in most of {m.evidence.windows} windows at {counted}"
+        + (f" (of {m.layers})" if softmax < m.layers else "")
         + (f" (from layer {layers[0] + 1})" if layers else "")
         + f"; the largest mean top-1 is {curves.top1[top]:.1f} at layer {top + 1} (threshold {curves.threshold[top]:.1f})",
         verdict,
-        f"{len(layers)} of {m.layers} layers, top-1 {curves.top1[top]:.0f} of {m.evidence.manifest['window_length']}",
+        f"{counted}, top-1 {curves.top1[top]:.0f} of {m.evidence.manifest['window_length']}",
     )
 
 
