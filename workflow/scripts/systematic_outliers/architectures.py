@@ -175,8 +175,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         {k: v for k, v in _llama_like(gate_up="mlp.gate_up_proj").items() if k not in HEAD_SITES},
         attention="self_attn",
     ),
-    # Mixtral's experts are one module with 3-D weights, called once per routed expert:
-    # its MLP sites are not per token, so only the residual, norm and attention sites are captured.
+    # Mixtral's experts are one module with 3-D weights (_MIXTRAL_TAPS above): the down projection's
+    # input is captured per expert, for the tokens routed to it; gate, up and act are not captured.
     "mixtral": Architecture("model.layers", _MIXTRAL_TAPS, attention="self_attn"),
     "gpt2": Architecture(
         "transformer.h",

@@ -1,14 +1,16 @@
 """Capture named tensors from unmodified Hugging Face models with forward hooks.
 
-Every architecture maps the same site names onto its own modules in one small table
-entry (`architectures.ARCHITECTURES`). A hook hands each captured tensor, as [tokens, channels] (or
+Every model maps the same site names onto its own modules in an `Architecture` that the probe
+resolves from the model itself (`architecture_of`: `probe.resolve`, its module tree and one probing
+forward pass; the hand table `architectures.ARCHITECTURES` only supplies what the probe cannot see,
+in attention code of a model's own). A hook hands each captured tensor, as [tokens, channels] (or
 [tokens, heads, head_dim] for query/key/value), to a callback `callback(site, layer, tensor)`
 and returns None, so the model's outputs are untouched.
 
 Attention probabilities and logits need the attention weights, which only the eager
 path materializes. `register_capture()` registers an attention function that runs the
 model's own eager code and shows its probabilities (and, on request, the logits) to the
-callback; it is used only by the rules that need attention.
+callback; `passes.load` loads every model whose attention runs through transformers' interface with it.
 
 Mixture-of-experts MLPs run their experts through transformers' experts interface
 (`transformers.integrations.moe`). `EXPERTS_CAPTURE` is an experts function that runs the
