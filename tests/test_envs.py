@@ -15,7 +15,7 @@ from conftest import REPO
 SCRIPTS = REPO / "workflow" / "scripts"
 PACKAGE = "systematic_outliers"
 # import names whose distribution is called otherwise
-DISTRIBUTIONS = {"yaml": "pyyaml", "huggingface_hub": "huggingface-hub"}
+DISTRIBUTIONS = {"yaml": "pyyaml", "huggingface_hub": "huggingface-hub", "markdown_it": "markdown-it-py"}
 
 
 def rule_blocks():
