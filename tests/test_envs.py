@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from import_walk import PACKAGE, imported, module_path
 
-SCRIPTS = REPO / "workflow" / "scripts"
-PACKAGE = "systematic_outliers"
 # import names whose distribution is called otherwise
 DISTRIBUTIONS = {"yaml": "pyyaml", "huggingface_hub": "huggingface-hub", "markdown_it": "markdown-it-py"}
 
@@ -28,28 +27,6 @@ def rule_blocks():
                 conda = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
                 env = (rule_file.parent / conda.group(1)).resolve() if conda else None
                 yield name.group(1), (rule_file.parent / script.group(1)).resolve(), env
-
-
-def module_path(name: str) -> Path | None:
-    """The file of a package module (systematic_outliers.x), or None for anything else."""
-    parts = name.split(".")
-    if parts[0] != PACKAGE:
-        return None
-    base = SCRIPTS.joinpath(*parts)
-    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py") if base.with_suffix(".py").exists() else None
-
-
-def imported(tree: ast.AST, package: str | None) -> set[str]:
-    """Every module an AST imports, anywhere in it (also inside functions), relative ones resolved."""
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = f"{package}.{node.module}" if node.level and node.module else package if node.level else node.module
-            names.add(base)
-            names |= {f"{base}.{alias.name}" for alias in node.names if module_path(f"{base}.{alias.name}")}
-    return names
 
 
 def third_party(sources: list[tuple[str, str | None]]) -> set[str]:

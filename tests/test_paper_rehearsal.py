@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 from paper_families import DELIMITERS, OUTLIER_CHANNEL, build, corpus, plant, save
-from test_workflow import SNAKEMAKE
+from snakemake_runs import SNAKEMAKE
 
 REHEARSED = {
     "llama2-7b": "float16",

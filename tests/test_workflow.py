@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "1"]
+from snakemake_runs import SNAKEMAKE, path_model, small_corpus
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -273,16 +272,6 @@ def _job_process(session: int, script: str) -> int | None:
     return None
 
 
-def small_corpus(folder: Path) -> Path:
-    """Four documents of 600 words drawn from a few, with delimiters: a corpus for `path:`."""
-    folder.mkdir()
-    words = "summer winter warm cold . the and of is , \n".split(" ")
-    for number in range(4):
-        rng = __import__("random").Random(number)
-        (folder / f"doc{number}.txt").write_text(" ".join(rng.choice(words) for _ in range(600)))
-    return folder
-
-
 @pytest.mark.slow
 def test_a_run_whose_capture_job_is_killed_finishes_with_the_same_command_and_results(smollm2_dir, tmp_path):
     """Kill the corpus_statistics job mid-capture (as the OOM killer or a node failure would);
@@ -332,36 +321,6 @@ def test_a_run_whose_capture_job_is_killed_finishes_with_the_same_command_and_re
     for table in sorted(runs["straight"].glob("*.parquet")):
         assert table.read_bytes() == (runs["killed"] / table.name).read_bytes(), table.name
     assert sorted(p.name for p in runs["killed"].iterdir()) == sorted(p.name for p in runs["straight"].iterdir())
-
-
-TINY_TASK = {
-    "data": {"kind": "bigram_backcopy", "length": 16, "vocab_size": 16, "triggers": 2, "task_seed": 0},
-    "model": {"n_layer": 1, "n_head": 1, "n_embd": 16},
-    "schedule": {
-        "steps": 4,
-        "batch_size": 4,
-        "learning_rate": 1e-3,
-        "min_learning_rate": 1e-4,
-        "warmup_steps": 1,
-        "decay_steps": 4,
-        "weight_decay": 0.0,
-        "eval_interval": 2,
-        "eval_batches": 1,
-        "checkpoint_interval": 4,
-    },
-    "seeds": [0],
-}
-
-
-def path_model(folder: Path, model, tokenizer_dir: Path) -> Path:
-    """A tiny random model saved for `path:`, with SmolLM2's tokenizer."""
-    import shutil
-
-    model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tokenizer_dir / name).exists():
-            shutil.copy(tokenizer_dir / name, folder / name)
-    return folder
 
 
 @pytest.mark.slow
