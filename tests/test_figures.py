@@ -163,3 +163,39 @@ def test_spread_marks_the_planted_sink_dim(planted_capture, tmp_path):
     low_frequency = 32 // 4 // 2 - 1  # the dim the planted query bias and key weight use
     assert f"layer {SINK_LAYER + 1}, head 1 (layer {SINK_LAYER + 1}, head 1 were set in the config" in caption
     assert f"gold stars mark head dims {low_frequency}, " in caption
+
+
+@pytest.mark.parametrize("fixture", ["planted_capture", "random_capture"])
+def test_fig02_names_where_the_interventions_edit_the_model(fixture, request, tmp_path):
+    captured = request.getfixturevalue(fixture)
+    run_notebook(
+        "fig02_layer",
+        tmp_path,
+        stats_dir=captured["stats_dir"],
+        weights_path=captured["weights_path"],
+        architecture_path=captured["architecture_path"],
+        model=fixture,
+        output_stem=str(tmp_path / "fig02"),
+    )
+    caption = caption_of(tmp_path, "fig02")
+    assert "gray labels on the arrows are the capture sites read there (15 of 15)" in caption
+    if fixture == "planted_capture":
+        assert f"the activation ablations edit: channel {OUTPUT_CHANNEL} appears at layer {MLP_LAYER + 1} " in caption
+        assert f"the sink ablation removes, from layer {SINK_LAYER + 1}, the first with outlier keys in most windows, on" in caption
+    else:  # the negative control: nothing to find, and the caption says what is edited instead
+        assert "the activation ablations edit: no activation outlier" in caption
+        assert "the sink ablation removes, no layer has outlier keys in most windows" in caption
+
+
+def test_the_scaling_figure_reads_the_planted_sink_layers(planted_capture, tmp_path):
+    run_notebook(
+        "scaling_factor",
+        tmp_path,
+        interventions_path=planted_capture["interventions_path"],
+        stats_dir=planted_capture["stats_dir"],
+        model="planted",
+        output_stem=str(tmp_path / "scaling"),
+    )
+    caption = caption_of(tmp_path, "scaling")
+    assert f"Outlier keys: from layer {SINK_LAYER + 1}, the first with outlier keys in most windows, on" in caption
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
