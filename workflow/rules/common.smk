@@ -239,7 +239,7 @@ def report_pages():
                 VARIANTS, task, "Table 2", "Table 2: the attention variants"
             ),
             f"tables/gpt2/{task}/compression": Page(
-                VARIANTS, task, "compression", "Compression of each variant"
+                VARIANTS, task, "Table 3 (compression)", "Compression of each variant"
             ),
             f"tables/gpt2/{task}/ranking": Page(
                 VARIANTS,
