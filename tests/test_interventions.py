@@ -286,6 +286,8 @@ def synthetic(
         "mean_values": [{"channel": 5, "layer": layer, "value": 100.0 + layer} for layer in (1, 2)],
         "sink": {"first_layer": 0, "keys": {}, "found": True, "why": ""} if sink else None,
         "sink_not_measured": "" if sink else "falcon has no attention capture (its architecture.json says why)",
+        "model": "tiny-fp16",
+        "dtype": "float16",
     }
     evidence = types.SimpleNamespace(
         has_attention=sink,
@@ -357,8 +359,34 @@ def verdicts_of(m):
             {"zeroed": 2.0015, "held": 2.0015},
             {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
         ),
-        # zeroing overflowed the logits (a float16 model): read as an infinite loss, the model broke
-        ({"zeroed": float("nan")}, {"needed": HOLDS, "value": HOLDS, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
+        # zeroing overflowed the logits (a float16 model): not a measurement. This used to read as an infinite loss, so "the
+        # model broke" and the claim held on an artefact; now the once ablation is not measured and, the held one not hurting,
+        # neither is the claim (nor the mean's, with nothing measured to restore)
+        (
+            {"zeroed": float("nan")},
+            {"needed": NOT_MEASURED, "value": NOT_MEASURED, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+        ),
+        # … while the held ablation, measured, breaks the model: it holds on the held ablation
+        (
+            {"zeroed": float("inf"), "held": 5.0, "held_mean": 2.1},
+            {"needed": HOLDS, "value": HOLDS, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+        ),
+        # an overflow of the sink ablation or of the mean
+        (
+            {"removed": float("nan"), "mean": float("inf")},
+            {"needed": HOLDS, "value": NOT_MEASURED, "sink_needed": NOT_MEASURED, "scaling_factor": HOLDS, "small_values": HOLDS},
+        ),
+        # the correlation undefined in every window of every attention-outlier layer (a constant share), the value ratio's
+        # denominator 0 (the median key's value norm): not measured, never "does not hold"
+        (
+            {"correlations": [float("nan")] * 3, "value_ratio": float("inf")},
+            {"needed": HOLDS, "value": HOLDS, "sink_needed": HOLDS, "scaling_factor": NOT_MEASURED, "small_values": NOT_MEASURED},
+        ),
+        # … in one layer of three: judged on the other two
+        (
+            {"correlations": [float("nan"), -0.8, 0.6]},
+            {"needed": HOLDS, "value": HOLDS, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS},
+        ),
         # one window gives no interval over windows
         ({"windows": 1}, {"needed": HOLDS, "value": HOLDS, "sink_needed": HOLDS, "scaling_factor": NOT_MEASURED, "small_values": HOLDS}),
         # an architecture whose attention cannot be edited
@@ -382,9 +410,78 @@ def test_the_needed_claim_says_which_ablation_broke_the_model():
     assert "in the held ablation, the one that hurt (101.0, 102.0)" in value and "96.7% restored" in value
 
 
-def test_a_broken_model_says_how_many_windows_broke():
+def test_an_overflow_is_reported_as_an_overflow_of_the_model_in_its_dtype_not_as_breakage():
+    overflow = "the logits of tiny-fp16 overflowed in float16, an artefact of the precision, not a measurement"
     finding = intervention_report.judge_needed(synthetic(zeroed=float("nan")))
-    assert "4 window(s) with a non-finite loss, read as infinite" in finding.measured and "→ inf nats" in finding.measured
+    assert finding.verdict == NOT_MEASURED and finding.value == "overflow in float16 (once)"
+    assert f"(channel 5 at layer 2): not measured: the loss is not finite (outliers zeroed: 4 of 4 window-passes): {overflow}" in (
+        finding.measured
+    )
+    assert finding.measured.endswith("; the held ablation does not hurt beyond its controls and the once one overflowed")
+    assert "breaks" not in finding.measured and "inf" not in finding.measured.replace("infinite", "")
+    held = intervention_report.judge_needed(synthetic(zeroed=float("nan"), held=5.0))
+    assert held.verdict == HOLDS and "the verdict is the held ablation's" in held.measured and overflow in held.measured
+    control = intervention_report.judge_needed(synthetic(random=(2.0, float("nan"), 2.0)))  # an overflowed control: no comparison
+    assert control.verdict == NOT_MEASURED and "random channels zeroed: 4 of 12 window-passes" in control.measured
+    value = intervention_report.judge_value(synthetic(mean=float("nan")))
+    assert value.verdict == NOT_MEASURED and f"outliers set to their mean: 4 of 4 window-passes): {overflow}" in value.measured
+    sink = intervention_report.judge_sink_needed(synthetic(removed=float("inf")))
+    assert sink.verdict == NOT_MEASURED and sink.value == "overflow in float16" and overflow in sink.measured
+    unedited = synthetic()
+    unedited.interventions.losses.loc[unedited.interventions.losses.intervention == BASELINE, "loss"] = float("nan")
+    assert {finding.verdict for finding in map(lambda claim: claim.judge(unedited), intervention_report.INTERVENTION_CLAIMS[:3])} == {
+        NOT_MEASURED
+    }
+    assert overflow in intervention_report.judge_needed(unedited).measured
+    table = intervention_report.loss_summary(synthetic(zeroed=float("nan")).interventions.losses).set_index("intervention")
+    assert np.isnan(table.loss[ZEROED]) and table.loss[BASELINE] == 2.0  # the table shows no number for it, not infinity
+
+
+def test_undefined_readings_are_not_measured_and_say_why():
+    """Through the reading itself: every query puts all its attention on the outlier key (the share is the constant 1: no
+    rank correlation) and the ordinary keys carry no value (the value ratio's denominator is 0)."""
+    heads, tokens, dim = 2, 6, 4
+    probs = torch.zeros(heads, tokens, tokens)
+    probs[:, :, 0] = 1.0
+    value = torch.zeros(1, tokens, dim)
+    value[:, 0] = 1.0
+    visible = torch.ones(tokens, tokens, dtype=torch.bool).tril()
+    reading = interventions.ScalingReading({w: [0] for w in range(4)}, windows=4)
+    for window in range(4):
+        reading.window = window
+        for layer in range(3):
+            reading(layer, probs, torch.randn(tokens, heads, dim, generator=torch.Generator().manual_seed(window)), value, visible)
+    scaling = pd.DataFrame(reading.rows)
+    assert scaling.correlation.isna().all() and scaling.value_norm_ratio.isna().all() and (scaling.points == heads * 5).all()
+    m = synthetic()
+    m.interventions = readers.InterventionResults(m.interventions.losses, scaling, pd.DataFrame(), m.interventions.record)
+    scaling_finding = intervention_report.judge_scaling(m)
+    assert scaling_finding.verdict == NOT_MEASURED and scaling_finding.measured == (
+        "not measured: 3 of 3 attention-outlier layers have no correlation defined in two windows or more (where it is undefined, "
+        "the share on the outlier keys, or the head output norm, is the same for every head and query: a constant has no rank "
+        "correlation)"
+    )
+    values = intervention_report.judge_small_values(m)
+    assert values.verdict == NOT_MEASURED and values.measured == (
+        "not measured: in 3 of 3 attention-outlier layers the median key's value norm is 0 in every window: the ratio has a zero "
+        "denominator"
+    )
+    partly_read = scaling.assign(
+        correlation=np.where(scaling.layer == 0, np.nan, -0.8 + 0.01 * scaling.window),
+        value_norm_ratio=np.where(scaling.layer == 0, np.inf, 0.2),
+    )
+    m.interventions = readers.InterventionResults(m.interventions.losses, partly_read, pd.DataFrame(), m.interventions.record)
+    scaling_finding, values = intervention_report.judge_scaling(m), intervention_report.judge_small_values(m)
+    assert scaling_finding.verdict == HOLDS and scaling_finding.measured.startswith("2 of 2 attention-outlier layers with a correlation")
+    assert scaling_finding.measured.endswith(
+        "1 of 3 attention-outlier layers have no correlation defined in two windows or more "
+        "(where it is undefined, the share on the outlier keys, or the head output norm, is the same for every head and query: a "
+        "constant has no rank correlation), not judged"
+    )
+    assert values.verdict == HOLDS and "over 2 attention-outlier layers" in values.measured
+    assert values.measured.endswith(
+        "in 1 of 3 attention-outlier layers the median key's value norm is 0 in every window: the ratio has a zero denominator, not judged"
+    )
 
 
 def test_without_the_interventions_their_claims_are_not_measured():

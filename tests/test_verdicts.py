@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import caption_of, capture_everything, run_notebook
-from planted import DOWN_COLUMN, MASSIVE_TOKEN, MLP_LAYER, OUTPUT_CHANNEL, planted_model, planted_windows
+from planted import DOWN_COLUMN, MASSIVE_TOKEN, MLP_LAYER, OUTPUT_CHANNEL, SINK_LAYER, planted_model, planted_windows
 from systematic_outliers import choices, definitions, readers, variant_report, verdict_engine, verdicts
 from systematic_outliers.verdict_engine import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, NOT_SHOWN, PARTLY
 
@@ -36,13 +36,22 @@ def test_the_planted_model_holds_where_it_was_planted(planted_capture):
         "needed": DOES_NOT_HOLD,
         "value": NOT_MEASURED,
         "sink_needed": DOES_NOT_HOLD,
-        "scaling_factor": DOES_NOT_HOLD,  # every query puts all its attention on the planted sink: no correlation defined
+        # every query puts all its attention on the planted sink, the only attention-outlier layer: the share is the same
+        # constant (1) for every head and query, so the correlation is undefined there. This used to read "does not hold"
+        # (0 of 1 layers negative), grading an undefined measurement as a finding: it is not measured, and says why
+        "scaling_factor": NOT_MEASURED,
         "small_values": PARTLY,  # its value norm is 0.6 × the median key's
     }
     findings = {claim.key: finding for claim, finding in verdicts.judge(m)}
     assert f"column {DOWN_COLUMN} of layer {MLP_LAYER + 1}" in findings["weight"].measured
     assert findings["channels"].value == str(OUTPUT_CHANNEL)
     assert "never falls" in findings["cancellation"].measured
+    assert findings["scaling_factor"].measured == (
+        "not measured: 1 of 1 attention-outlier layers have no correlation defined in two windows or more (where it is undefined, "
+        "the share on the outlier keys, or the head output norm, is the same for every head and query: a constant has no rank "
+        "correlation)"
+    )
+    assert m.interventions.scaling[m.interventions.scaling.layer == SINK_LAYER].mean_share.eq(1.0).all()
     assert m.table1["rows_on_residual_outlier_channels"] == m.table1["rows_written"] == 1
     assert m.table1["residual_outlier_channels"] == str(OUTPUT_CHANNEL) and m.table1["tokens_that_are_outlier_keys"] == 1.0
 

@@ -25,8 +25,27 @@ BOOTSTRAP, INTERVAL = 1000, 0.95
 
 
 def finite_losses(losses: pd.DataFrame) -> pd.DataFrame:
-    """The losses with a non-finite one (logits that overflowed) read as infinite: the model broke."""
-    return losses.assign(loss=losses.loss.where(np.isfinite(losses.loss), np.inf))
+    """The losses with a non-finite one (logits that overflowed, as a float16 model's can) read as missing
+    (NaN): an overflow is an artefact of the precision, not a measurement of what the edit does."""
+    return losses.assign(loss=losses.loss.where(np.isfinite(losses.loss)))
+
+
+def overflow(r: InterventionResults, names) -> str | None:
+    """Why the passes `names` measured nothing when a window's loss is not finite: the logits overflowed,
+    in the model's dtype (the interventions record says which); None when every loss is finite."""
+    losses = r.losses[r.losses.intervention.isin(names)]
+    bad = losses[~np.isfinite(losses.loss)]
+    if bad.empty:
+        return None
+    counts = ", ".join(
+        f"{name}: {int((~np.isfinite(group.loss)).sum())} of {len(group)} window-passes"
+        for name, group in losses.groupby("intervention", sort=False)
+        if not np.isfinite(group.loss).all()
+    )
+    return (
+        f"the loss is not finite ({counts}): the logits of {r.record.get('model', 'the model')} overflowed in "
+        f"{r.record.get('dtype', 'its dtype (not recorded)')}, an artefact of the precision, not a measurement"
+    )
 
 
 def loss_summary(losses: pd.DataFrame) -> pd.DataFrame:
@@ -48,8 +67,11 @@ def seed_losses(losses: pd.DataFrame, intervention: str) -> np.ndarray:
 
 
 def value_norm_ratios(scaling: pd.DataFrame) -> pd.Series:
-    """Per layer, the outlier keys' value norm over the median key's: the median over windows of the per-window ratios."""
-    return scaling.groupby("layer").value_norm_ratio.median()
+    """Per layer, the outlier keys' value norm over the median key's: the median over windows of the per-window
+    ratios that are defined (finite: the median key's value norm is not 0); NaN where none is."""
+    ratios = scaling.value_norm_ratio.astype(float)
+    ratios = ratios.where(np.isfinite(ratios))
+    return ratios.groupby(scaling.layer).median()
 
 
 def correlations(scaling: pd.DataFrame, resamples: int = BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
@@ -90,20 +112,22 @@ def evidence_sink_layers(evidence) -> list[int]:
 # Judges: each reads `verdicts.Measured` (m.interventions may be None: the rule was not run).
 
 
-def _rise_against_control(losses: pd.DataFrame, edited: str) -> tuple[float, float, float, str]:
-    """(the rise of `edited` over the baseline, the largest control rise, the noise, a sentence with the numbers)."""
+def _rise_against_control(r: InterventionResults, edited: str) -> tuple[str, float, str]:
+    """(the verdict of `edited` against its control (`_hurts`; not measured when a loss of either is not
+    finite, `overflow`), the rise of `edited` over the baseline, a sentence with the numbers)."""
     control = CONTROLS[edited]
+    if (overflowed := overflow(r, [edited, control])) is not None:
+        return NOT_MEASURED, np.nan, f"not measured: {overflowed}"
+    losses = r.losses
     baseline = float(seed_losses(losses, BASELINE).mean())
     rise = float(seed_losses(losses, edited).mean()) - baseline
     controls = seed_losses(losses, control) - baseline
-    noise = max(float(np.ptp(controls)), LOSS_FLOOR) if np.isfinite(controls).all() else np.inf
-    broken = int((~np.isfinite(losses[losses.intervention == edited].loss)).sum())
+    noise = max(float(np.ptp(controls)), LOSS_FLOOR)
     text = (
         f"loss {baseline:.3f} → {baseline + rise:.3f} nats (perplexity {np.exp(baseline):,.1f} → {np.exp(baseline + rise):,.4g}"
-        + (f"; {broken} window(s) with a non-finite loss, read as infinite" if broken else "")
-        + f"); {control}: {controls.min():+.3f} to {controls.max():+.3f} over {len(controls)} seeds"
+        f"); {control}: {controls.min():+.3f} to {controls.max():+.3f} over {len(controls)} seeds"
     )
-    return rise, float(controls.max()), noise, text
+    return _hurts(rise, float(controls.max()), noise), rise, text
 
 
 def _hurts(rise: float, control: float, noise: float) -> str:
@@ -116,8 +140,8 @@ def _hurts(rise: float, control: float, noise: float) -> str:
 def _not_run(r: InterventionResults | None) -> Finding | None:
     if r is None:
         return Finding("the interventions were not run", NOT_MEASURED)
-    if not np.isfinite(seed_losses(r.losses, BASELINE)).all():
-        return Finding("the unedited model's loss is not finite on these windows: nothing to compare", NOT_MEASURED)
+    if (overflowed := overflow(r, [BASELINE])) is not None:
+        return Finding(f"the unedited model's loss is not finite on these windows, nothing to compare: {overflowed}", NOT_MEASURED)
     return None
 
 
@@ -127,7 +151,12 @@ ABLATION_TEXT = {
 }
 
 
-EFFECT = {HOLDS: "breaks the model", PARTLY: "hurts", DOES_NOT_HOLD: "no more than its controls"}  # an ablation's verdict, in words
+EFFECT = {
+    HOLDS: "breaks the model",
+    PARTLY: "hurts",
+    DOES_NOT_HOLD: "no more than its controls",
+    NOT_MEASURED: "overflowed",
+}  # an ablation's verdict, in words
 
 
 def ablation_where(record: dict, kind: str) -> str:
@@ -139,19 +168,25 @@ def ablation_where(record: dict, kind: str) -> str:
 
 
 def activation_ablations(r: InterventionResults) -> dict[str, tuple[str, float, str]]:
-    """Per activation ablation (once, held): whether it breaks the model against its controls (`_hurts`),
-    its loss rise and a sentence with the numbers."""
+    """Per activation ablation (once, held): whether it breaks the model against its controls (`_hurts`;
+    not measured where a loss overflowed), its loss rise and a sentence with the numbers."""
     found = {}
     for kind, (zeroed, _, _) in ABLATIONS.items():
-        rise, control, noise, text = _rise_against_control(r.losses, zeroed)
-        found[kind] = (_hurts(rise, control, noise), rise, f"{ABLATION_TEXT[kind]} ({ablation_where(r.record, kind)}): {text}")
+        verdict, rise, text = _rise_against_control(r, zeroed)
+        found[kind] = (verdict, rise, f"{ABLATION_TEXT[kind]} ({ablation_where(r.record, kind)}): {text}")
     return found
 
 
 def breaking_ablation(found: dict[str, tuple[str, float, str]]) -> str:
-    """The ablation the verdict comes from: the one that hurts most by its verdict, Sun et al.'s on a tie."""
-    rank = {HOLDS: 2, PARTLY: 1, DOES_NOT_HOLD: 0}
+    """The ablation the verdict comes from: the one that hurts most by its verdict, Sun et al.'s on a tie;
+    one that was not measured (an overflow) only when neither was."""
+    rank = {HOLDS: 2, PARTLY: 1, DOES_NOT_HOLD: 0, NOT_MEASURED: -1}
     return max(ABLATIONS, key=lambda kind: rank[found[kind][0]])  # the first of equals: "once"
+
+
+def _rise_value(found: dict[str, tuple[str, float, str]], kind: str, r: InterventionResults) -> str:
+    verdict, rise, _ = found[kind]
+    return f"overflow in {r.record.get('dtype', 'its dtype')} ({kind})" if verdict == NOT_MEASURED else f"{rise:+.3f} nats ({kind})"
 
 
 def judge_needed(m) -> Finding:
@@ -161,13 +196,20 @@ def judge_needed(m) -> Finding:
     found = activation_ablations(r)
     both = "; ".join(text for _, _, text in found.values())
     if not r.record["activation"]["found"]:
-        return Finding(
-            f"no activation outlier; on each window's largest |h| instead: {both}", DOES_NOT_HOLD, f"{found['once'][1]:+.3f} nats"
-        )
+        return Finding(f"no activation outlier; on each window's largest |h| instead: {both}", DOES_NOT_HOLD, _rise_value(found, "once", r))
     kind = breaking_ablation(found)
-    verdict, rise, _ = found[kind]
-    by = f"; the verdict is the {kind} ablation's" if verdict != DOES_NOT_HOLD else "; neither ablation hurts beyond its controls"
-    return Finding(both + by, verdict, f"{rise:+.3f} nats ({kind})")
+    verdict = found[kind][0]
+    unmeasured = [k for k in ABLATIONS if found[k][0] == NOT_MEASURED]
+    if verdict == NOT_MEASURED:
+        by = "; neither ablation was measured"
+    elif verdict == DOES_NOT_HOLD and unmeasured:  # what the overflowed ablation does is not known: no finding either way
+        verdict, by = NOT_MEASURED, f"; the {kind} ablation does not hurt beyond its controls and the {unmeasured[0]} one overflowed"
+        kind = unmeasured[0]
+    elif verdict == DOES_NOT_HOLD:
+        by = "; neither ablation hurts beyond its controls"
+    else:
+        by = f"; the verdict is the {kind} ablation's"
+    return Finding(both + by, verdict, _rise_value(found, kind, r))
 
 
 def judge_value(m) -> Finding:
@@ -183,9 +225,11 @@ def judge_value(m) -> Finding:
             f"zeroing changed the loss by {changes}, which does not count as hurting: nothing for the mean to restore", NOT_MEASURED
         )
     zeroed, mean, _ = ABLATIONS[kind]
+    if (overflowed := overflow(r, [mean])) is not None:
+        return Finding(f"set to their mean instead of 0 in the {kind} ablation: {overflowed}", NOT_MEASURED, "overflow")
     baseline = float(seed_losses(r.losses, BASELINE).mean())
     mean_rise = float(seed_losses(r.losses, mean).mean()) - baseline
-    restored = 1 - mean_rise / rise  # 1 when zeroing broke the model (an infinite rise) and the mean did not
+    restored = 1 - mean_rise / rise  # rise > 0: zeroing hurt
     edited = {(t["channel"], layer) for t in r.record["activation"][kind] for layer in t["layers"]}
     values = [v["value"] for v in r.record["mean_values"] if (v["channel"], v["layer"]) in edited]
     shown = (
@@ -205,17 +249,16 @@ def judge_sink_needed(m) -> Finding:
         return missing
     if not r.record.get("sink"):
         return Finding(f"no sink ablation: {r.record['sink_not_measured']}", NOT_MEASURED)
-    rise, control, noise, text = _rise_against_control(r.losses, KEYS_REMOVED)
+    verdict, rise, text = _rise_against_control(r, KEYS_REMOVED)
     sink = r.record["sink"]
+    value = f"overflow in {r.record.get('dtype', 'its dtype')}" if verdict == NOT_MEASURED else f"{rise:+.3f} nats"
     if not sink["found"]:
         return Finding(
             f"no attention-outlier layer; removing each window's most attended key from layer {sink['first_layer'] + 1} on: {text}",
             DOES_NOT_HOLD,
-            f"{rise:+.3f} nats",
+            value,
         )
-    return Finding(
-        f"removing the outlier keys from layer {sink['first_layer'] + 1} on: {text}", _hurts(rise, control, noise), f"{rise:+.3f} nats"
-    )
+    return Finding(f"removing the outlier keys from layer {sink['first_layer'] + 1} on: {text}", verdict, value)
 
 
 def _no_reading(r: InterventionResults | None) -> Finding | None:
@@ -236,32 +279,38 @@ def scaling_finding(r: InterventionResults | None, layers: list[int]) -> Finding
     if (missing := _no_reading(r)) is not None:
         return missing
     table = correlations(r.scaling).set_index("layer")
-    if table.low.isna().all():
-        return Finding(f"fewer than 2 windows per layer ({table.windows.max()}): no interval over windows", NOT_MEASURED)
+    if r.scaling.window.nunique() < 2:
+        return Finding(f"fewer than 2 windows ({r.scaling.window.nunique()}): no interval over windows", NOT_MEASURED)
     if not layers:
+        mean = table.correlation.mean()
         return Finding(
-            f"no attention-outlier layer; over all layers, on each window's most attended key, the mean correlation is "
-            f"{table.correlation.mean():+.2f}",
+            "no attention-outlier layer; over all layers, on each window's most attended key, "
+            + (f"the mean correlation is {mean:+.2f}" if pd.notna(mean) else "no correlation is defined"),
             DOES_NOT_HOLD,
             "no sink layer",
         )
-    at_sinks = table.loc[table.index.intersection(layers)]
-    negative = int((at_sinks.high < 0).sum())
-    positive = int((at_sinks.low > 0).sum())
-    undefined = int(at_sinks.correlation.isna().sum())
-    others = table.drop(index=at_sinks.index)
-    share = negative / len(layers)
-    verdict = HOLDS if share >= NEGATIVE_LAYERS else PARTLY if negative > positive else DOES_NOT_HOLD
-    median = (
-        f"median correlation there {at_sinks.correlation.median():+.2f}" if undefined < len(at_sinks) else "no correlation defined there"
+    at_sinks = table.reindex(layers)
+    read = at_sinks[at_sinks.low.notna()]  # an interval over windows: a correlation defined in at least two windows
+    unread = len(layers) - len(read)
+    unread_text = (
+        f"{unread} of {len(layers)} attention-outlier layers have no correlation defined in two windows or more (where it is "
+        "undefined, the share on the outlier keys, or the head output norm, is the same for every head and query: a constant has "
+        "no rank correlation)"
     )
+    if read.empty:
+        return Finding(f"not measured: {unread_text}", NOT_MEASURED, "undefined")
+    negative = int((read.high < 0).sum())
+    positive = int((read.low > 0).sum())
+    others = table.drop(index=at_sinks.index, errors="ignore")
+    share = negative / len(read)
+    verdict = HOLDS if share >= NEGATIVE_LAYERS else PARTLY if negative > positive else DOES_NOT_HOLD
     other_text = f"; in the {len(others)} other layers the median is {others.correlation.median():+.2f}" if len(others) else ""
-    undefined_text = f", {undefined} undefined (every share the same)" if undefined else ""
     return Finding(
-        f"{negative} of {len(layers)} attention-outlier layers have a {INTERVAL:.0%} interval below 0 ({positive} above"
-        f"{undefined_text}); {median}{other_text}",
+        f"{negative} of {len(read)} attention-outlier layers with a correlation have a {INTERVAL:.0%} interval below 0 ({positive} "
+        f"above); median correlation there {read.correlation.median():+.2f}{other_text}"
+        + (f"; {unread_text}, not judged" if unread else ""),
         verdict,
-        f"{negative}/{len(layers)} layers negative",
+        f"{negative}/{len(read)} layers negative",
     )
 
 
@@ -272,15 +321,24 @@ def judge_small_values(m) -> Finding:
     layers = sink_layers(m)
     if not layers:
         return Finding("no attention-outlier layer", DOES_NOT_HOLD, "no sink layer")
-    ratios = value_norm_ratios(r.scaling).reindex(layers).dropna()
+    everywhere = value_norm_ratios(r.scaling).reindex(layers)
+    read = set(r.scaling.layer)
+    ratios = everywhere.dropna()
+    undefined = [layer for layer in layers if layer in read and pd.isna(everywhere[layer])]
+    undefined_text = (
+        f"in {len(undefined)} of {len(layers)} attention-outlier layers the median key's value norm is 0 in every window: the ratio "
+        "has a zero denominator"
+    )
     if ratios.empty:
+        if undefined:
+            return Finding(f"not measured: {undefined_text}", NOT_MEASURED, "undefined")
         return Finding("no value norms were read in the attention-outlier layers", NOT_MEASURED)
     small, smaller = float((ratios < SMALL_VALUE).mean()), float((ratios < SMALLER_VALUE).mean())
     verdict = HOLDS if small >= NEGATIVE_LAYERS else PARTLY if smaller >= NEGATIVE_LAYERS else DOES_NOT_HOLD
     return Finding(
         f"outlier keys' value norm / the median key's, median over windows and heads: {ratios.min():.2f}–{ratios.max():.2f} "
         f"over {len(ratios)} attention-outlier layers (median {ratios.median():.2f}); below {SMALL_VALUE:g} in {small:.0%}, "
-        f"below {SMALLER_VALUE:g} in {smaller:.0%}",
+        f"below {SMALLER_VALUE:g} in {smaller:.0%}" + (f"; {undefined_text}, not judged" if undefined else ""),
         verdict,
         f"median {ratios.median():.2f}",
     )
@@ -297,7 +355,9 @@ INTERVENTION_CLAIMS = [
         f"against as many random channels at the same layers and tokens. An ablation breaks the model when the mean loss rises by ≥ "
         f"{FAR_RISE:g} nats and ≥ {FAR_FACTOR:g}× the largest rise of its control (or their seed spread); it hurts when it rises by ≥ "
         f"{SOME_RISE:g} nats and beyond the controls by more than their seed spread (at least {LOSS_FLOOR:g}). Holds when either "
-        "breaks it, partly when either hurts, does not hold otherwise or without outliers; the measured text says which ablation",
+        "breaks it, partly when either hurts, does not hold otherwise or without outliers; the measured text says which ablation. "
+        "A loss that is not finite (logits that overflowed, as a float16 model's can) is no measurement: that ablation is not "
+        "measured, and the claim is not measured when the other does not hurt either",
         f"{SUN}: perplexity 5.47 → ∞ (WikiText); random channels unchanged",
         judge_needed,
     ),
@@ -306,7 +366,7 @@ INTERVENTION_CLAIMS = [
         "… but not their exact value: their mean restores the model",
         "share of the zeroing's loss rise taken back by setting the same entries to their mean over the windows (layer by layer "
         f"when held), in the ablation the claim above comes from: holds ≥ {RESTORED_HOLDS:.0%}, partly ≥ {RESTORED_PARTLY:.0%}; not "
-        "measured when zeroing does not hurt (the claim above does not hold)",
+        "measured when zeroing does not hurt (the claim above does not hold) or the mean's loss is not finite (an overflow)",
         f"{SUN}: perplexity 5.47 at the mean (unchanged)",
         judge_value,
     ),
@@ -316,7 +376,7 @@ INTERVENTION_CLAIMS = [
         f"from the first attention-outlier layer on, every head's attention on the window's outlier keys removed and renormalised; "
         f"holds: the loss rises by ≥ {FAR_RISE:g} nats and ≥ {FAR_FACTOR:g}× the largest rise of removing as many random keys; "
         f"partly: by ≥ {SOME_RISE:g} nats and beyond the controls' seed spread; does not hold otherwise or without attention "
-        "outliers; not measured when the architecture's attention cannot be edited",
+        "outliers; not measured when the architecture's attention cannot be edited or a loss is not finite (an overflow)",
         "no number (the paper's reading, Section 4)",
         judge_sink_needed,
     ),
@@ -326,7 +386,9 @@ INTERVENTION_CLAIMS = [
         f"per layer, the rank correlation over (head, query) of the attention share on the outlier keys and the head's output norm, "
         f"averaged over windows with a {INTERVAL:.0%} bootstrap interval ({BOOTSTRAP} resamples of the windows); holds: the interval "
         f"is below 0 in ≥ {NEGATIVE_LAYERS:.0%} of the attention-outlier layers; partly: in more of them than it is above 0; "
-        "does not hold otherwise or without attention outliers; not measured without attention to read or with one window",
+        "does not hold otherwise or without attention outliers. A layer whose correlation is defined in fewer than two windows (a "
+        "constant share or norm has no rank correlation) is not judged, and the claim is not measured when no attention-outlier "
+        "layer has one, without attention to read or with one window",
         "no number (the paper's reading, Section 4)",
         judge_scaling,
     ),
@@ -335,7 +397,8 @@ INTERVENTION_CLAIMS = [
         "… whose keys carry small values",
         f"the outlier keys' mean value norm over the median key's, per layer (median over windows and key-value heads): holds "
         f"below {SMALL_VALUE:g} in ≥ {NEGATIVE_LAYERS:.0%} of the attention-outlier layers, partly below {SMALLER_VALUE:g} there; "
-        "does not hold otherwise or without attention outliers",
+        "does not hold otherwise or without attention outliers; a layer whose median key's value norm is 0 in every window (a zero "
+        "denominator) is not judged, and the claim is not measured when no layer has a ratio",
         "no number (Sun et al. and the paper show small values at the sink)",
         judge_small_values,
     ),

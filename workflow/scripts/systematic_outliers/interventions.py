@@ -60,7 +60,8 @@ SCALING_COLUMNS = {
     "and the norm of the head's output before the output projection",
     "points": "(head, query) pairs: queries that see an outlier key and another key",
     "mean_share": "mean attention share on the outlier keys over those pairs",
-    "value_norm_ratio": "median over key-value heads of the outlier keys' mean value norm / the median ordinary key's",
+    "value_norm_ratio": "median over key-value heads of the outlier keys' mean value norm / the median ordinary key's "
+    "(NaN where the median ordinary key's value norm is 0 in every key-value head: undefined)",
 }
 
 
@@ -127,7 +128,8 @@ class ScalingReading:
         share_valid, norm_valid = share.cpu().numpy()[heads, queries_valid], norm.cpu().numpy()[heads, queries_valid]
         values = value.float().norm(dim=-1)  # [kv heads, keys]
         ordinary = torch.tensor(np.setdiff1d(np.arange(values.shape[1]), keys), device=values.device)
-        ratio = values[:, index].mean(-1) / values[:, ordinary].median(-1).values
+        median = values[:, ordinary].median(-1).values
+        ratio = torch.where(median > 0, values[:, index].mean(-1) / median, torch.nan)  # a zero denominator: undefined
         self.rows.append(
             {
                 "window": self.window,
@@ -135,7 +137,7 @@ class ScalingReading:
                 "correlation": _rank_correlation(share_valid, norm_valid),
                 "points": int(share_valid.size),
                 "mean_share": float(share_valid.mean()) if share_valid.size else float("nan"),
-                "value_norm_ratio": float(ratio.median()),
+                "value_norm_ratio": float(ratio.nanmedian()),  # NaN when no head has one
             }
         )
         pick = np.random.default_rng([self.window, layer]).permutation(len(heads))[: self.per_window]
