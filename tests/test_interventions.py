@@ -603,3 +603,86 @@ def test_a_channel_without_massive_tokens_at_a_layer_edits_nothing():
         [(0, 1, "layer_output", 0, [2, 5]), (1, 1, "layer_output", 7, [5]), (1, 2, "layer_output", 3, [2])], columns=columns
     )
     assert choices.channel_tokens(rows, 2, 1, windows=2) == {0: [0], 1: []}
+
+
+# ---------------------------------------------------------------------------------------------
+# The scaling reading against a plain recomputation from full tensors.
+
+
+def _plain_attention(model, ids: torch.Tensor, layer: int):
+    """Layer `layer`'s attention probabilities [heads, queries, keys], head outputs [heads, queries, head_dim] and values
+    [kv heads, keys, head_dim] of a Llama, by hand from the hidden state entering the layer: RMSNorm, the projections,
+    rotary embedding, causal softmax (the model's code only supplies that hidden state)."""
+    config = model.config
+    heads, kv_heads, dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    block = model.model.layers[layer]
+    with torch.no_grad():
+        hidden = model(ids[None], output_hidden_states=True).hidden_states[layer][0].double()
+        x = hidden / torch.sqrt(hidden.pow(2).mean(-1, keepdim=True) + config.rms_norm_eps) * block.input_layernorm.weight.double()
+        attention = block.self_attn
+        q, k, v = (
+            (x @ projection.weight.double().T + projection.bias.double()).view(len(ids), -1, dim).transpose(0, 1)
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj)
+        )
+        frequencies = 1.0 / config.rope_parameters["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+        angles = torch.arange(len(ids), dtype=torch.float64)[:, None] * frequencies[None]
+        cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+        rotated = lambda t: t * cos + torch.cat([-t[..., dim // 2 :], t[..., : dim // 2]], -1) * sin  # noqa: E731
+        q, k = rotated(q), rotated(k)
+        group = heads // kv_heads
+        k_heads, v_heads = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
+        scores = q @ k_heads.transpose(1, 2) / dim**0.5
+        scores = scores.masked_fill(~torch.ones(len(ids), len(ids), dtype=torch.bool).tril(), float("-inf"))
+        probs = scores.softmax(-1)
+    return probs.numpy(), (probs @ v_heads).numpy(), v.numpy()
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's correlation of the average ranks (ties share the mean of their ranks), by hand."""
+
+    def ranks(values):
+        unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+        return (np.cumsum(counts) - (counts - 1) / 2)[inverse]
+
+    rx, ry = ranks(x) - ranks(x).mean(), ranks(y) - ranks(y).mean()
+    return float((rx * ry).sum() / np.sqrt((rx**2).sum() * (ry**2).sum()))
+
+
+def test_the_scaling_reading_matches_a_plain_recomputation(planted_capture):
+    """Share on the outlier keys, head-output norm, Spearman over (head, query) and the value-norm ratio of every window and
+    layer of the planted model, recomputed with numpy and pandas from the hand-computed attention, against the reading
+    that rule interventions wrote."""
+    from planted import planted_model
+    from safetensors.torch import load_file
+
+    results = readers.InterventionResults.load(planted_capture["interventions_path"])
+    windows = load_file(planted_capture["stats_dir"].parent / "input_ids.safetensors")["input_ids"]
+    keys = results.record["sink"]["keys"]
+    model = planted_model()
+    rows = results.scaling.set_index(["window", "layer"])
+    assert len(rows) == len(windows) * 4
+    for window, ids in enumerate(windows):
+        outlier = keys[window]
+        ordinary = [key for key in range(len(ids)) if key not in outlier]
+        # queries that see an outlier key and another one
+        queries = [q for q in range(len(ids)) if min(outlier) <= q and any(key <= q for key in ordinary)]
+        for layer in range(4):
+            probs, outputs, values = _plain_attention(model, ids, layer)
+            share = probs[:, queries][:, :, outlier].sum(-1).ravel()  # (head, query) pairs
+            norm = np.linalg.norm(outputs[:, queries], axis=-1).ravel()
+            norms = np.linalg.norm(values, axis=-1)  # [kv heads, keys]
+            ratio = np.median(norms[:, outlier].mean(-1) / np.median(norms[:, ordinary], axis=-1))
+            row = rows.loc[(window, layer)]
+            assert row.points == share.size
+            assert row.mean_share == pytest.approx(share.mean(), rel=1e-5, abs=1e-6)
+            correlation = _spearman(share, norm) if np.ptp(share) and np.ptp(norm) else np.nan
+            if np.isnan(correlation):
+                assert np.isnan(row.correlation) and layer == SINK_LAYER  # every query on the planted sink: a constant share
+            else:
+                assert row.correlation == pytest.approx(correlation, abs=1e-4)
+            assert row.value_norm_ratio == pytest.approx(ratio, rel=1e-5)
+    points = results.points  # the scatter sample: each point's share and norm as recomputed
+    for point in points.sample(20, random_state=0).itertuples():
+        probs, outputs, _ = _plain_attention(model, windows[point.window], point.layer)
+        assert point.outlier_share == pytest.approx(probs[point.head, point.query, keys[point.window]].sum(), rel=1e-5, abs=1e-6)
+        assert point.output_norm == pytest.approx(np.linalg.norm(outputs[point.head, point.query]), rel=1e-5)

@@ -128,7 +128,9 @@ class ScalingReading:
         share_valid, norm_valid = share.cpu().numpy()[heads, queries_valid], norm.cpu().numpy()[heads, queries_valid]
         values = value.float().norm(dim=-1)  # [kv heads, keys]
         ordinary = torch.tensor(np.setdiff1d(np.arange(values.shape[1]), keys), device=values.device)
-        median = values[:, ordinary].median(-1).values
+        # medians as numpy's: of an even count the mean of the middle two (torch.median takes the lower one, so over two
+        # key-value heads it took the smaller ratio)
+        median = values[:, ordinary].quantile(0.5, dim=-1)
         ratio = torch.where(median > 0, values[:, index].mean(-1) / median, torch.nan)  # a zero denominator: undefined
         self.rows.append(
             {
@@ -137,7 +139,7 @@ class ScalingReading:
                 "correlation": _rank_correlation(share_valid, norm_valid),
                 "points": int(share_valid.size),
                 "mean_share": float(share_valid.mean()) if share_valid.size else float("nan"),
-                "value_norm_ratio": float(ratio.nanmedian()),  # NaN when no head has one
+                "value_norm_ratio": float(ratio.nanquantile(0.5)),  # NaN when no head has one
             }
         )
         pick = np.random.default_rng([self.window, layer]).permutation(len(heads))[: self.per_window]
