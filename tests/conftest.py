@@ -186,6 +186,24 @@ def gradual_capture(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def cancelled_capture(tmp_path_factory):
+    """The planted outlier taken down over two layers by MLPs writing against it (planted.cancelled_model)."""
+    from planted import MASSIVE_TOKEN, cancelled_model, planted_windows
+
+    folder = tmp_path_factory.mktemp("cancelled")
+    return capture_everything(cancelled_model(), planted_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+
+
+@pytest.fixture(scope="session")
+def kept_capture(tmp_path_factory):
+    """Its negative control: the same model without the cancelling MLPs, the outlier kept to the last layer."""
+    from planted import MASSIVE_TOKEN, cancelled_model, planted_windows
+
+    folder = tmp_path_factory.mktemp("kept")
+    return capture_everything(cancelled_model(cancel=False), planted_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+
+
+@pytest.fixture(scope="session")
 def random_capture(tmp_path_factory):
     """The negative control: a tiny randomly initialised Llama, with no outlier of any kind.
 

@@ -113,3 +113,49 @@ def gradual_windows(tmp_path, count=3, length=48):
     ids[:, 0] = MASSIVE_TOKEN
     save_file({"input_ids": ids}, tmp_path / "input_ids.safetensors")
     return ids
+
+
+# A cancelled outlier: the planted model's outlier (massive at the output of MLP_LAYER) taken down by the
+# MLPs of the next two layers, each writing against it at the outlier token only: CANCEL_STEPS of what
+# arrives there (−48 %, then −65 % of the rest: −82 % over two layers). Only the planted writers touch the
+# marker and the outlier channel, so at every other token both are exactly 0 and the cancelling MLPs, which
+# read the outlier channel, write nothing there. Without `cancel` (the negative control) the outlier stays.
+
+CANCEL_STEPS = {MLP_LAYER + 1: 0.48, MLP_LAYER + 2: 0.65}  # layer: share of the arriving |h| its MLP writes against it
+
+
+def cancelled_model(cancel: bool = True):
+    model = tiny_model("llama", num_hidden_layers=6, attention_bias=True, intermediate_size=64)
+    head_dim = model.config.head_dim
+    low_frequency = head_dim // 2 - 1
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        embed[:, [EMBED_CHANNEL, OUTPUT_CHANNEL]] = 0.0
+        embed[MASSIVE_TOKEN, EMBED_CHANNEL] = 5.0
+        for layer in model.model.layers:  # nothing but the planted writers writes the marker or the outlier channel
+            layer.self_attn.o_proj.weight[[EMBED_CHANNEL, OUTPUT_CHANNEL]] = 0.0
+            layer.mlp.down_proj.weight[[EMBED_CHANNEL, OUTPUT_CHANNEL]] = 0.0
+            layer.mlp.gate_proj.weight[DOWN_COLUMN] = 0.0
+            layer.mlp.up_proj.weight[DOWN_COLUMN] = 0.0
+            layer.mlp.down_proj.weight[:, DOWN_COLUMN] = 0.0
+        mlp = model.model.layers[MLP_LAYER].mlp
+        mlp.gate_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = 3.0
+        mlp.up_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = 3.0
+        mlp.down_proj.weight[OUTPUT_CHANNEL, DOWN_COLUMN] = 40.0
+        attention = model.model.layers[SINK_LAYER].self_attn
+        for head in range(model.config.num_attention_heads):
+            attention.q_proj.bias[head * head_dim + low_frequency] = 12.0
+        for head in range(model.config.num_key_value_heads):
+            attention.k_proj.weight[head * head_dim + low_frequency, :] = 0.0
+            attention.k_proj.weight[head * head_dim + low_frequency, EMBED_CHANNEL] = 4.0
+        if cancel:
+            ids = torch.tensor([[MASSIVE_TOKEN, 5, 17]])
+            for layer, share in CANCEL_STEPS.items():
+                mlp = model.model.layers[layer].mlp
+                mlp.gate_proj.weight[DOWN_COLUMN, OUTPUT_CHANNEL] = 1.0  # reads the outlier: 0 at every other token
+                mlp.up_proj.weight[DOWN_COLUMN, OUTPUT_CHANNEL] = 1.0
+                mlp.down_proj.weight[OUTPUT_CHANNEL, DOWN_COLUMN] = -1.0
+                arriving = model(ids, output_hidden_states=True).hidden_states[layer][0, 0, OUTPUT_CHANNEL]  # what layer `layer` receives
+                written = model(ids, output_hidden_states=True).hidden_states[layer + 1][0, 0, OUTPUT_CHANNEL] - arriving  # per unit weight
+                mlp.down_proj.weight[OUTPUT_CHANNEL, DOWN_COLUMN] = -share * float(arriving) / float(-written)
+    return capturing(model.eval())

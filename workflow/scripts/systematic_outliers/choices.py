@@ -27,6 +27,7 @@ WEIGHT_OUTLIER_FACTOR = 5.0  # × the median max/mean ratio over all matrices: a
 SLICE_EDGES = (0, 1, 2)  # and the last column: the paper's W_down panels show [0, 1, 2, …, c-1, c, c+1, …, N-1]
 CARRYING_DIMS = 2  # head dims starred in Fig 8
 BUILT_SHARE = 0.5  # an outlier channel is built once its mean |h| reaches this share of its peak
+TAKE_DOWN_STEP = 0.1  # a layer takes an outlier channel down when its mean |h| falls by at least this share there
 
 
 def in_most_windows(count, windows: int):
@@ -146,11 +147,6 @@ def disappearance_layer(curves: pd.DataFrame, after: int, override: int | None =
     )
 
 
-def cancellation_fall(curves: pd.DataFrame, layer: int) -> float:
-    """The share by which the mean top-1 |h| falls at `layer`."""
-    return float(1 - curves.top1[layer] / curves.top1[layer - 1]) if layer > 0 else 0.0
-
-
 # ---------------------------------------------------------------------------------------------
 # Each outlier channel through the layers: where it appears, how it is built, who writes it.
 
@@ -197,8 +193,39 @@ class ChannelLife:
     def held_layers(self) -> list[int]:
         """The layers whose outputs the held ablation edits: from its emergence through the layer where it is
         no longer massive (what that layer writes, cancelling or not, is held too), or to the last layer."""
-        end = self.disappearance if self.disappearance is not None else max(self.magnitude)
-        return list(range(self.emergence, end + 1))
+        return list(range(self.emergence, self.end + 1))
+
+    @property
+    def end(self) -> int:
+        """The last layer of its life: where it is no longer massive, or the last layer."""
+        return self.disappearance if self.disappearance is not None else max(self.magnitude)
+
+    def take_down(self, step: float = TAKE_DOWN_STEP) -> TakeDown | None:
+        """Where the channel is taken down: the run of consecutive layers, each lowering its mean |h| by at
+        least `step` from the layer before, that starts after its peak and by the end of its life
+        (`end`) and goes on as long as the next layer lowers it so, with the largest fall from the value
+        arriving at the run; None when no layer after the peak lowers it by `step`."""
+        m = self.magnitude
+        last = max(m)
+        lowers = {layer: m[layer] <= (1 - step) * m[layer - 1] for layer in range(self.peak + 1, last + 1)}
+        runs = []
+        for start in range(self.peak + 1, self.end + 1):
+            if lowers[start] and not lowers.get(start - 1, False):
+                stop = start
+                while stop + 1 <= last and lowers[stop + 1]:
+                    stop += 1
+                runs.append(list(range(start, stop + 1)))
+        if not runs:
+            return None
+        layers = max(runs, key=lambda run: 1 - m[run[-1]] / m[run[0] - 1])
+        written = [self.writes.get(layer) for layer in layers]
+        return TakeDown(
+            self.channel,
+            tuple(layers),
+            m[layers[0] - 1],
+            tuple(m[layer] for layer in layers),
+            tuple(written) if all(w is not None for w in written) else None,
+        )
 
     def describe(self) -> str:
         """One clause for captions, claims and the atlas, 1-based."""
@@ -219,6 +246,42 @@ class ChannelLife:
             f", no longer massive from layer {self.disappearance + 1}" if self.disappearance is not None else ", massive to the last layer"
         )
         return text if self.in_most else text + f" (massive in at most {self.windows[0]} of {self.windows[1]} windows at a layer)"
+
+
+@dataclass(frozen=True)
+class TakeDown:
+    """Where an outlier channel is taken down (`ChannelLife.take_down`): 0-based consecutive layers, the
+    mean |h| arriving at the first and left after each, and the MLP's write onto the channel in each
+    (signed: negative writes against it; None without MLP writes captured)."""
+
+    channel: int
+    layers: tuple[int, ...]
+    arriving: float
+    left: tuple[float, ...]
+    writes: tuple[float, ...] | None
+
+    @property
+    def fall(self) -> float:
+        """The share of the arriving |h| taken down over the layers."""
+        return 1 - self.left[-1] / self.arriving
+
+    @property
+    def steps(self) -> list[float]:
+        """The share each layer takes down of what arrives at it."""
+        before = (self.arriving,) + self.left[:-1]
+        return [1 - after / arriving for arriving, after in zip(before, self.left)]
+
+    @property
+    def against(self) -> float | None:
+        """The share of the fall that the MLPs' writes against the channel (of the opposite sign) account
+        for; None without MLP writes."""
+        if self.writes is None:
+            return None
+        return sum(max(0.0, -w) for w in self.writes) / (self.arriving - self.left[-1])
+
+    def layers_text(self) -> str:
+        first, last = self.layers[0] + 1, self.layers[-1] + 1
+        return f"layer {first}" if first == last else f"layers {first}–{last}"
 
 
 def _by_layer(table: pd.DataFrame, site: str, windows: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -28,7 +28,8 @@ WEIGHT_PARTLY = 2.0  # × the median ratio over all matrices
 ATTENTION_LAYERS_HOLDS = 0.25  # share of the layers with outlier keys in most windows
 FEW_CHANNELS = 4  # "a few fixed channels"
 EARLY, LATE = 0.25, 0.75  # emergence within the first quarter of the layers; still present at three quarters
-CANCEL_FALL = 0.5  # the mean top-1 |h| falls by at least half at the cancelling layer
+CANCEL_FALL = 0.5  # an outlier channel's mean |h| falls by at least half over the layers that take it down
+CANCEL_WRITTEN = 0.5  # … and its MLPs' writes against it there account for at least half of that fall
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,31 +262,50 @@ def judge_keys_are_tokens(m: Measured) -> Finding:
     )
 
 
+def cancelled(life: choices.ChannelLife) -> tuple[str, str, str]:
+    """One channel's cancellation (`ChannelLife.take_down`): its verdict, a clause with the numbers (1-based layers)
+    and the scorecard's short value."""
+    down = life.take_down()
+    if down is None:
+        end = f"its last layer, {life.end + 1}" if life.disappearance is None else f"layer {life.end + 1}, where it is no longer massive"
+        return (
+            DOES_NOT_HOLD,
+            f"channel {life.channel}: no layer from its peak at layer {life.peak + 1} to {end} lowers its mean |h| by ≥ "
+            f"{choices.TAKE_DOWN_STEP:.0%} (|h| {life.magnitude[life.peak]:,.0f} → {life.magnitude[life.end]:,.0f})",
+            f"channel {life.channel}: not taken down",
+        )
+    steps = ", ".join(f"−{step:.0%}" for step in down.steps)
+    text = f"channel {life.channel}: |h| {down.arriving:,.0f} → {down.left[-1]:,.0f} (−{down.fall:.0%}) over {down.layers_text()} ({steps})"
+    against = down.against
+    if against is None:
+        text += "; the MLP's writes onto it are not captured (no attn_residual site)"
+    else:
+        text += f", its MLPs writing {', '.join(f'{w:+,.0f}' for w in down.writes)}: {against:.0%} of the fall against it"
+    if down.fall < CANCEL_FALL:
+        verdict = DOES_NOT_HOLD
+    else:
+        verdict = HOLDS if against is not None and against >= CANCEL_WRITTEN else PARTLY
+    value = f"channel {life.channel}: {down.layers_text()}, −{down.fall:.0%}" + (f", MLP {against:.0%}" if against is not None else "")
+    return verdict, text, value
+
+
 def judge_cancellation(m: Measured) -> Finding:
     if not m.chosen.emergence.found:
         return _no_tokens(m)
-    chosen = m.chosen.disappearance
-    if not chosen.found:
-        return Finding(chosen.why, DOES_NOT_HOLD, "never")
-    layer = chosen.value
-    fall = choices.cancellation_fall(m.chosen.curves, layer)
-    measured = f"at layer {layer + 1} ({chosen.why}) the mean top-1 |h| falls by {fall:.0%}"
-    tokens = choices.prompt_outlier_tokens(m.prompt)
-    if f"down_proj_output.{layer}" in m.prompt and f"attn_residual.{layer}" in m.prompt and tokens:
-        arriving = m.prompt[f"attn_residual.{layer}"]
-        token = tokens[0]
-        channel = int(np.abs(arriving[token]).argmax())
-        written = m.prompt[f"down_proj_output.{layer}"][token, channel]
-        opposite = bool(np.sign(written) == -np.sign(arriving[token, channel]))
-        measured += (
-            f"; on the prompt its MLP writes {written:+,.0f} onto channel {channel} of {m.tokens[token]!r}, "
-            f"which arrives at {arriving[token, channel]:+,.0f}"
+    lives = m.chosen.channels
+    if not lives:
+        return Finding("no residual channel is massive (Sun et al.) at any layer output: no channel to follow", NOT_MEASURED, "no channel")
+    judged = [life for life in lives if life.in_most] or lives  # a channel massive in a few windows only is said, not judged
+    found = [cancelled(life) for life in judged]
+    verdicts = [verdict for verdict, _, _ in found]
+    verdict = HOLDS if set(verdicts) == {HOLDS} else DOES_NOT_HOLD if set(verdicts) == {DOES_NOT_HOLD} else PARTLY
+    text = "; ".join(clause for _, clause, _ in found)
+    left_out = [life for life in lives if life not in judged]
+    if left_out:
+        text += "; not judged, massive in a few windows only: " + ", ".join(
+            f"channel {life.channel} ({life.windows[0]} of {life.windows[1]})" for life in left_out
         )
-    else:
-        opposite = None
-        measured += "; the MLP's own contribution is not captured (no MLP sites, or no outlier token on the prompt)"
-    verdict = DOES_NOT_HOLD if fall < CANCEL_FALL else HOLDS if opposite else PARTLY
-    return Finding(measured, verdict, f"layer {layer + 1}, −{fall:.0%}")
+    return Finding(text, verdict, "; ".join(value for _, _, value in found))
 
 
 LLM_CLAIMS = [
@@ -367,9 +387,14 @@ LLM_CLAIMS = [
     Claim(
         "cancellation",
         "Late layers cancel them",
-        f"at the cancelling layer (the largest fall of the mean top-1 |h| after the emergence) holds: it falls by ≥ "
-        f"{CANCEL_FALL:.0%} and, on the prompt, that layer's MLP writes against the arriving outlier; partly: the fall without the "
-        "MLP's sign; does not hold: a smaller fall or none; not measured without outliers",
+        "per outlier channel (each massive in most windows of some layer; all of them when none is), over the layers that take "
+        "it down: the run of consecutive layers, each "
+        f"lowering its mean |h| by ≥ {choices.TAKE_DOWN_STEP:.0%}, that starts after its peak and by the layer where it is no longer "
+        "massive (or the last layer), with the largest fall from the value arriving at it. Holds: it falls by ≥ "
+        f"{CANCEL_FALL:.0%} there and the MLPs' writes against it (opposite sign; the mean over windows of each window's extreme "
+        f"write) account for ≥ {CANCEL_WRITTEN:.0%} of the fall; partly: the fall without the MLPs' doing; does not hold: a smaller "
+        "fall or none. The claim holds when every judged channel holds, does not hold when none holds or partly, partly otherwise; "
+        "not measured without outliers",
         "layer 31: x_down channels 3721, 7006 cancel 1415, 2533 (Figs 4c, 9)",
         judge_cancellation,
     ),
