@@ -500,3 +500,62 @@ def test_cancellation_without_the_mlps_doing_or_with_a_small_fall_does_not_hold(
     assert finding.verdict == HOLDS and finding.measured.endswith("; not judged, massive in a few windows only: channel 7 (1 of 3)")
     finding = judged()
     assert finding.verdict == NOT_MEASURED and "no channel to follow" in finding.measured
+
+
+# ---------------------------------------------------------------------------------------------
+# Positions (planted_positions): the outlier at the first token and at delimiters, or at an ordinary token.
+
+
+@pytest.fixture(scope="module")
+def delimiter_capture(tmp_path_factory):
+    """The planted model whose trigger is the first token and the windows' and prompt's '.' and '\\n'."""
+    from planted_positions import PROMPT, delimiter_model, delimiter_windows
+
+    folder = tmp_path_factory.mktemp("delimiters")
+    return capture_everything(delimiter_model(), delimiter_windows(folder), PROMPT, folder)
+
+
+@pytest.fixture(scope="module")
+def middle_capture(tmp_path_factory):
+    """Its negative control: the planted model with its trigger at an ordinary token in the middle of each window."""
+    from planted import planted_model
+    from planted_positions import ORDINARY_PROMPT, middle_windows
+
+    folder = tmp_path_factory.mktemp("middle")
+    return capture_everything(planted_model(), middle_windows(folder), ORDINARY_PROMPT, folder)
+
+
+def finding_of(m, key):
+    return next(finding for claim, finding in verdicts.judge(m) if claim.key == key)
+
+
+def test_outliers_at_the_first_token_and_at_delimiters_hold_the_positions_claim(delimiter_capture):
+    """3 windows: the first token of each, '.' at 30 and '\\n' at 70 of window 0, '.' at 50 of window 1, '.' at 20 and 100 of
+    window 2: 3 initial tokens, 4 '.' (strong delimiters) and one '\\n' (weak semantic: stripped, it is the empty token, as in
+    the official code; Llama's tokenizer spells it <0x0A>, a strong delimiter), every one an outlier at the planted layer."""
+    from planted_positions import DELIMITERS
+
+    m = measured(delimiter_capture, "delimiters")
+    assert m.chosen.emergence.value == MLP_LAYER
+    at = m.chosen.outlier_tokens[m.chosen.outlier_tokens.layer == MLP_LAYER]
+    placed = {(w, 0) for w in DELIMITERS} | {(w, p) for w, positions in DELIMITERS.items() for p in positions}
+    assert set(zip(at.window, at.position)) == placed and len(at) == 8
+    finding = finding_of(m, "positions")
+    assert finding.verdict == HOLDS
+    split = "strong delimiter 50.0%, initial 37.5%, weak semantic 12.5%"
+    assert finding.value == split and finding.measured == f"8 outlier tokens at the emergence layer {MLP_LAYER + 1}: {split}"
+    assert choices.prompt_outlier_tokens(m.prompt) == [0, 2, 4]  # the prompt's first token, its '.' and its '\n'
+    assert m.tokens[2] == "." and m.tokens[4] == "\\n"  # as the dump writes a newline
+
+
+def test_an_outlier_at_an_ordinary_mid_window_token_does_not_hold_the_positions_claim(middle_capture):
+    from planted_positions import MIDDLE
+
+    m = measured(middle_capture, "middle")
+    assert m.chosen.emergence.value == MLP_LAYER
+    at = m.chosen.outlier_tokens[m.chosen.outlier_tokens.layer == MLP_LAYER]
+    assert set(zip(at.window, at.position)) == {(w, MIDDLE) for w in range(3)}
+    finding = finding_of(m, "positions")
+    assert finding.verdict == DOES_NOT_HOLD
+    assert finding.measured == f"3 outlier tokens at the emergence layer {MLP_LAYER + 1}: other 100.0%; not both kinds"
+    assert choices.prompt_outlier_tokens(m.prompt) == [2]
