@@ -9,18 +9,21 @@ from planted import LABELS, capturing
 from safetensors.torch import save_file
 from systematic_outliers import capture, choices, passes, verdict_engine, verdicts
 from systematic_outliers.readers import Evidence
+from systematic_outliers.verdict_engine import DOES_NOT_HOLD, HOLDS, NOT_MEASURED
 from systematic_outliers.weights import weight_statistics
 from tiny_families import tiny_family
 
 EXPERT, CHANNEL = 2, 5  # the planted massive down-projection input: expert 2, channel 5 of layer 1
 WEIGHT_EXPERT, WEIGHT_COLUMN = 1, 9  # the planted W_down column outlier of layer 1
 STREAM = 7  # a residual channel made large at every token, which the planted rows read
+WRITTEN_ROW = 20  # the residual channel the aligned model's outstanding column writes
 
 
-def planted_mixtral():
+def planted_mixtral(aligned: bool = False):
     """A tiny Mixtral whose layer-1 router sends every token to EXPERT first, whose EXPERT reads the
     always-large residual channel STREAM into its intermediate CHANNEL (act(gate) · up, both from it),
-    and whose WEIGHT_EXPERT has one outstanding W_down column."""
+    and whose WEIGHT_EXPERT has one outstanding W_down column. `aligned`: the outstanding column is
+    instead EXPERT's CHANNEL, which writes its massive input onto residual row WRITTEN_ROW alone."""
     model = tiny_family("mixtral")
     with torch.no_grad():
         model.model.embed_tokens.weight[:, STREAM] = 4.0
@@ -31,7 +34,11 @@ def planted_mixtral():
         for row in (CHANNEL, width + CHANNEL):  # gate and up halves of gate_up_proj
             moe.experts.gate_up_proj[EXPERT, row] = 0.0
             moe.experts.gate_up_proj[EXPERT, row, STREAM] = 30.0
-        moe.experts.down_proj[WEIGHT_EXPERT, STREAM, WEIGHT_COLUMN] = 10.0  # one large entry: a column max/mean outlier
+        if aligned:
+            moe.experts.down_proj[EXPERT, :, CHANNEL] = 0.0
+            moe.experts.down_proj[EXPERT, WRITTEN_ROW, CHANNEL] = 1.0  # one entry: max/mean = the rows, 64
+        else:
+            moe.experts.down_proj[WEIGHT_EXPERT, STREAM, WEIGHT_COLUMN] = 10.0  # one large entry: a column max/mean outlier
     return capturing(model)
 
 
@@ -170,3 +177,76 @@ def test_the_learned_sink_claim_reaches_its_verdicts(tmp_path, logits, verdict):
     _, evidence = sink_evidence(tmp_path, logits)
     measured = verdicts.Measured(evidence, choices.for_model(evidence), {}, [], {"layers": 2}, {})
     assert verdicts.judge_learned_sink(measured).verdict == verdict
+
+
+# ---------------------------------------------------------------------------------------------
+# The existence and alignment claims of the planted Mixtral, captured as the rules capture it.
+
+
+@pytest.fixture(scope="module")
+def mixtral_measured(tmp_path_factory):
+    """verdicts.measure of each planted Mixtral, from capture_everything (statistics, prompt, weights, interventions)."""
+    from conftest import capture_everything
+
+    def measure(aligned: bool):
+        folder = tmp_path_factory.mktemp("aligned" if aligned else "separate")
+        c = capture_everything(planted_mixtral(aligned), windows(folder), [5, 17, 42, 8, 63, 17], folder)
+        return verdicts.measure(folder.name, c["stats_dir"], c["weights_path"], c["prompt_path"], c["interventions_path"])
+
+    return {aligned: measure(aligned) for aligned in (False, True)}
+
+
+EXISTENCE_AND_ALIGNMENT = ("activation", "weight", "attention", "weight_writes", "keys_are_tokens")
+
+
+def findings_of(m):
+    return {claim.key: finding for claim, finding in verdicts.judge(m) if claim.key in EXISTENCE_AND_ALIGNMENT}
+
+
+def test_the_experts_claims_name_the_planted_expert_and_column_where_they_align(mixtral_measured):
+    """EXPERT's CHANNEL is both the massive down-projection input and the outstanding W_down column, whose one entry
+    writes it onto WRITTEN_ROW: a massive residual channel. Every token is routed there and has it, so no token stands
+    out of its window by the paper's rule (max |h| > 1000 × the window's mean): nothing for the keys to match."""
+    m = mixtral_measured[True]
+    width = 128  # the experts' intermediate width
+    findings = findings_of(m)
+    assert {key: f.verdict for key, f in findings.items()} == {
+        "activation": HOLDS,
+        "weight": HOLDS,
+        "attention": HOLDS,  # near-uniform causal attention over 32 keys: the first key gets H_32 ≈ 4.1 > 3.2
+        "weight_writes": HOLDS,
+        "keys_are_tokens": NOT_MEASURED,
+    }
+    label = f"expert {EXPERT}, column {CHANNEL}"
+    assert findings["weight"].measured.startswith(f"{label} of layer 2: max/mean 64, ")
+    assert findings["weight"].value.startswith(f"{label}, layer 2: 64 (")
+    assert findings["weight_writes"].measured == (
+        f"1 of 1 rows written by the 1 outstanding W_down columns ({label} of layer 2 → rows {WRITTEN_ROW}) are massive "
+        f"residual channels ({WRITTEN_ROW}); 1 of the columns are massive down-input channels of their layer"
+    )
+    assert findings["weight_writes"].value == "100% of rows"
+    assert (
+        m.table1["columns_on_down_input_outlier_channels"] == 1 and int(m.chosen.weight_columns.column.iloc[0]) == EXPERT * width + CHANNEL
+    )
+    assert findings["activation"].value.endswith("at layer 2")
+
+
+def test_the_experts_claims_do_not_align_an_outstanding_column_of_another_expert(mixtral_measured):
+    """The negative control: WEIGHT_EXPERT's column WEIGHT_COLUMN stands out but writes STREAM, large (4) at every
+    token and never massive; EXPERT's massive input is spread by its random W_down over every residual channel, so no
+    residual channel stands out of its layer's median and no activation is massive."""
+    m = mixtral_measured[False]
+    findings = findings_of(m)
+    assert {key: f.verdict for key, f in findings.items()} == {
+        "activation": DOES_NOT_HOLD,
+        "weight": HOLDS,
+        "attention": HOLDS,
+        "weight_writes": DOES_NOT_HOLD,
+        "keys_are_tokens": NOT_MEASURED,
+    }
+    label = f"expert {WEIGHT_EXPERT}, column {WEIGHT_COLUMN}"
+    assert findings["weight"].measured.startswith(f"{label} of layer 2: max/mean 59, ")
+    assert findings["weight_writes"].measured == (
+        f"0 of 1 rows written by the 1 outstanding W_down columns ({label} of layer 2 → rows {STREAM}) are massive "
+        "residual channels (there are none); 0 of the columns are massive down-input channels of their layer"
+    )

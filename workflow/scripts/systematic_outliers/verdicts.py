@@ -235,9 +235,13 @@ def judge_weight_writes(m: Measured) -> Finding:
     t = m.table1
     if not t["rows_written"]:
         return Finding("no W_down column stands out: nothing to compare", NOT_MEASURED, "–")
+    columns = "; ".join(
+        f"{row.label} of layer {int(row.layer) + 1} → rows {' '.join(map(str, row.top_column_rows))}"
+        for row in m.chosen.weight_columns.itertuples()
+    )
     return Finding(
         f"{t['rows_on_residual_outlier_channels']} of {t['rows_written']} rows written by the {t['weight_outlier_columns']} "
-        f"outstanding W_down columns are massive residual channels ({t['residual_outlier_channels'] or 'there are none'}); "
+        f"outstanding W_down columns ({columns}) are massive residual channels ({t['residual_outlier_channels'] or 'there are none'}); "
         f"{t['columns_on_down_input_outlier_channels']} of the columns are massive down-input channels of their layer",
         graded(t["row_share"], SHARE_HOLDS, SHARE_PARTLY),
         f"{t['row_share']:.0%} of rows",
