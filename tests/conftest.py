@@ -203,6 +203,34 @@ def kept_capture(tmp_path_factory):
     return capture_everything(cancelled_model(cancel=False), planted_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
 
 
+def _sink_capture(tmp_path_factory, name, **switches):
+    from planted import MASSIVE_TOKEN, sink_model, sink_windows
+
+    folder = tmp_path_factory.mktemp(name)
+    return capture_everything(sink_model(**switches), sink_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+
+
+@pytest.fixture(scope="session")
+def sink_capture(tmp_path_factory):
+    """A no-op head parked on the outlier token (planted.sink_model): its value small, its share varying with the context, its
+    output read by the LM head: the sink is needed and scales the head's output."""
+    return _sink_capture(tmp_path_factory, "sink")
+
+
+@pytest.fixture(scope="session")
+def large_sink_value_capture(tmp_path_factory):
+    """Its negative control for the values: the same head, the outlier token's value twice every ordinary token's."""
+    from planted import LARGE_SINK_VALUE
+
+    return _sink_capture(tmp_path_factory, "large-sink-value", sink_value=LARGE_SINK_VALUE)
+
+
+@pytest.fixture(scope="session")
+def unread_sink_capture(tmp_path_factory):
+    """Its negative control for the sink ablation: the same head parked on the same sink, its output read by nothing."""
+    return _sink_capture(tmp_path_factory, "unread-sink", read=False)
+
+
 @pytest.fixture(scope="session")
 def random_capture(tmp_path_factory):
     """The negative control: a tiny randomly initialised Llama, with no outlier of any kind.

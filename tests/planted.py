@@ -1,6 +1,7 @@
 """Tiny models with outliers planted at known places, shared by the test modules: a Llama whose
 weights create one massive activation, one weight outlier and one attention sink (`planted_model`),
-and one whose outlier is built over several layers (`gradual_model`), with their windows."""
+one whose outlier is built over several layers (`gradual_model`), one whose outlier MLPs take down
+(`cancelled_model`) and one whose sink a no-op head parks on (`sink_model`), with their windows."""
 
 import types
 
@@ -159,3 +160,76 @@ def cancelled_model(cancel: bool = True):
                 written = model(ids, output_hidden_states=True).hidden_states[layer + 1][0, 0, OUTPUT_CHANNEL] - arriving  # per unit weight
                 mlp.down_proj.weight[OUTPUT_CHANNEL, DOWN_COLUMN] = -share * float(arriving) / float(-written)
     return capturing(model.eval())
+
+
+# A sink that a no-op head parks on, for the sink-ablation, scaling-factor and small-values claims. The marker at the
+# massive token (the first of every window) makes the MLP of SCALING_MLP write a massive activation onto OUTPUT_CHANNEL,
+# which the heads of SCALING_SINK read as their only key: every ordinary key is exactly 0 (score 0); the outlier token's
+# score is the query's low-frequency entry (rotated by under 0.07 rad over a window), SINK_SCORE plus a part read from the
+# query token, so the share of attention on the sink varies with the query token and with how many other keys it sees
+# (the context). Every ordinary token's value is the same vector (all ones), the outlier token's `sink_value` times it:
+# each head's output is (1 - share + share × sink_value) times that vector, whose norm falls as the share rises when
+# sink_value < 1 (the sink as a context-aware scaling factor) and rises when it is > 1. With `read`, the output
+# projection writes the heads' outputs onto DISRUPTED_CHANNEL, which the LM head reads as a vote for NEVER_SEEN: parked
+# on a sink of small value the head writes little; with the sink removed its whole attention goes to the ordinary values
+# and the vote swamps every prediction (a no-op head that needs its sink). Without `read` nothing reads the head: the
+# same sink, parked on and not needed. The two negative controls: LARGE_SINK_VALUE, and read=False.
+
+SCALING_MLP, SCALING_SINK = 1, 2
+SMALL_SINK_VALUE, LARGE_SINK_VALUE = 0.1, 2.0  # the outlier token's value / every ordinary token's
+SINK_SCORE, SCORE_SPREAD = 7.0, 0.25  # the sink's attention score: a constant, and the weight on each channel of the query token
+DISRUPT, VOTE, EMBED_SCALE = 0.06, 2.0, 20.0  # the heads' write onto DISRUPTED_CHANNEL, the LM head's vote, the embeddings' scale
+SCALING_LENGTH = 64  # window length: uniform attention gives the first key H_64 ≈ 4.7, under the outlier threshold 6.4
+
+
+def sink_model(sink_value: float = SMALL_SINK_VALUE, read: bool = True):
+    model = tiny_model("llama", num_hidden_layers=4, attention_bias=True, intermediate_size=64)
+    config = model.config
+    head_dim, heads, kv_heads = config.head_dim, config.num_attention_heads, config.num_key_value_heads
+    low_frequency = head_dim // 2 - 1
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        embed *= EMBED_SCALE  # ordinary residuals of a known size, against which the no-op head's write is weighed
+        embed[:, [EMBED_CHANNEL, OUTPUT_CHANNEL]] = 0.0
+        embed[MASSIVE_TOKEN] = 0.0
+        embed[MASSIVE_TOKEN, EMBED_CHANNEL] = 5.0
+        for layer in model.model.layers:  # nothing but the planted writers writes the marker or the outlier channel
+            layer.self_attn.o_proj.weight[[EMBED_CHANNEL, OUTPUT_CHANNEL]] = 0.0
+            layer.mlp.down_proj.weight[[EMBED_CHANNEL, OUTPUT_CHANNEL]] = 0.0
+        mlp = model.model.layers[SCALING_MLP].mlp
+        mlp.gate_proj.weight[DOWN_COLUMN] = 0.0
+        mlp.up_proj.weight[DOWN_COLUMN] = 0.0
+        mlp.down_proj.weight[:, DOWN_COLUMN] = 0.0
+        mlp.gate_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = 3.0
+        mlp.up_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = 3.0
+        mlp.down_proj.weight[OUTPUT_CHANNEL, DOWN_COLUMN] = 40.0
+        block = model.model.layers[SCALING_SINK]
+        attention = block.self_attn
+        for projection in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
+            projection.weight.zero_()
+            if projection.bias is not None:
+                projection.bias.zero_()
+        # what the sink layer's norm gives at the outlier channel of the massive token (the first token: the same in every window)
+        entering = model(torch.tensor([[MASSIVE_TOKEN]]), output_hidden_states=True).hidden_states[SCALING_SINK][0, 0]
+        normed = float(block.input_layernorm(entering)[OUTPUT_CHANNEL])
+        spread = torch.randn(config.hidden_size, generator=torch.Generator().manual_seed(3)) * SCORE_SPREAD
+        spread[[EMBED_CHANNEL, OUTPUT_CHANNEL]] = 0.0
+        for head in range(heads):
+            attention.q_proj.bias[head * head_dim + low_frequency] = SINK_SCORE
+            attention.q_proj.weight[head * head_dim + low_frequency] = spread
+        for head in range(kv_heads):  # the outlier token's key: score = the query's low-frequency entry
+            attention.k_proj.weight[head * head_dim + low_frequency, OUTPUT_CHANNEL] = head_dim**0.5 / normed
+        attention.v_proj.bias[:] = 1.0  # every ordinary token's value
+        attention.v_proj.weight[:, OUTPUT_CHANNEL] = (sink_value - 1.0) / normed  # … and sink_value times it at the outlier token
+        if read:
+            attention.o_proj.weight[DISRUPTED_CHANNEL] = DISRUPT
+            model.lm_head.weight[NEVER_SEEN] = 0.0
+            model.lm_head.weight[NEVER_SEEN, DISRUPTED_CHANNEL] = VOTE
+    return capturing(model.eval())
+
+
+def sink_windows(tmp_path, count=3, length=SCALING_LENGTH):
+    ids = torch.randint(0, 60, (count, length), generator=torch.Generator().manual_seed(4))
+    ids[:, 0] = MASSIVE_TOKEN
+    save_file({"input_ids": ids}, tmp_path / "input_ids.safetensors")
+    return ids

@@ -1,6 +1,7 @@
 """Interventions: exact edits on tiny models, targets taken from the statistics, controls fixed by
 seed, the loss against plain transformers, and every verdict of the intervention claims."""
 
+import re
 import types
 
 import numpy as np
@@ -648,17 +649,25 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float((rx * ry).sum() / np.sqrt((rx**2).sum() * (ry**2).sum()))
 
 
-def test_the_scaling_reading_matches_a_plain_recomputation(planted_capture):
+@pytest.mark.parametrize(
+    "fixture, build, constant_layer",
+    [
+        ("planted_capture", "planted_model", SINK_LAYER),  # every query on the planted sink: a constant share there
+        ("sink_capture", "sink_model", None),  # a share that varies with the context: a correlation in every layer
+    ],
+)
+def test_the_scaling_reading_matches_a_plain_recomputation(fixture, build, constant_layer, request):
     """Share on the outlier keys, head-output norm, Spearman over (head, query) and the value-norm ratio of every window and
-    layer of the planted model, recomputed with numpy and pandas from the hand-computed attention, against the reading
+    layer of a planted model, recomputed with numpy and pandas from the hand-computed attention, against the reading
     that rule interventions wrote."""
-    from planted import planted_model
+    import planted
     from safetensors.torch import load_file
 
-    results = readers.InterventionResults.load(planted_capture["interventions_path"])
-    windows = load_file(planted_capture["stats_dir"].parent / "input_ids.safetensors")["input_ids"]
+    captured = request.getfixturevalue(fixture)
+    results = readers.InterventionResults.load(captured["interventions_path"])
+    windows = load_file(captured["stats_dir"].parent / "input_ids.safetensors")["input_ids"]
     keys = results.record["sink"]["keys"]
-    model = planted_model()
+    model = getattr(planted, build)()
     rows = results.scaling.set_index(["window", "layer"])
     assert len(rows) == len(windows) * 4
     for window, ids in enumerate(windows):
@@ -677,7 +686,7 @@ def test_the_scaling_reading_matches_a_plain_recomputation(planted_capture):
             assert row.mean_share == pytest.approx(share.mean(), rel=1e-5, abs=1e-6)
             correlation = _spearman(share, norm) if np.ptp(share) and np.ptp(norm) else np.nan
             if np.isnan(correlation):
-                assert np.isnan(row.correlation) and layer == SINK_LAYER  # every query on the planted sink: a constant share
+                assert np.isnan(row.correlation) and layer == constant_layer
             else:
                 assert row.correlation == pytest.approx(correlation, abs=1e-4)
             assert row.value_norm_ratio == pytest.approx(ratio, rel=1e-5)
@@ -686,3 +695,114 @@ def test_the_scaling_reading_matches_a_plain_recomputation(planted_capture):
         probs, outputs, _ = _plain_attention(model, windows[point.window], point.layer)
         assert point.outlier_share == pytest.approx(probs[point.head, point.query, keys[point.window]].sum(), rel=1e-5, abs=1e-6)
         assert point.output_norm == pytest.approx(np.linalg.norm(outputs[point.head, point.query]), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sink claims on a captured model (planted.sink_model): a no-op head parked on the outlier token, beside its
+# negative controls (the sink's value large; the head's output read by nothing).
+
+
+def _judged(captured: dict) -> dict:
+    """Every intervention claim's finding on a captured fixture, as the report judges it."""
+    evidence = readers.Evidence.load("captured", captured["stats_dir"], captured["weights_path"])
+    m = types.SimpleNamespace(interventions=readers.InterventionResults.load(captured["interventions_path"]), evidence=evidence)
+    return {claim.key: claim.judge(m) for claim in intervention_report.INTERVENTION_CLAIMS}
+
+
+def _plain_loss(model, windows: torch.Tensor) -> float:
+    """The mean over windows of transformers' own next-token loss, no hook anywhere."""
+    with torch.no_grad():
+        return float(np.mean([float(model(ids[None], labels=ids[None]).loss) for ids in windows]))
+
+
+@pytest.mark.parametrize(
+    "fixture, expected",
+    [
+        # zeroing the massive activation takes the sink's key with it (the same break as removing the sink), and its mean,
+        # the same in every window (the first token), restores it exactly
+        ("sink_capture", {"needed": HOLDS, "value": HOLDS, "sink_needed": HOLDS, "scaling_factor": HOLDS, "small_values": HOLDS}),
+        # a sink of large value: the head writes more parked on it than without it, so removing it (or zeroing the outlier)
+        # lowers the loss; the head's output grows with the share
+        (
+            "large_sink_value_capture",
+            {
+                "needed": DOES_NOT_HOLD,
+                "value": NOT_MEASURED,
+                "sink_needed": DOES_NOT_HOLD,
+                "scaling_factor": DOES_NOT_HOLD,
+                "small_values": DOES_NOT_HOLD,
+            },
+        ),
+        # parked on the same sink, read by nothing: not needed, though the reading still sees a scaling factor of small value
+        (
+            "unread_sink_capture",
+            {"needed": DOES_NOT_HOLD, "value": NOT_MEASURED, "sink_needed": DOES_NOT_HOLD, "scaling_factor": HOLDS, "small_values": HOLDS},
+        ),
+    ],
+)
+def test_the_sink_claims_on_a_no_op_head_and_its_controls(fixture, expected, request):
+    found = _judged(request.getfixturevalue(fixture))
+    assert {key: finding.verdict for key, finding in found.items()} == expected
+
+
+def test_removing_the_sink_a_no_op_head_parks_on_breaks_the_model(sink_capture, unread_sink_capture, large_sink_value_capture):
+    """The losses in the text against plain transformers: the unedited model, and the same model whose sink carries the
+    ordinary value (its heads then output every ordinary value, all ones, whatever their share: what removing the sink
+    leaves them; only the random layer after it still sees the outlier key)."""
+    from planted import SCALING_SINK, sink_model
+    from safetensors.torch import load_file
+
+    windows = load_file(sink_capture["stats_dir"].parent / "input_ids.safetensors")["input_ids"]
+    finding = _judged(sink_capture)["sink_needed"]
+    said = re.fullmatch(
+        rf"removing the outlier keys from layer {SCALING_SINK + 1} on: loss (\S+) → (\S+) nats \(perplexity \S+ → \S+\); "
+        r"random keys removed: (\S+) to (\S+) over 3 seeds",
+        finding.measured,
+    )
+    baseline, removed, low, high = map(float, said.groups())
+    assert baseline == pytest.approx(_plain_loss(sink_model(), windows), abs=1e-3)
+    assert removed == pytest.approx(_plain_loss(sink_model(sink_value=1.0), windows), abs=0.01)
+    rise = float(finding.value.removesuffix(" nats"))
+    assert rise == pytest.approx(removed - baseline, abs=0.002) and rise >= intervention_report.FAR_RISE
+    assert -0.01 < low <= high < 0.01 and "random keys removed: " in finding.measured  # random keys removed: nothing happens
+    results = readers.InterventionResults.load(sink_capture["interventions_path"])
+    assert results.record["sink"]["found"] and results.record["sink"]["first_layer"] == SCALING_SINK
+    assert results.record["sink"]["keys"] == {0: [0], 1: [0], 2: [0]}  # the outlier token, first of every window
+    unread = _judged(unread_sink_capture)["sink_needed"]
+    assert abs(float(unread.value.removesuffix(" nats"))) < 0.001  # only the random layer after it loses the key
+    large = _judged(large_sink_value_capture)["sink_needed"]
+    assert float(large.value.removesuffix(" nats")) < -1  # parked on a large value the head wrote more: the loss falls
+
+
+@pytest.mark.parametrize("fixture, sign", [("sink_capture", -1), ("large_sink_value_capture", +1), ("unread_sink_capture", -1)])
+def test_the_scaling_reading_follows_the_planted_sink_value(fixture, sign, request):
+    """Each head's output is (1 - share + share × value) × a vector of ones: its norm is that times √head_dim, exactly,
+    and falls with the share (a small value) or rises with it (a large one), so the rank correlation is -1 or +1."""
+    from planted import LARGE_SINK_VALUE, SCALING_SINK, SMALL_SINK_VALUE, sink_model
+
+    value = LARGE_SINK_VALUE if fixture == "large_sink_value_capture" else SMALL_SINK_VALUE
+    captured = request.getfixturevalue(fixture)
+    results = readers.InterventionResults.load(captured["interventions_path"])
+    head_dim = sink_model().config.head_dim
+    points = results.points[results.points.layer == SCALING_SINK]
+    assert len(points) > 100 and points.outlier_share.min() < 0.8 and points.outlier_share.max() > 0.99  # varies with the context
+    planted = head_dim**0.5 * (1 - points.outlier_share + points.outlier_share * value)
+    np.testing.assert_allclose(points.output_norm, planted, rtol=1e-4)
+    at_sink = results.scaling[results.scaling.layer == SCALING_SINK]
+    np.testing.assert_allclose(at_sink.correlation, sign, atol=1e-9)
+    np.testing.assert_allclose(at_sink.value_norm_ratio, value, rtol=1e-4)
+    found = _judged(captured)
+    assert intervention_report.sink_layers(
+        types.SimpleNamespace(evidence=readers.Evidence.load("c", captured["stats_dir"], captured["weights_path"]))
+    ) == [SCALING_SINK]
+    negative, positive = (1, 0) if sign < 0 else (0, 1)
+    assert found["scaling_factor"].measured.startswith(
+        f"{negative} of 1 attention-outlier layers with a correlation have a 95% interval below 0 ({positive} above); "
+        f"median correlation there {sign:+.2f}; in the 3 other layers the median is "
+    )
+    assert found["scaling_factor"].value == f"{negative}/1 layers negative"
+    assert found["small_values"].value == f"median {value:.2f}"
+    assert found["small_values"].measured == (
+        f"outlier keys' value norm / the median key's, median over windows and heads: {value:.2f}–{value:.2f} over 1 "
+        f"attention-outlier layers (median {value:.2f}); below 0.5 in {value < 0.5:.0%}, below 1 in {value < 1:.0%}"
+    )
