@@ -1,7 +1,9 @@
 """The variant analysis on tiny trained models: every table, consistent with training, and compression that bites."""
 
+import math
 import os
 
+import numpy as np
 import pandas as pd
 import papermill
 import pytest
@@ -149,3 +151,78 @@ def test_convergence_is_defined_once_for_the_claims_and_the_figure(analysis):
     default = curves[curves.variant == "default"].groupby("tokens").val_loss.mean()
     assert target == pytest.approx(default.iloc[-1] + 0.5 * (default.iloc[0] - default.iloc[-1]))
     assert reached["default"][0] <= default.index.max() and resolution == 20 * 8 * 16
+
+
+def by_hand_block_outputs(folder, inputs) -> list[np.ndarray]:
+    """The embedding output and every block's output of a trained (a) or (f) run, from its safetensors weights alone:
+    LayerNorm, causal softmax (a) or sigmoid(s − log T) (f) attention, exact GELU MLP, in numpy float64."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    config = json.loads((folder / "config.json").read_text())["model"]
+    w = {name: value.astype(np.float64) for name, value in load_file(folder / "model.safetensors").items()}
+    heads, ids = config["n_head"], inputs.numpy()
+    B, T = ids.shape
+    C = w["wte.weight"].shape[1]
+    d = C // heads
+
+    def norm(x, name):
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        out = (x - mean) / np.sqrt(var + 1e-5) * w[f"{name}.weight"]
+        return out + w[f"{name}.bias"] if f"{name}.bias" in w else out
+
+    def linear(x, name):
+        out = x @ w[f"{name}.weight"].T
+        return out + w[f"{name}.bias"] if f"{name}.bias" in w else out
+
+    causal = np.tril(np.ones((T, T), dtype=bool))
+    x = w["wte.weight"][ids] + w["wpe.weight"][:T]
+    outputs = [x]
+    for layer in range(config["n_layer"]):
+        prefix = f"blocks.{layer}"
+        q, k, v = (
+            t.reshape(B, T, heads, d).transpose(0, 2, 1, 3)
+            for t in np.split(linear(norm(x, f"{prefix}.ln_1"), f"{prefix}.attn.c_attn"), 3, -1)
+        )
+        logits = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)
+        if config["attention"] == "sigmoid":
+            weights = np.where(causal, 1 / (1 + np.exp(-(logits - math.log(T)))), 0.0)
+        else:
+            weights = np.exp(np.where(causal, logits, -np.inf) - logits.max(-1, keepdims=True))
+            weights /= weights.sum(-1, keepdims=True)
+        y = (weights @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
+        x = x + linear(y, f"{prefix}.attn.c_proj")
+        hidden = linear(norm(x, f"{prefix}.ln_2"), f"{prefix}.mlp.c_fc")
+        gelu = 0.5 * hidden * (1 + np.vectorize(math.erf)(hidden / math.sqrt(2)))
+        x = x + linear(gelu, f"{prefix}.mlp.c_proj")
+        outputs.append(x)
+    return outputs
+
+
+@pytest.mark.parametrize("variant", ["default", "sigmoid"])
+def test_the_massive_ratio_is_recomputed_from_the_trained_weights(analysis, variant):
+    """The ratio behind the GPT-2 massive claim (variant_report.measures: the largest over layers of the mean top-1 |h|
+    over the mean median |h|, per batch over batch × tokens × channels) recomputed from model.safetensors by plain numpy,
+    on the same validation batches, against the analysis' layerwise table and the claim's measures."""
+    data, _, _, _ = tasks.load_task(TASK)
+    batches = training.validation_batches(data, training.schedule(TASK, 0))
+    top1, median, lower = {}, {}, {}
+    for inputs, _, _ in batches:
+        for layer, h in enumerate(by_hand_block_outputs(analysis.parent / variant / "seed0", inputs)):
+            magnitude = np.sort(np.abs(h).ravel())
+            top1[layer] = top1.get(layer, 0.0) + magnitude[-1] / len(batches)
+            median[layer] = median.get(layer, 0.0) + np.median(magnitude) / len(batches)
+            lower[layer] = lower.get(layer, 0.0) + magnitude[(len(magnitude) - 1) // 2] / len(batches)
+    rows = pd.read_parquet(analysis / "layerwise.parquet").query("variant == @variant and seed == 0").set_index("layer")
+    assert sorted(rows.index) == sorted(top1) == [0, 1, 2]
+    for layer in top1:
+        assert rows.top1[layer] == pytest.approx(top1[layer], rel=1e-4)
+        # torch.median of 8 × 16 × 16 values: the lower of the two middle ones, up to 0.2 % under the true median here
+        assert rows["median"][layer] == pytest.approx(lower[layer], rel=1e-4)
+        assert rows["median"][layer] == pytest.approx(median[layer], rel=5e-3)
+    ratio = {layer: top1[layer] / median[layer] for layer in top1}
+    measured = variant_report.measures(analysis)[variant]
+    assert measured["ratio"][0] == pytest.approx(max(ratio.values()), rel=5e-3)
+    assert measured["top1"][0] == pytest.approx(top1[max(ratio, key=ratio.get)], rel=1e-4)
+    assert not measured["massive"][0]  # 40 steps of a 16-wide model: nothing near 1000× its median

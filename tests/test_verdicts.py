@@ -559,3 +559,69 @@ def test_an_outlier_at_an_ordinary_mid_window_token_does_not_hold_the_positions_
     assert finding.verdict == DOES_NOT_HOLD
     assert finding.measured == f"3 outlier tokens at the emergence layer {MLP_LAYER + 1}: other 100.0%; not both kinds"
     assert choices.prompt_outlier_tokens(m.prompt) == [2]
+
+
+# ---------------------------------------------------------------------------------------------
+# The sigmoid claim through variant_report.measures, from analysis tables written as variant_analysis writes them.
+
+
+def sigmoid_analysis(folder, at_rest: dict[str, list[float]]):
+    """An analysis folder with (a) and (f) over seeds 0–2: `at_rest[variant]` is the first-key weight per seed at block
+    1's non-trigger positions (where the head should do nothing); 0 at its trigger positions, 0.3 at block 2's."""
+    rows = {name: [] for name in ("layerwise", "heads", "sink", "runs", "compression", "curves")}
+    for variant, weights in at_rest.items():
+        for seed, weight in enumerate(weights):
+            rows["runs"].append({"variant": variant, "seed": seed, "val_loss": 2.0})
+            rows["compression"] += [{"variant": variant, "seed": seed, "method": m, "val_loss": 2.0} for m in definitions.METHODS]
+            rows["curves"] += [{"variant": variant, "seed": seed, "tokens": t, "val_loss": 3.0 - t / 1000} for t in (0, 1000)]
+            for layer in (0, 1, 2):
+                rows["layerwise"].append({"variant": variant, "seed": seed, "layer": layer, "top1": 5.0, "median": 0.5, "kurtosis": 3.0})
+            for layer, rest in ((1, weight), (2, 0.3)):
+                rows["heads"] += [{"variant": variant, "seed": seed, "layer": layer, "head": h, "first_key": rest} for h in (0, 1)]
+                for positions, first in (("non_trigger", rest), ("trigger", 0.0 if layer == 1 else 0.3)):
+                    rows["sink"].append(
+                        {
+                            "variant": variant,
+                            "seed": seed,
+                            "layer": layer,
+                            "positions": positions,
+                            "first_key": first,
+                            "extra_key": np.nan,
+                            "scale": np.nan,
+                            "first_value": 0.5,
+                        }
+                    )
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, table in rows.items():
+        pd.DataFrame(table).to_parquet(folder / f"{name}.parquet")
+    return variant_report.measures(folder)
+
+
+def sigmoid_finding(m):
+    return next(finding for claim, finding in variant_report.judge(m) if claim.key == "sigmoid")
+
+
+@pytest.mark.parametrize(
+    ("sigmoid", "verdict", "says"),
+    [
+        ([0.05, 0.04, 0.06], HOLDS, "(f) 0.05 (0.04–0.06) at block 1, (a) 0.90 (0.88–0.92)"),
+        ([0.95, 0.97, 0.93], DOES_NOT_HOLD, "(f) 0.95 (0.93–0.97) at block 1, (a) 0.90 (0.88–0.92)"),
+        ([0.85, 0.95, 0.90], NOT_SHOWN, "(f) 0.90 (0.85–0.95) at block 1, (a) 0.90 (0.88–0.92)"),
+    ],
+    ids=["no sink under sigmoid attention", "a sink under sigmoid attention", "within the seeds"],
+)
+def test_the_sigmoid_claim_reaches_its_verdicts_from_analysis_tables(tmp_path, sigmoid, verdict, says):
+    """(a) parks 0.9 on the first key where its head should do nothing, at block 1 (the largest non-trigger minus trigger
+    contrast, which measures picks); (f) parks 0.05 there (holds), 0.95 (does not hold) or as much as (a) (not shown)."""
+    m = sigmoid_analysis(tmp_path, {"default": [0.9, 0.88, 0.92], "sigmoid": sigmoid})
+    assert m["default"]["layer"] == 1 and list(m["sigmoid"]["sink"]) == sigmoid
+    finding = sigmoid_finding(m)
+    assert finding.verdict == verdict
+    assert finding.measured.startswith(f"weight on the first key where the head should do nothing: {says}; ")
+
+
+def test_the_sigmoid_claim_is_not_shown_without_a_sink_in_a(tmp_path):
+    m = sigmoid_analysis(tmp_path, {"default": [0.2, 0.25, 0.3], "sigmoid": [0.05, 0.04, 0.06]})
+    finding = sigmoid_finding(m)
+    assert finding.verdict == NOT_SHOWN
+    assert finding.measured == "(a) puts only 0.25 on the first key at its sink layer 1: no sink to replace"
