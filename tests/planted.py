@@ -1,7 +1,8 @@
 """Tiny models with outliers planted at known places, shared by the test modules: a Llama whose
 weights create one massive activation, one weight outlier and one attention sink (`planted_model`),
 one whose outlier is built over several layers (`gradual_model`), one whose outlier MLPs take down
-(`cancelled_model`) and one whose sink a no-op head parks on (`sink_model`), with their windows."""
+(`cancelled_model`), one whose sink a no-op head parks on (`sink_model`) and one whose outlier is
+written early in a deeper model (`early_model`), with their windows."""
 
 import types
 
@@ -34,25 +35,35 @@ MLP_LAYER, DOWN_COLUMN, OUTPUT_CHANNEL = 2, 37, 20  # layer, intermediate channe
 SINK_LAYER = 1
 
 
-def planted_model():
-    model = tiny_model("llama", num_hidden_layers=4, attention_bias=True, intermediate_size=64)
+def planted_model(layers: int = 4, mlp_layer: int = MLP_LAYER, sink_layer: int = SINK_LAYER):
+    """The planted Llama; `early_model` moves the outlier and the sink to the first layers of a deeper one."""
+    model = tiny_model("llama", num_hidden_layers=layers, attention_bias=True, intermediate_size=64)
     head_dim = model.config.head_dim
     low_frequency = head_dim // 2 - 1  # the rotary pair that barely rotates over a few dozen positions
     with torch.no_grad():
         embed = model.model.embed_tokens.weight
         embed[:, EMBED_CHANNEL] = 0.0
         embed[MASSIVE_TOKEN, EMBED_CHANNEL] = 5.0
-        mlp = model.model.layers[MLP_LAYER].mlp
+        mlp = model.model.layers[mlp_layer].mlp
         mlp.gate_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = 3.0
         mlp.up_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = 3.0
         mlp.down_proj.weight[OUTPUT_CHANNEL, DOWN_COLUMN] = 40.0
-        attention = model.model.layers[SINK_LAYER].self_attn
+        attention = model.model.layers[sink_layer].self_attn
         for head in range(model.config.num_attention_heads):
             attention.q_proj.bias[head * head_dim + low_frequency] = 12.0
         for head in range(model.config.num_key_value_heads):
             attention.k_proj.weight[head * head_dim + low_frequency, :] = 0.0
             attention.k_proj.weight[head * head_dim + low_frequency, EMBED_CHANNEL] = 4.0
     return capturing(model.eval())
+
+
+EARLY_LAYERS, EARLY_MLP_LAYER = 8, 1  # an outlier written at layer 2 of 8, kept to the last layer
+
+
+def early_model():
+    """The planted outlier written early in a deeper model (by the MLP of the sink's own layer) and never cancelled: the
+    lifetime claim's positive control (emerges within the first quarter of the layers, still there at three quarters)."""
+    return planted_model(layers=EARLY_LAYERS, mlp_layer=EARLY_MLP_LAYER)
 
 
 def planted_windows(tmp_path, count=3, length=48):

@@ -6,7 +6,19 @@ import pandas as pd
 import pytest
 import torch
 from conftest import caption_of, capture_everything, run_notebook
-from planted import CANCEL_STEPS, DOWN_COLUMN, MASSIVE_TOKEN, MLP_LAYER, OUTPUT_CHANNEL, SINK_LAYER, planted_model, planted_windows
+from planted import (
+    CANCEL_STEPS,
+    DOWN_COLUMN,
+    EARLY_LAYERS,
+    EARLY_MLP_LAYER,
+    MASSIVE_TOKEN,
+    MLP_LAYER,
+    OUTPUT_CHANNEL,
+    SINK_LAYER,
+    early_model,
+    planted_model,
+    planted_windows,
+)
 from systematic_outliers import choices, definitions, readers, variant_report, verdict_engine, verdicts
 from systematic_outliers.verdict_engine import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, NOT_SHOWN, PARTLY
 
@@ -55,6 +67,23 @@ def test_the_planted_model_holds_where_it_was_planted(planted_capture):
     assert m.interventions.scaling[m.interventions.scaling.layer == SINK_LAYER].mean_share.eq(1.0).all()
     assert m.table1["rows_on_residual_outlier_channels"] == m.table1["rows_written"] == 1
     assert m.table1["residual_outlier_channels"] == str(OUTPUT_CHANNEL) and m.table1["tokens_that_are_outlier_keys"] == 1.0
+
+
+def test_an_outlier_written_early_and_kept_to_the_end_lives_from_an_early_layer_to_a_late_one(tmp_path_factory, random_capture):
+    """The lifetime claim for the right reason: the planted outlier written by the MLP of layer 2 of 8 and never
+    cancelled holds; the random control has no outlier tokens (not measured); the 4-layer planted model, whose outlier
+    emerges at layer 3 of 4, only lasts (partly: test_the_planted_model_holds_where_it_was_planted)."""
+    folder = tmp_path_factory.mktemp("early")
+    captured = capture_everything(early_model(), planted_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+    findings = {claim.key: finding for claim, finding in verdicts.judge(measured(captured, "early"))}
+    assert findings["lifetime"].verdict == HOLDS
+    assert findings["lifetime"].measured.startswith(
+        f"they emerge at layer {EARLY_MLP_LAYER + 1} of {EARLY_LAYERS} (layer {EARLY_MLP_LAYER + 1} is the first where 3 of 3 "
+        f"windows have an outlier token) and are in most windows until layer {EARLY_LAYERS}"
+    )
+    assert findings["activation"].verdict == HOLDS and findings["channels"].value == str(OUTPUT_CHANNEL)
+    control = {claim.key: finding.verdict for claim, finding in verdicts.judge(measured(random_capture, "random"))}
+    assert control["lifetime"] == NOT_MEASURED
 
 
 def test_the_random_model_has_no_outlier_and_every_existence_claim_fails(random_capture):
