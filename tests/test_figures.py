@@ -199,3 +199,42 @@ def test_the_scaling_figure_reads_the_planted_sink_layers(planted_capture, tmp_p
     caption = caption_of(tmp_path, "scaling")
     assert f"Outlier keys: from layer {SINK_LAYER + 1}, the first with outlier keys in most windows, on" in caption
     assert (tmp_path / "scaling.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "fixtures", [["planted_capture"], ["planted_capture", "random_capture", "gradual_capture", "sink_capture", "cancelled_capture"]]
+)
+def test_the_atlas_reads_with_one_model_and_with_several(fixtures, request, tmp_path):
+    """The atlas (every model side by side) from the same verdicts as the claims: each model named, its verdicts counted,
+    the random control without outlier tokens beside the planted models."""
+    from systematic_outliers import verdicts
+
+    captured = [request.getfixturevalue(name) for name in fixtures]
+    models = [name.removesuffix("_capture") for name in fixtures]
+    run_notebook(
+        "atlas",
+        tmp_path,
+        models=models,
+        stats_dirs=[str(c["stats_dir"]) for c in captured],
+        weights_paths=[str(c["weights_path"]) for c in captured],
+        prompt_paths=[str(c["prompt_path"]) for c in captured],
+        interventions_paths=[str(c["interventions_path"]) for c in captured],
+        output_stem=str(tmp_path / "atlas"),
+    )
+    caption = caption_of(tmp_path, "atlas")
+    assert caption.startswith(f"The atlas of {len(models)} model{'s' if len(models) > 1 else ''} ({', '.join(models)}).")
+    for model, c in zip(models, captured):
+        m = verdicts.measure(model, c["stats_dir"], c["weights_path"], c["prompt_path"], c["interventions_path"])
+        holds = sum(finding.verdict == "holds" for _, finding in verdicts.judge(m))
+        assert f"{model} {holds} of {len(verdicts.all_claims())}" in caption
+    atlas = verdicts.atlas_data(
+        [
+            verdicts.measure(n, c["stats_dir"], c["weights_path"], c["prompt_path"], c["interventions_path"])
+            for n, c in zip(models, captured)
+        ]
+    )
+    assert atlas.marks.set_index("model").emergence["planted"] == (MLP_LAYER + 1) / 4  # the planted emergence, relative
+    assert atlas.classes.loc["planted"].sum() == pytest.approx(1.0)
+    if "random" in models:
+        assert atlas.classes.loc["random"].sum() == 0.0 and atlas.metrics.massive_channels["random"] == 0
+    assert (tmp_path / "atlas.png").stat().st_size > 50_000

@@ -89,6 +89,7 @@ def test_the_report_holds_every_figure_table_and_claim_by_section(report):
         chose = (report.parent / "figures" / "planted" / f"{stem}.caption.txt").read_text()
         assert chose.split(". ")[0] in entry["caption"]  # what the figure chose from the data, beside what it plots
     assert by_path["results/figures/gpt2/t1/fig10_variants_3d.png"]["labels"] == {"paper": "Fig 10"}
+    assert "The atlas of 1 model (planted)" in by_path["results/figures/atlas.png"]["caption"]
     # the Markdown results as pages the report shows inline
     for page in ("tables/table1_alignment", "claims/planted", "claims/summary", "tables/gpt2/t1/ranking", "claims/gpt2"):
         assert by_path[f"results/pages/{page}.html"]["mime_type"] == "text/html", page

@@ -54,6 +54,7 @@ def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
         "gpt2_claims": 1,
         # the report's pages: Table 1, the interventions, the scorecard, the claims; each task's 3 tables, the GPT-2 claims
         "markdown_page": 4 + 2 * 3 + 1,
+        "atlas_figure": 1,
         "all": 1,
     }
     assert "results/capture/smollm2-135m/stats/shakespeare" in done.stdout
@@ -84,6 +85,7 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
         "variant_tables": 1,
         "gpt2_claims": 1,
         "markdown_page": 3 + 12 + 3 + 1,
+        "atlas_figure": 1,
         "all": 1,
     }
     assert "results/training/paper/context_scale/seed1337/model.safetensors" in done.stdout

@@ -159,6 +159,9 @@ INTERVENTION_FIGURES = {
     ),
 }
 
+# Every target model side by side (rule atlas_figure).
+ATLAS = Figure("atlas", CLAIMS, "beyond the paper: every model side by side")
+
 # The GPT-2 attention-variant figures of each training task (rule gpt2_figure).
 GPT2_FIGURES = {
     "fig10_variants_3d": Figure(
@@ -421,4 +424,5 @@ def default_targets():
         ),
         *([rules.gpt2_claims.output[0]] if TRAINING["run"] else []),
         *expand(rules.markdown_page.output[0], page=REPORT_PAGES),
+        rules.atlas_figure.output.png,
     ]

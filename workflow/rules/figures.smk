@@ -12,6 +12,7 @@ localrules:
     variant_tables,
     gpt2_claims,
     markdown_page,
+    atlas_figure,
 
 
 rule figure:
@@ -107,6 +108,39 @@ rule claims_summary:
         models=TARGET_MODELS,
     script:
         "../scripts/write_summary.py"
+
+
+rule atlas_figure:
+    input:
+        stats=rules.claims_summary.input.stats,
+        weights=rules.claims_summary.input.weights,
+        prompts=rules.claims_summary.input.prompts,
+        interventions=rules.claims_summary.input.interventions,
+        notebook=NOTEBOOKS / "atlas.ipynb",
+    output:
+        **notebook_outputs(
+            "atlas",
+            caption="../report/atlas.rst",
+            figure=lambda wildcards: ATLAS,
+            subcategory="all models",
+        ),
+    log:
+        "results/logs/figures/atlas.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        notebook=lambda wildcards: notebook_parameters(
+            ATLAS,
+            rules.atlas_figure.output.png,
+            wildcards,
+            models=TARGET_MODELS,
+            stats_dirs=rules.claims_summary.input.stats,
+            weights_paths=rules.claims_summary.input.weights,
+            prompt_paths=rules.claims_summary.input.prompts,
+            interventions_paths=rules.claims_summary.input.interventions,
+        ),
+    script:
+        "../scripts/run_notebook.py"
 
 
 rule markdown_page:

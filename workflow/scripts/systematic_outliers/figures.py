@@ -27,6 +27,14 @@ TOKEN_CLASS_LABELS = {
     "other": "other",
 }
 
+TOKEN_CLASS_COLOURS = {"initial": OUTLIER, "strong_delimiter": "darkorange", "weak_semantic": "gold", "other": "gray"}
+VERDICT_COLOURS = {  # the verdict grid of the atlas
+    "holds": "#4daf4a",
+    "partly": "#fdbf6f",
+    "does not hold": "#e41a1c",
+    "not measured": "#d9d9d9",
+}
+
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "figure.dpi": 100})
 
 

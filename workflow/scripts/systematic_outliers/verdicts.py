@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import choices, field_metrics
 from .choices import MOST_WINDOWS, WEIGHT_OUTLIER_FACTOR
-from .definitions import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO, TOP, WRITE_SHARE
+from .definitions import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO, TOKEN_CLASSES, TOP, WRITE_SHARE
 from .intervention_report import INTERVENTION_CLAIMS
 from .readers import Evidence, InterventionResults, windows_text
 from .verdict_engine import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, PARTLY, Claim, Finding, claims_markdown, graded, markdown_table
@@ -489,6 +489,67 @@ def atlas_row(m: Measured) -> dict:
         )
         or "none",
     }
+
+
+@dataclass(frozen=True)
+class AtlasData:
+    """What the atlas figure draws for several models side by side, computed here once (figure: notebooks/atlas)."""
+
+    curves: pd.DataFrame  # model, layer, depth ((layer + 1) / layers), ratio (mean top-1 |h| over the median)
+    marks: pd.DataFrame  # model, emergence, disappearance: relative depths, NaN where the data has none
+    verdicts: pd.DataFrame  # one row per claim (its text), one column per model, and `paper` (the paper's value)
+    classes: pd.DataFrame  # one row per model, one column per token class: the share of its outlier tokens
+    metrics: pd.DataFrame  # one row per model: massive_channels, sink_rate (Sink_1^0.3), kurtosis, max_abs
+
+
+def atlas_data(measured: list[Measured]) -> AtlasData:
+    curves, marks, verdicts, classes, metrics = [], [], {}, {}, []
+    sink_label = field_metrics.sink_label(0.3)
+
+    def depth(layer, layers):  # the 1-based layer over the depth: 1.0 is the last layer
+        return (layer + 1) / layers
+
+    for m in measured:
+        c, e = m.chosen, m.evidence
+        curves.append(
+            pd.DataFrame(
+                {
+                    "model": e.model,
+                    "layer": c.curves.index,
+                    "depth": depth(c.curves.index.to_numpy(), m.layers),
+                    "ratio": c.curves.ratio.to_numpy(),
+                }
+            )
+        )
+        marks.append(
+            {
+                "model": e.model,
+                "emergence": depth(c.emergence.value, m.layers) if c.emergence.found else float("nan"),
+                "disappearance": depth(c.disappearance.value, m.layers) if c.emergence.found and c.disappearance.found else float("nan"),
+            }
+        )
+        verdicts[e.model] = {claim.text: finding.verdict for claim, finding in judge(m)}
+        classes[e.model] = c.outlier_tokens.token_class.value_counts(normalize=True).to_dict()
+        residual = {ch for chs in choices.residual_outlier_channels(e.channel_max, e.sites, "layer_output").values() for ch in chs}
+        field = field_metrics.of_model(e.sites, e.attention_first_key)
+        metrics.append(
+            {
+                "model": e.model,
+                "massive_channels": len(residual),
+                "sink_rate": field[sink_label],
+                "kurtosis": field["kurtosis"],
+                "max_abs": float(c.curves.top1.max()),
+            }
+        )
+    grid = pd.DataFrame(verdicts)
+    grid.insert(0, "paper", [claim.paper for claim in all_claims()])
+    return AtlasData(
+        pd.concat(curves, ignore_index=True),
+        pd.DataFrame(marks),
+        grid,
+        pd.DataFrame(classes, columns=list(classes)).T.reindex(columns=list(TOKEN_CLASSES)).fillna(0.0),
+        pd.DataFrame(metrics).set_index("model"),
+    )
 
 
 PAPER_ATLAS = {  # LLaMA-2-7B as the paper shows it (its Figs 1, 3–6 and Table 1; "≈": read off a plot)
