@@ -81,3 +81,13 @@ POINTS_PER_LAYER = 2000  # (head, query) points per layer kept for the scatter p
 METHODS = ("full", "w8", "w8a8", "prune50")
 
 LOSS_FLOOR = 1e-3  # nats: a loss difference or spread below this is not a finding (taken as this)
+
+# What the outliers cost a quantizer on the pretrained models (quantization.py measures,
+# quantization_report judges): the passes, and the controls of the two passes that keep outliers.
+FULL = "full precision"
+W8 = "w8 per channel"
+A8_TENSOR, A8_TOKEN = "a8 per tensor", "a8 per token"
+A8_KEPT, A8_RANDOM = "a8 per tensor, outlier tokens kept", "a8 per tensor, random tokens kept"
+W8_KEPT, W8_RANDOM = "w8 per channel, outlier columns kept", "w8 per channel, random columns kept"
+QUANTIZATIONS = (FULL, W8, A8_TENSOR, A8_TOKEN, A8_KEPT, A8_RANDOM, W8_KEPT, W8_RANDOM)
+QUANTIZATION_CONTROLS = {A8_KEPT: A8_RANDOM, W8_KEPT: W8_RANDOM}

@@ -19,6 +19,7 @@ from . import devices, field_metrics
 from .definitions import METHODS
 from .gpt2 import GPT
 from .io import atomic_directory, write_json
+from .quantization import absmax_int8
 from .tasks import BigramBackcopy
 from .training import evaluate, load_trained, schedule, validation_batches
 from .variants import VARIANTS
@@ -129,18 +130,13 @@ def sinks(model: GPT, batches, data) -> tuple[list[dict], list[dict]]:
     return table.to_dict("records"), pd.DataFrame(heads).groupby(["layer", "head"], as_index=False).mean().to_dict("records")
 
 
-def _absmax_int8(tensor: torch.Tensor, dim=None) -> torch.Tensor:
-    """Symmetric 8-bit quantize-dequantize by the absolute maximum (per tensor, or along `dim`)."""
-    scale = (tensor.abs().amax() if dim is None else tensor.abs().amax(dim=dim, keepdim=True)).clamp_min(1e-12) / 127
-    return (tensor / scale).round().clamp(-127, 127) * scale
-
-
 @contextmanager
 def compressed(model: GPT, method: str):
     """The model with its linear layers' weights (and for w8a8 their inputs) compressed; restored on exit.
 
     w8: absmax per-tensor 8-bit weights; w8a8: those plus per-token absmax 8-bit activations at
-    every linear input; prune50: the 50 % smallest-magnitude weights of each linear set to zero.
+    every linear input (quantization.absmax_int8, the definition the LLMs' quantization passes use);
+    prune50: the 50 % smallest-magnitude weights of each linear set to zero.
     The embeddings and the head's input (the final norm's output) are linear inputs too.
     """
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -149,14 +145,14 @@ def compressed(model: GPT, method: str):
     with torch.no_grad():
         for module in linears:
             if method in ("w8", "w8a8"):
-                module.weight.copy_(_absmax_int8(module.weight))
+                module.weight.copy_(absmax_int8(module.weight))
             elif method == "prune50":
                 threshold = module.weight.abs().flatten().kthvalue(module.weight.numel() // 2).values
                 module.weight.masked_fill_(module.weight.abs() <= threshold, 0.0)
             elif method != "full":
                 raise ValueError(f"compression method {method!r}: use full, w8, w8a8 or prune50")
             if method == "w8a8":
-                handles.append(module.register_forward_pre_hook(lambda m, args: (_absmax_int8(args[0], dim=-1),)))
+                handles.append(module.register_forward_pre_hook(lambda m, args: (absmax_int8(args[0], dim=-1),)))
     try:
         yield model
     finally:
