@@ -145,3 +145,11 @@ def test_without_the_rule_or_with_nothing_to_keep_the_claims_say_why():
     nothing_kept = _losses({**BASE, A8_KEPT: 4.0, A8_RANDOM: [4.0, 4.0]}).assign(edited=0)
     finding = quantization_report.activation_finding(nothing_kept)
     assert finding.verdict == DOES_NOT_HOLD and "no outlier tokens" in finding.measured
+
+
+def test_the_table_across_models_names_every_pass_and_each_models_claims():
+    losses = _losses({**BASE, A8_KEPT: 3.05, A8_RANDOM: [3.9, 3.95]})
+    table = pd.concat([quantization_report.table(losses, model) for model in ("one", "two")], ignore_index=True)
+    text = quantization_report.table_markdown(table, {model: quantization_report.judged(losses) for model in ("one", "two")})
+    assert len(table) == 2 * len(QUANTIZATIONS) and "## two" in text and "**holds**" in text
+    assert "Holds when the a8-per-tensor damage is ≥ 0.001 nats" in text  # the criterion, beside the verdict

@@ -45,6 +45,8 @@ def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
         "interventions": 1,
         "intervention_figure": 2,
         "interventions_table": 1,
+        "quantization": 1,
+        "quantization_table": 1,
         # the attention variants: 11 × 3 seeds on the testbed, 11 × 1 on characters, each task analysed and drawn
         "prepare_training_text": 1,
         "train_variant": 44,
@@ -77,6 +79,8 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
         "interventions": 12,
         "intervention_figure": 24,
         "interventions_table": 1,
+        "quantization": 12,
+        "quantization_table": 1,
         # GPT-2 124M on OpenWebText, one seed per variant, 8 GPUs each
         "prepare_training_text": 1,
         "train_variant": 11,

@@ -411,6 +411,7 @@ def default_targets():
         ),
         *expand(rules.claims.output[0], model=TARGET_MODELS),
         rules.interventions_table.output.csv,
+        rules.quantization_table.output.csv,
         rules.claims_summary.output.markdown,
         rules.table1_alignment.output.csv,
         *expand(

@@ -103,3 +103,55 @@ rule interventions_table:
         models=TARGET_MODELS,
     script:
         "../scripts/interventions_table.py"
+
+
+# What the outliers cost a quantizer: 8-bit weights and activations, the outliers kept in full
+# precision beside random controls, on the same windows as the statistics.
+
+
+rule quantization:
+    input:
+        model=rules.fetch_model.output[0],
+        windows=rules.cut_windows.output[0],
+        stats=rules.corpus_statistics.output[0],
+        weights=rules.weight_statistics.output[0],
+    output:
+        losses="results/quantization/{model}/{corpus}.parquet",
+        record="results/quantization/{model}/{corpus}.json",
+    log:
+        "results/logs/quantization/{model}/{corpus}.log",
+    benchmark:
+        "results/benchmarks/quantization/{model}/{corpus}.tsv"
+    conda:
+        "../../envs/capture.yaml"
+    resources:
+        gpu=model_gpus,
+    params:
+        entry=lambda wildcards: model_settings(wildcards.model, "load_model"),
+        seeds=CONFIG["interventions"]["seeds"],
+    script:
+        "../scripts/run_quantization.py"
+
+
+localrules:
+    quantization_table,
+
+
+rule quantization_table:
+    input:
+        quantization=expand(
+            rules.quantization.output.losses,
+            model=TARGET_MODELS,
+            corpus=TARGET_CORPUS,
+        ),
+    output:
+        csv="results/tables/quantization.csv",
+        markdown="results/tables/quantization.md",
+    log:
+        "results/logs/tables/quantization.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        models=TARGET_MODELS,
+    script:
+        "../scripts/quantization_table.py"

@@ -23,7 +23,9 @@ own code and weights, `run` measures the next-token loss of each window (definit
   al.'s super weights are kept); control: as many other columns of the same matrices, one draw per seed.
 
 The edits go through forward pre-hooks on every nn.Linear (activations) and dequantized weight
-copies (weights); the passes, losses and seeds as in interventions.py (its `_Passes`).
+copies (weights); the passes, losses and seeds as in interventions.py (its `_Passes`). Only
+nn.Linear modules are quantized: fused expert tensors of a mixture-of-experts MLP (and GPT-2's
+Conv1D) are not, and the record says which outstanding columns sit in such tensors.
 """
 
 from __future__ import annotations
@@ -204,7 +206,9 @@ def run(
 
     def per_tensor(choose):
         def quantize(x, layer):
-            keep = choose(passes.window, layer)
+            # a linear that reads a subset of the window's tokens (experts' routed inputs, where they are
+            # nn.Linear) cannot be told the positions: quantized per tensor without keeping
+            keep = choose(passes.window, layer) if x.shape[-2] == length else []
             passes.edited += len(keep)
             return activation_per_tensor(x, keep)
 
@@ -258,6 +262,7 @@ def quantize(name: str, model, evidence, input_ids: torch.Tensor, seeds: list[in
             "device": str(model.device),
             "seeds": list(seeds),
             "outlier_tokens": {str(w): {str(layer): p for layer, p in by.items()} for w, by in tokens.items()},
+            "linears": len(linear_layers(model)),
             "outlier_columns": columns,
             "columns_not_linear": not_linear,
             "columns": {"losses": LOSS_COLUMNS},

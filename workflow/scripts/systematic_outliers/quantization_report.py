@@ -129,3 +129,24 @@ def table(losses: pd.DataFrame, model: str) -> pd.DataFrame:
     rows.insert(0, "model", model)
     order = {name: i for i, name in enumerate(QUANTIZATIONS)}
     return rows.sort_values("quantization", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def table_markdown(table: pd.DataFrame, judged: dict[str, list[tuple[Claim, Finding]]]) -> str:
+    """The quantization table across models (loss and damage per pass) and each model's two claims."""
+    from .verdict_engine import claims_rows, markdown_table
+
+    rows = [
+        [row.model, row.quantization, f"{row.loss:.4f}", f"{row.loss_low:.4f}–{row.loss_high:.4f}", f"{row.damage:.4g}"]
+        for row in table.itertuples()
+    ]
+    lines = [
+        "# What the outliers cost a quantizer",
+        "",
+        "Next-token loss on the statistics' windows in full precision and quantized (quantization.py says which "
+        "paper defines each quantizer); the range is over the controls' seeds. " + _DAMAGE + ".",
+        "",
+        *markdown_table(["model", "quantization", "loss", "range", "damage"], rows),
+    ]
+    for model, claims in judged.items():
+        lines += ["", f"## {model}", "", *claims_rows(claims)]
+    return "\n".join(lines) + "\n"
