@@ -54,8 +54,8 @@ def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
         "gpt2_figure": 12,
         "variant_tables": 2,
         "gpt2_claims": 1,
-        # the report's pages: Table 1, the interventions, the scorecard, the claims; each task's 3 tables, the GPT-2 claims
-        "markdown_page": 4 + 2 * 3 + 1,
+        # the report's pages: Table 1, the interventions, the quantization, the scorecard, the claims; each task's 3 tables, the GPT-2 claims
+        "markdown_page": 5 + 2 * 3 + 1,
         "atlas_figure": 1,
         "all": 1,
     }
@@ -88,7 +88,7 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
         "gpt2_figure": 6,
         "variant_tables": 1,
         "gpt2_claims": 1,
-        "markdown_page": 3 + 12 + 3 + 1,
+        "markdown_page": 4 + 12 + 3 + 1,
         "atlas_figure": 1,
         "all": 1,
     }

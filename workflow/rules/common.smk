@@ -223,6 +223,12 @@ def report_pages():
             "section 4, tested",
             "What the outliers do: losses with them removed",
         ),
+        "tables/quantization": Page(
+            CLAIMS,
+            "all models",
+            "beyond the paper: quantization",
+            "What the outliers cost a quantizer",
+        ),
         "claims/summary": Page(
             CLAIMS,
             "all models",
