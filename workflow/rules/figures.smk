@@ -133,11 +133,14 @@ rule atlas_figure:
             ATLAS,
             rules.atlas_figure.output.png,
             wildcards,
-            models=TARGET_MODELS,
-            stats_dirs=rules.claims_summary.input.stats,
-            weights_paths=rules.claims_summary.input.weights,
-            prompt_paths=rules.claims_summary.input.prompts,
-            interventions_paths=rules.claims_summary.input.interventions,
+            # plain lists: the params are pickled for the job
+            models=list(TARGET_MODELS),
+            stats_dirs=list(map(str, rules.claims_summary.input.stats)),
+            weights_paths=list(map(str, rules.claims_summary.input.weights)),
+            prompt_paths=list(map(str, rules.claims_summary.input.prompts)),
+            interventions_paths=list(
+                map(str, rules.claims_summary.input.interventions)
+            ),
         ),
     script:
         "../scripts/run_notebook.py"
