@@ -102,6 +102,14 @@ def windows_shape(windows_dir: Path) -> tuple[int, int]:
     return count, length
 
 
+def load_for_windows(name: str, entry: dict, model_dir, windows_dir, gpus: int = 0):
+    """The model loaded for passes that replay every window of `windows_dir` (its memory planned for
+    them: rules interventions and quantization), and the windows' token ids."""
+    count, length = windows_shape(windows_dir)
+    model, _ = load(name, entry, Path(model_dir), gpus=gpus, tokens=length, cached_windows=count)
+    return model, load_file(Path(windows_dir) / "input_ids.safetensors")["input_ids"]
+
+
 def dump_channels(down_weight, down_input, tokens: list[int]) -> list[int]:
     """The intermediate channels whose W_down columns and W_gate/W_up rows the prompt dump keeps
     at one layer: the edges, the TOP columns by max/mean ratio and every channel the figures tick
