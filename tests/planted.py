@@ -35,9 +35,9 @@ MLP_LAYER, DOWN_COLUMN, OUTPUT_CHANNEL = 2, 37, 20  # layer, intermediate channe
 SINK_LAYER = 1
 
 
-def planted_model(layers: int = 4, mlp_layer: int = MLP_LAYER, sink_layer: int = SINK_LAYER):
-    """The planted Llama; `early_model` moves the outlier and the sink to the first layers of a deeper one."""
-    model = tiny_model("llama", num_hidden_layers=layers, attention_bias=True, intermediate_size=64)
+def _plant(model, mlp_layer: int, sink_layer: int) -> None:
+    """The massive token's marker in the embeddings, the MLP of `mlp_layer` that turns it into the massive
+    activation (through W_down's DOWN_COLUMN), and the heads of `sink_layer` whose keys read the marker (the sink)."""
     head_dim = model.config.head_dim
     low_frequency = head_dim // 2 - 1  # the rotary pair that barely rotates over a few dozen positions
     with torch.no_grad():
@@ -54,6 +54,12 @@ def planted_model(layers: int = 4, mlp_layer: int = MLP_LAYER, sink_layer: int =
         for head in range(model.config.num_key_value_heads):
             attention.k_proj.weight[head * head_dim + low_frequency, :] = 0.0
             attention.k_proj.weight[head * head_dim + low_frequency, EMBED_CHANNEL] = 4.0
+
+
+def planted_model(layers: int = 4, mlp_layer: int = MLP_LAYER, sink_layer: int = SINK_LAYER):
+    """The planted Llama; `early_model` moves the outlier and the sink to the first layers of a deeper one."""
+    model = tiny_model("llama", num_hidden_layers=layers, attention_bias=True, intermediate_size=64)
+    _plant(model, mlp_layer, sink_layer)
     return capturing(model.eval())
 
 
@@ -138,28 +144,16 @@ CANCEL_STEPS = {MLP_LAYER + 1: 0.48, MLP_LAYER + 2: 0.65}  # layer: share of the
 
 def cancelled_model(cancel: bool = True):
     model = tiny_model("llama", num_hidden_layers=6, attention_bias=True, intermediate_size=64)
-    head_dim = model.config.head_dim
-    low_frequency = head_dim // 2 - 1
     with torch.no_grad():
-        embed = model.model.embed_tokens.weight
-        embed[:, [EMBED_CHANNEL, OUTPUT_CHANNEL]] = 0.0
-        embed[MASSIVE_TOKEN, EMBED_CHANNEL] = 5.0
+        model.model.embed_tokens.weight[:, OUTPUT_CHANNEL] = 0.0
         for layer in model.model.layers:  # nothing but the planted writers writes the marker or the outlier channel
             layer.self_attn.o_proj.weight[[EMBED_CHANNEL, OUTPUT_CHANNEL]] = 0.0
             layer.mlp.down_proj.weight[[EMBED_CHANNEL, OUTPUT_CHANNEL]] = 0.0
             layer.mlp.gate_proj.weight[DOWN_COLUMN] = 0.0
             layer.mlp.up_proj.weight[DOWN_COLUMN] = 0.0
             layer.mlp.down_proj.weight[:, DOWN_COLUMN] = 0.0
-        mlp = model.model.layers[MLP_LAYER].mlp
-        mlp.gate_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = 3.0
-        mlp.up_proj.weight[DOWN_COLUMN, EMBED_CHANNEL] = 3.0
-        mlp.down_proj.weight[OUTPUT_CHANNEL, DOWN_COLUMN] = 40.0
-        attention = model.model.layers[SINK_LAYER].self_attn
-        for head in range(model.config.num_attention_heads):
-            attention.q_proj.bias[head * head_dim + low_frequency] = 12.0
-        for head in range(model.config.num_key_value_heads):
-            attention.k_proj.weight[head * head_dim + low_frequency, :] = 0.0
-            attention.k_proj.weight[head * head_dim + low_frequency, EMBED_CHANNEL] = 4.0
+    _plant(model, MLP_LAYER, SINK_LAYER)
+    with torch.no_grad():
         if cancel:
             ids = torch.tensor([[MASSIVE_TOKEN, 5, 17]])
             for layer, share in CANCEL_STEPS.items():
