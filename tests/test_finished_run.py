@@ -192,13 +192,22 @@ def test_a_config_change_reruns_exactly_what_it_affects(finished_run):
     dtype = changed(config, **{"models.random-llama.dtype": "bfloat16"})
     jobs = planned_for(run("-n", config=dtype).stdout)
     # its figures follow once the checkpoint has run again: a dry run lists what depends on it statically
-    after_fetch = {"fetch_model", "cut_windows", "dump_prompt", "corpus_statistics", "interventions", "intervention_figure", "claims"}
+    after_fetch = {
+        "fetch_model",
+        "cut_windows",
+        "dump_prompt",
+        "corpus_statistics",
+        "interventions",
+        "quantization",
+        "intervention_figure",
+        "claims",
+    }
     assert {(rule, "random-llama") for rule in after_fetch} <= jobs
     assert {model for rule, model in jobs if model in ("smollm2", "random-falcon")} == set()
 
     windows = changed(config, **{"corpora.text.windows": 3})
     rules = {rule for rule, _ in planned_for(run("-n", config=windows).stdout)}
-    assert {"cut_windows", "corpus_statistics", "interventions", "figure", "claims"} <= rules
+    assert {"cut_windows", "corpus_statistics", "interventions", "quantization", "figure", "claims", "atlas_figure"} <= rules
     assert not rules & {"fetch_model", "fetch_corpus", "dump_prompt", "weight_statistics"}
 
     schedule = changed(config, **{"training.tasks.t1.schedule.steps": 6})
