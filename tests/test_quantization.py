@@ -32,6 +32,19 @@ def test_a_kept_token_stays_in_full_precision_and_out_of_the_scale():
     torch.testing.assert_close(quantization.activation_per_tensor(X[None], keep_tokens=[1])[0], expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_quantizers_run_in_half_precision_as_in_float32(dtype):
+    """The dtype a GPU run uses: the scales in float32, the result in the input's dtype, a massive entry finite."""
+    x = torch.tensor([[[1.0, -2.2], [4.0, 0.3], [60000.0, 0.5]]])  # float16's 65,504 is near
+    for quantize in (quantization.activation_per_tensor, quantization.activation_per_token):
+        half = quantize(x.to(dtype))
+        assert half.dtype == dtype and torch.isfinite(half.float()).all()
+        torch.testing.assert_close(half, quantize(x.to(dtype).float()).to(dtype))  # the same inputs, in float32
+    weight = quantization.weight_per_channel(x[0].T.to(dtype))
+    assert weight.dtype == dtype
+    torch.testing.assert_close(weight, quantization.weight_per_channel(x[0].T.to(dtype).float()).to(dtype))
+
+
 def test_per_channel_weights_by_hand_and_kept_columns():
     weight = torch.tensor([[1.0, -2.2, 0.5], [40.0, 0.3, -0.1]])  # [out, in]
     # row 0: scale 2.2 / 127: 1 → 58, 0.5 → 28.86 → 29; row 1: scale 40 / 127: 0.3 → 0.95 → 1, -0.1 → -0.32 → 0
