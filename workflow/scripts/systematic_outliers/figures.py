@@ -207,6 +207,31 @@ def plot_token_classes(ax, classes: pd.Series, title: str, empty: str = "none fo
     )
 
 
+def plot_losses(ax, passes: dict[str, tuple], colours: dict[str, str], title: str) -> None:
+    """Next-token loss per pass (the interventions' and the quantization's figures). `passes`: name → (each window's
+    loss, each seed's mean loss over the windows), in the order drawn, the first the unedited model. Each window's loss
+    as a gray dot, the mean of the seeds' means as a bar in `colours[name]` with its value above, each seed's mean as a
+    dash where a control has several seeds, and the first pass's loss as a dotted line across."""
+    import textwrap
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)  # the same jitter on every run
+    for x, (name, (window_losses, seed_losses)) in enumerate(passes.items()):
+        ax.scatter(x + rng.uniform(-0.25, 0.25, len(window_losses)), window_losses, s=6, color="lightgray", zorder=1)
+        ax.bar(x, seed_losses.mean(), width=0.6, color=colours[name], alpha=0.35, zorder=0)
+        if len(seed_losses) > 1:
+            ax.scatter(np.full(len(seed_losses), x), seed_losses, marker="_", s=300, color=colours[name], zorder=2)
+        ax.annotate(
+            f"{seed_losses.mean():.3f}", (x, seed_losses.mean()), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8
+        )
+    reference = next(iter(passes.values()))[1].mean()
+    ax.axhline(reference, color="black", linestyle=":", linewidth=1)
+    ax.set_xticks(range(len(passes)), [textwrap.fill(name, 16) for name in passes], fontsize=8)
+    ax.set(ylabel="Next-token loss (nats)")
+    ax.set_title("\n".join(textwrap.fill(line, 60) for line in title.split("\n")), fontsize=10)  # a panel's width
+
+
 def save(figure, stem: str | Path) -> None:
     """Write `stem`.png and `stem`.pdf, each whole or not at all."""
     stem = Path(stem)
