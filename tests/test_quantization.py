@@ -71,15 +71,16 @@ def test_the_gpt2_variants_w8a8_uses_the_same_definition():
 def test_the_outlier_tokens_are_read_where_each_layers_linears_read():
     outliers = pd.DataFrame(
         {
-            "window": [0, 0, 0, 1],
-            "layer": [1, 2, 2, 3],
-            "site": ["layer_output", "down_proj_input", "layer_output", "layer_output"],
-            "position": [0, 5, 0, 7],
-            "sun_rule": [True, True, False, True],
+            "window": [0, 0, 0, 1, 1],
+            "layer": [1, 2, 2, 2, 3],
+            "site": ["layer_output", "down_proj_input", "layer_output", "layer_output", "layer_output"],
+            "position": [0, 5, 0, 7, 9],
+            "sun_rule": [True, True, False, True, True],
         }
     )
-    # layer 1's output enters layer 2; layer 2's down projection reads token 5; layer 3 of 4 feeds the LM head (4)
-    assert quantization.outlier_tokens(outliers, layers=4) == {0: {2: [0, 5]}, 1: {4: [7]}}
+    # layer 1's output enters layer 2; layer 2's down projection reads token 5; layer 2's output
+    # enters layer 3; layer 3 of 4 feeds only the LM head, which stays in full precision
+    assert quantization.outlier_tokens(outliers, layers=4) == {0: {2: [0, 5]}, 1: {3: [7]}}
 
 
 def _quantized(captured, model, tmp_path):

@@ -148,23 +148,24 @@ class ScalingReading:
         ]
 
 
-class _Passes:
+class Passes:
     """The forward passes of one `run` over the windows and what they share: the window a pass is
     on, the entries its edits have set (or keys removed) there, each pass's losses and seconds.
 
     An edit changes nothing before its first edited layer: an edited pass starts there (`start`),
-    from what the layer before it returned on the unedited pass (`entering`: per start, one per
-    window), where a replay from that start without edits gives the unedited logits bit for bit
-    (`exact`, checked on the first window)."""
+    from what the layer before it returned on the reference pass (`entering`: per start, one per
+    window; the reference is the unedited pass here, a quantized one in quantization.py), where a
+    replay from that start gives the reference logits bit for bit (`exact`, checked on the first window)."""
 
-    def __init__(self, model, input_ids: torch.Tensor, starts):
+    def __init__(self, model, input_ids: torch.Tensor, starts, reference: str = BASELINE):
         self.model, self.input_ids = model, input_ids
+        self.reference = reference  # the pass the replays start from (quantization: a quantized one)
         self.window = 0  # the window the running pass is on
         self.edited = 0  # entries set or keys removed in that window so far
         self.losses, self.seconds = [], {}
         self.entering = {start: [] for start in set(starts) if start > 0}
-        self.exact = {}  # start -> whether a replay from it without edits gives the unedited logits bit for bit
-        self.baseline_logits = None  # window 0's unedited logits, until the replays are checked
+        self.exact = {}  # start -> whether a replay from it without edits gives the reference logits bit for bit
+        self.reference_logits = None  # window 0's logits on the reference pass, until the replays are checked
 
     def replaying(self, start: int):
         if not self.exact.get(start):
@@ -179,34 +180,42 @@ class _Passes:
             for window, ids in enumerate(tqdm(self.input_ids, desc=label, unit="window")):
                 self.window = window
                 logits = self.model(ids[None].to(self.model.device), use_cache=False).logits[0]
-                if name == BASELINE and window == 0:
-                    self.baseline_logits = logits
+                if name == self.reference and window == 0:
+                    self.reference_logits = logits
                 self.losses.append(
                     {"intervention": name, "seed": seed, "window": window, "loss": next_token_loss(logits, ids), "edited": self.edited}
                 )
                 self.edited = 0
         self.seconds[label] = round(time.perf_counter() - started, 2)
 
-    def check_replays(self) -> None:
-        """After the unedited pass: window 0 replayed without edits from each start; a start whose
-        replay differs from the unedited logits is not used (its passes run from the first layer)."""
-        with torch.no_grad():
+    def keep_entering(self) -> ExitStack:
+        """For the reference pass: what the layer before each start returns, kept per window."""
+        layer_modules = capture.decoder_layers(self.model, capture.architecture_of(self.model))
+        stack = ExitStack()
+        for start in self.entering:
+            stack.callback(layer_modules[start - 1].register_forward_hook(_keep_output(self.entering[start])).remove)
+        return stack
+
+    def check_replays(self, edits=nullcontext) -> None:
+        """After the reference pass: window 0 replayed under its `edits` from each start; a start whose
+        replay differs from the reference logits is not used (its passes run from the first layer)."""
+        with edits(), torch.no_grad():
             for start in self.entering:
                 with capture.replay_from(self.model, start, lambda start=start: self.entering[start][0]):
                     replayed = self.model(self.input_ids[0][None].to(self.model.device), use_cache=False).logits[0]
-                self.exact[start] = bool(torch.equal(replayed, self.baseline_logits))
+                self.exact[start] = bool(torch.equal(replayed, self.reference_logits))
                 if not self.exact[start]:  # said in the rule log and in the record: these passes run in full
                     print(
-                        f"a replay from layer {start} does not give the unedited logits; the passes that start there run from the first layer"
+                        f"a replay from layer {start} does not give the {self.reference} logits; the passes that start there run from the first layer"
                     )
-        self.baseline_logits = None
+        self.reference_logits = None
 
 
 class _EntryValues:
     """Callback of `capture.hooks` at the layer outputs on the unedited pass: the values at the entries
     the mean ablations set, per (channel, layer), for their means over the windows."""
 
-    def __init__(self, activation: ActivationTargets, passes: _Passes):
+    def __init__(self, activation: ActivationTargets, passes: Passes):
         self.passes = passes
         # (channel, layer) -> the tokens whose values there the mean ablations set (both ablations edit the same entries)
         self.watched = {(t.channel, layer): t.tokens for kind in ABLATIONS for t in getattr(activation, kind) for layer in t.layers}
@@ -223,7 +232,7 @@ class _EntryValues:
 
 
 @contextmanager
-def _unedited(passes: _Passes, values: _EntryValues, reading: ScalingReading | None):
+def _unedited(passes: Passes, values: _EntryValues, reading: ScalingReading | None):
     """What the unedited pass watches: the entries' values, the scaling reading (without `reading`,
     none: attention that cannot be edited cannot be read either) and what each replay start receives."""
     model = passes.model
@@ -232,13 +241,12 @@ def _unedited(passes: _Passes, values: _EntryValues, reading: ScalingReading | N
         stack.enter_context(capture.hooks(model, ["layer_output"], values))
         if reading is not None:
             stack.enter_context(capture.attention_edits(model, range(len(layer_modules)), observe=_follow(reading, passes)))
-        handles = [layer_modules[start - 1].register_forward_hook(_keep_output(passes.entering[start])) for start in passes.entering]
-        stack.callback(lambda: [handle.remove() for handle in handles])
+        stack.enter_context(passes.keep_entering())
         yield
 
 
-def _setting(passes: _Passes, targets: list[ChannelTarget], values: dict | None = None):
-    """The edits (for `_Passes.run`) that set each target's entries to 0, or with `values` to its mean at that layer."""
+def _setting(passes: Passes, targets: list[ChannelTarget], values: dict | None = None):
+    """The edits (for `Passes.run`) that set each target's entries to 0, or with `values` to its mean at that layer."""
     by_layer = {}
     for target in targets:
         for layer in target.layers:
@@ -262,8 +270,8 @@ def _setting(passes: _Passes, targets: list[ChannelTarget], values: dict | None 
     return edits
 
 
-def _removing(passes: _Passes, layers: range, choose):
-    """The edits (for `_Passes.run`) that remove the keys `choose(window)` from the softmax at `layers`."""
+def _removing(passes: Passes, layers: range, choose):
+    """The edits (for `Passes.run`) that remove the keys `choose(window)` from the softmax at `layers`."""
 
     def remove_keys():
         keys = choose(passes.window)
@@ -287,7 +295,7 @@ def run(
     starts = {kind: min((layer for t in getattr(activation, kind) for layer in t.layers), default=0) for kind in ABLATIONS}
     if sink is not None:
         starts["sink"] = sink.first_layer
-    passes = _Passes(model, input_ids, starts.values())
+    passes = Passes(model, input_ids, starts.values())
 
     # 1. the unedited model: losses, the scaling reading and the values the mean ablations set
     reading = ScalingReading(sink.keys if sink else {}, len(input_ids))
@@ -338,7 +346,7 @@ def _keep_output(kept: list):
     return lambda module, args, output: kept.append(copy(output))
 
 
-def _follow(reading: ScalingReading, passes: _Passes):
+def _follow(reading: ScalingReading, passes: Passes):
     """The observer, told which window the pass is on."""
 
     def observe(layer, probs, output, value, visible):
