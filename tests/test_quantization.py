@@ -167,3 +167,82 @@ def test_the_table_across_models_names_every_pass_and_each_models_claims():
     text = quantization_report.table_markdown(table, {model: quantization_report.judged(losses) for model in ("one", "two")})
     assert len(table) == 2 * len(QUANTIZATIONS) and "## two" in text and "**holds**" in text
     assert "Holds when the a8-per-tensor damage is ≥ 0.001 nats" in text  # the criterion, beside the verdict
+
+
+def test_the_replayed_passes_equal_the_passes_from_the_first_layer(planted_capture, tmp_path, monkeypatch):
+    from systematic_outliers import interventions
+
+    replayed, record = _quantized(planted_capture, planted_model(), tmp_path)
+    assert record["replayed_from"] == {A8_KEPT: MLP_LAYER, W8_KEPT: MLP_LAYER}  # where the first token (column) is kept
+
+    def never_exact(passes, edits=None):  # every pass from the first layer, as when a replay is not exact
+        passes.exact = dict.fromkeys(passes.entering, False)
+
+    monkeypatch.setattr(interventions.Passes, "check_replays", never_exact)
+    full, record = _quantized(planted_capture, planted_model(), tmp_path / "full")
+    assert record["replayed_from"] == {A8_KEPT: 0, W8_KEPT: 0}
+    pd.testing.assert_frame_equal(replayed, full)
+
+
+def test_the_passes_leave_the_model_as_it_was(planted_capture, tmp_path):
+    model = planted_model()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    hooks = [(len(module._forward_pre_hooks), len(module._forward_hooks)) for module in model.modules()]  # transformers' own
+    _quantized(planted_capture, model, tmp_path)
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    assert [(len(module._forward_pre_hooks), len(module._forward_hooks)) for module in model.modules()] == hooks
+
+
+def test_conv1d_and_stacked_experts_are_quantized_per_output_channel():
+    from test_experts import WEIGHT_COLUMN, WEIGHT_EXPERT, planted_mixtral
+
+    gpt2 = tiny_model("gpt2")
+    matrices = quantization.weight_matrices(gpt2)
+    c_proj = gpt2.transformer.h[0].mlp.c_proj.weight  # Conv1D: [in 128, out 32]
+    assert tuple(matrices["transformer.h.0.mlp.c_proj"].view.shape) == (32, 128)
+    original = c_proj.detach().clone()
+    with quantization.weights_kept_aside(matrices) as originals:
+        quantization.write_w8(matrices, originals, {"transformer.h.0.mlp.c_proj": [3]})
+        torch.testing.assert_close(c_proj.detach(), quantization.weight_per_channel(original.T, [3]).T, rtol=0, atol=0)
+    assert torch.equal(c_proj.detach(), original)  # written back
+
+    mixtral = planted_mixtral()
+    matrices = quantization.weight_matrices(mixtral)
+    experts = mixtral.model.layers[1].mlp.experts
+    down = experts.down_proj  # [experts, d_model, intermediate]: one expert's [out, in]
+    name = f"model.layers.1.mlp.experts.down_proj[{WEIGHT_EXPERT}]"
+    assert matrices[name].view.data_ptr() == down[WEIGHT_EXPERT].data_ptr() and matrices[name].layer == 1
+    assert quantization.stacked_experts(mixtral) == {
+        f"model.layers.{i}.mlp.experts": (mixtral.model.layers[i].mlp.experts, i) for i in range(2)
+    }
+    # the weight statistics name the planted column under the checkpoint's names (block_sparse_moe.experts.w2[1])
+    weights = pd.DataFrame(
+        {
+            "layer": [1],
+            "module": [f"block_sparse_moe.experts.w2[{WEIGHT_EXPERT}]"],
+            "expert": [WEIGHT_EXPERT],
+            "top_columns": [[WEIGHT_COLUMN]],
+        }
+    )
+    assert quantization.outlier_columns(matrices, weights, "model.layers") == ({name: [WEIGHT_COLUMN]}, [])
+    original = down.detach().clone()
+    with quantization.weights_kept_aside(matrices) as originals:
+        quantization.write_w8(matrices, originals, dict.fromkeys(matrices, ()))
+        for expert in range(down.shape[0]):
+            torch.testing.assert_close(down[expert].detach(), quantization.weight_per_channel(original[expert]), rtol=0, atol=0)
+    assert torch.equal(down.detach(), original)
+
+
+def test_linears_reading_one_tensor_share_one_quantized_copy():
+    model = tiny_model("llama")
+    modules = quantization.input_modules(model)
+    calls = []
+
+    def quantize(x, layer):
+        calls.append(layer)
+        return x
+
+    with quantization.quantized_inputs(modules, quantize), torch.no_grad():
+        model(torch.arange(8)[None])
+    # per layer: q/k/v, o, gate/up, down read four tensors
+    assert len(modules) == 7 * model.config.num_hidden_layers and len(calls) == 4 * model.config.num_hidden_layers

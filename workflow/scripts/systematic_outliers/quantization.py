@@ -34,6 +34,7 @@ where the first one is kept, from what the plain a8-per-tensor (w8) pass gave th
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -122,12 +123,23 @@ def outlier_columns(matrices: dict[str, Matrix], weight_columns: pd.DataFrame, p
     found in no such matrix, as text: an expert stored under another name than the loaded model's)."""
     columns, missing = {}, []
     for row in weight_columns.itertuples():
-        name = f"{prefix}.{int(row.layer)}.{row.module}"  # experts' rows name their matrix …down_proj[e], as `matrices` does
+        name = f"{prefix}.{int(row.layer)}.{row.module}"
+        if name not in matrices and not pd.isna(getattr(row, "expert", np.nan)):
+            name = _loaded_expert_down(matrices, f"{prefix}.{int(row.layer)}.", int(row.expert))
         if name in matrices:
             columns.setdefault(name, []).append(int(row.top_columns[0]))
         else:
             missing.append(f"layer {int(row.layer) + 1} {row.module}")
     return columns, missing
+
+
+def _loaded_expert_down(matrices: dict[str, Matrix], layer_prefix: str, expert: int) -> str | None:
+    """The name in `matrices` of expert `expert`'s down projection in one layer: the checkpoint may
+    store it under another name than the loaded model (Mixtral's block_sparse_moe.experts.{e}.w2 is
+    loaded as mlp.experts.down_proj[e]); None unless exactly one matches."""
+    pattern = re.compile(rf"^{re.escape(layer_prefix)}(.*\.)?experts\.(?:(?:down_proj|w2)\[{expert}\]|{expert}\.(?:down_proj|w2))$")
+    found = [name for name in matrices if pattern.match(name)]
+    return found[0] if len(found) == 1 else None
 
 
 def random_columns(columns: dict[str, list[int]], widths: dict[str, int], seed: int) -> dict[str, list[int]]:
@@ -174,26 +186,35 @@ def input_modules(model) -> dict[str, tuple[nn.Module, int]]:
     }
 
 
+def stacked_experts(model) -> dict[str, tuple[nn.Module, int]]:
+    """The experts modules of the decoder layers that hold their matrices as 3-D tensors, by qualified
+    name, with their layer: they compute inside one module, so the a8 passes do not reach their inputs."""
+    from .kernels import is_experts
+
+    return {
+        f"{prefix}.{path}": (module, index)
+        for index, prefix, layer in _in_layers(model)
+        for path, module in layer.named_modules()
+        if is_experts(module) and any(p.dim() == 3 for p in module.parameters(recurse=False))
+    }
+
+
 def weight_matrices(model) -> dict[str, Matrix]:
     """Every matrix the w8 passes quantize, by qualified name: each linear's weight ([out, in]; GPT-2's
     Conv1D stores [in, out]) and each expert's matrix of a stacked experts tensor, named …down_proj[e]
     as the weight statistics name it ([experts, out, in], or [experts, in, out] where transposed)."""
     from transformers.pytorch_utils import Conv1D
 
-    from .kernels import is_experts
-
-    found = {}
-    for name, (module, layer) in input_modules(model).items():
-        found[name] = Matrix(module.weight.T if isinstance(module, Conv1D) else module.weight, layer)
-    for index, prefix, layer in _in_layers(model):
-        for path, module in layer.named_modules():
-            if not is_experts(module):
-                continue
-            for parameter, stacked in module.named_parameters(recurse=False):
-                if stacked.dim() == 3:
-                    stacked = stacked.transpose(1, 2) if getattr(module, "is_transposed", False) else stacked
-                    for expert in range(stacked.shape[0]):
-                        found[f"{prefix}.{path}.{parameter}[{expert}]"] = Matrix(stacked[expert], index)
+    found = {
+        name: Matrix(module.weight.T if isinstance(module, Conv1D) else module.weight, layer)
+        for name, (module, layer) in input_modules(model).items()
+    }
+    for name, (module, layer) in stacked_experts(model).items():
+        for parameter, stacked in module.named_parameters(recurse=False):
+            if stacked.dim() == 3:
+                stacked = stacked.transpose(1, 2) if getattr(module, "is_transposed", False) else stacked
+                for expert in range(stacked.shape[0]):
+                    found[f"{name}.{parameter}[{expert}]"] = Matrix(stacked[expert], layer)
     return found
 
 
@@ -359,6 +380,7 @@ def quantize(name: str, model, evidence, input_ids: torch.Tensor, seeds: list[in
             "outlier_tokens": {str(w): {str(layer): p for layer, p in by.items()} for w, by in tokens.items()},
             "quantized_inputs": len(input_modules(model)),
             "quantized_matrices": len(matrices),
+            "inputs_not_quantized": sorted(stacked_experts(model)),
             "outlier_columns": columns,
             "columns_not_found": not_found,
             "columns": {"losses": LOSS_COLUMNS},
