@@ -99,7 +99,7 @@ def test_a_replay_that_does_not_give_the_plain_logits_is_not_used(planted_captur
     monkeypatch.setattr(capture, "replay_from", lambda model, start, entering: real(model, start, lambda: entering() * 1.001))
     losses, _, _, record = interventions.run(model, windows, activation, sink, [0, 1, 2])
     assert not any(start["replayed"] for start in record["replay"].values())
-    assert "does not give the unedited logits" in capsys.readouterr().out
+    assert "does not give the logits of the baseline pass" in capsys.readouterr().out
     pd.testing.assert_frame_equal(losses, expected[losses.columns])
 
 

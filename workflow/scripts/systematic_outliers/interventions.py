@@ -206,7 +206,7 @@ class Passes:
                 self.exact[start] = bool(torch.equal(replayed, self.reference_logits))
                 if not self.exact[start]:  # said in the rule log and in the record: these passes run in full
                     print(
-                        f"a replay from layer {start} does not give the {self.reference} logits; the passes that start there run from the first layer"
+                        f"a replay from layer {start} does not give the logits of the {self.reference} pass; the passes that start there run from the first layer"
                     )
         self.reference_logits = None
 
