@@ -14,7 +14,7 @@ def main(snakemake):
     )
     files = {part: getattr(snakemake.output, part) for part in ("losses", "record")}
     record = quantization.quantize(name, model, evidence, input_ids, snakemake.params.seeds, files)
-    print(record["seconds"], record["outlier_columns"], record["columns_not_linear"], sep="\n")
+    print(record["seconds"], record["replayed_from"], record["outlier_columns"], record["columns_not_found"], sep="\n")
 
 
 run_rule(snakemake, main)
