@@ -91,14 +91,14 @@ def plot_attention(ax, values, tokens: list[str], title: str, colorbar: bool = T
     ax.set_title(title, fontsize=9)
 
 
-def note(ax, text: str) -> None:
-    """A boxed remark inside a panel, e.g. that no outlier was found there."""
+def note(ax, text: str, y: float = 0.92) -> None:
+    """A boxed remark inside a panel, e.g. that no outlier was found there, its top at `y` (axes fraction)."""
     import textwrap
 
     box = dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor=OUTLIER, alpha=0.9)
     text = "\n".join(textwrap.fill(line, 44) for line in text.split("\n"))
     place = ax.text2D if hasattr(ax, "text2D") else ax.text  # 3-D axes place text in axes coordinates with text2D
-    place(0.5, 0.92, text, transform=ax.transAxes, ha="center", va="top", fontsize=7, bbox=box)
+    place(0.5, y, text, transform=ax.transAxes, ha="center", va="top", fontsize=7, bbox=box)
 
 
 def plot_layerwise(ax, curves: pd.DataFrame, title: str, first_layer: int = 1) -> None:
@@ -207,29 +207,32 @@ def plot_token_classes(ax, classes: pd.Series, title: str, empty: str = "none fo
     )
 
 
-def plot_losses(ax, passes: dict[str, tuple], colours: dict[str, str], title: str) -> None:
+def plot_losses(ax, passes: dict[str, tuple], colours: dict[str, str], title: str, changes: bool = False, title_width: int = 60) -> None:
     """Next-token loss per pass (the interventions' and the quantization's figures). `passes`: name → (each window's
     loss, each seed's mean loss over the windows), in the order drawn, the first the unedited model. Each window's loss
-    as a gray dot, the mean of the seeds' means as a bar in `colours[name]` with its value above, each seed's mean as a
-    dash where a control has several seeds, and the first pass's loss as a dotted line across."""
+    as a gray dot, the mean of the seeds' means as a bar in `colours[name]` with its value above (with `changes`, also
+    its change from the first pass, which a bar's height may not show), each seed's mean as a dash where a control has
+    several seeds, and the first pass's loss as a dotted line across. The title is wrapped at `title_width` characters."""
     import textwrap
 
     import numpy as np
 
     rng = np.random.default_rng(0)  # the same jitter on every run
+    reference = next(iter(passes.values()))[1].mean()
     for x, (name, (window_losses, seed_losses)) in enumerate(passes.items()):
         ax.scatter(x + rng.uniform(-0.25, 0.25, len(window_losses)), window_losses, s=6, color="lightgray", zorder=1)
-        ax.bar(x, seed_losses.mean(), width=0.6, color=colours[name], alpha=0.35, zorder=0)
+        loss = seed_losses.mean()
+        ax.bar(x, loss, width=0.6, color=colours[name], alpha=0.35, zorder=0)
         if len(seed_losses) > 1:
             ax.scatter(np.full(len(seed_losses), x), seed_losses, marker="_", s=300, color=colours[name], zorder=2)
-        ax.annotate(
-            f"{seed_losses.mean():.3f}", (x, seed_losses.mean()), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8
-        )
-    reference = next(iter(passes.values()))[1].mean()
+        text = f"{loss:.3f}" + (f"\n{loss - reference:+.2g}" if changes and x else "")
+        box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}  # clear of the dots
+        ax.annotate(text, (x, loss), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8, bbox=box, zorder=3)
     ax.axhline(reference, color="black", linestyle=":", linewidth=1)
+    ax.margins(y=0.15)  # room above the tallest bar for its two-line label; the bars keep their bottom at 0
     ax.set_xticks(range(len(passes)), [textwrap.fill(name, 16) for name in passes], fontsize=8)
     ax.set(ylabel="Next-token loss (nats)")
-    ax.set_title("\n".join(textwrap.fill(line, 60) for line in title.split("\n")), fontsize=10)  # a panel's width
+    ax.set_title("\n".join(textwrap.fill(line, title_width, break_on_hyphens=False) for line in title.split("\n")), fontsize=10)
 
 
 def save(figure, stem: str | Path) -> None:

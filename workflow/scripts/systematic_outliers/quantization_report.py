@@ -8,6 +8,9 @@ near log(vocabulary), a change either way is the quantizer no longer computing w
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -117,6 +120,61 @@ CLAIMS = (
 
 def judged(losses: pd.DataFrame | None) -> list[tuple[Claim, Finding]]:
     return [(claim, claim.judge(losses)) for claim in CLAIMS]
+
+
+# What the quantization figure draws: each claim's passes, and what the record says was kept.
+
+PANELS = {  # claim key → the passes its panel shows, full precision first
+    "quantization_activations": (FULL, A8_TENSOR, A8_TOKEN, A8_KEPT, A8_RANDOM),
+    "quantization_weights": (FULL, W8, W8_KEPT, W8_RANDOM),
+}
+
+DEFINED_BY = {  # who defines each quantizer (quantization.py's docstring), for captions
+    W8: "8-bit absmax per output channel, as LLM.int8 (Dettmers et al. 2022) and SmoothQuant (Xiao et al. 2023) quantize weights",
+    A8_TENSOR: "each linear input 8-bit absmax with one scale per tensor, computed on the window (dynamic): the setting Sun et al. "
+    "(2024, Massive Activations) and PrefixQuant (Chen et al. 2024) show failing because of a few massive tokens",
+    A8_TOKEN: "one scale per token: LLM.int8's vector-wise activation quantization, PrefixQuant's per-token baseline",
+    A8_KEPT: "a8 per tensor with the outlier tokens left out of the quantization and of its scale, as PrefixQuant keeps its "
+    "outlier tokens aside",
+    W8_KEPT: "w8 per channel with the outstanding W_down columns left in full precision and out of their rows' scales, as Yu "
+    "et al. keep super weights",
+}
+
+
+def seed_losses(losses: pd.DataFrame, quantization: str) -> np.ndarray:
+    """A pass's mean loss over the windows, per seed (one value for a pass without seeds); a window whose loss is not
+    finite is left out, as `damages` leaves it out (NaN where none is finite)."""
+    rows = losses[losses.quantization == quantization]
+    return rows.loss.where(np.isfinite(rows.loss)).groupby(rows.seed).mean().to_numpy()
+
+
+@dataclass(frozen=True)
+class KeptTokens:
+    """What the a8-kept pass kept, from the record's outlier_tokens (window → layer → positions)."""
+
+    windows: int  # windows that keep a token at some layer
+    fewest: int  # the fewest and the most tokens kept at one layer of one window
+    most: int
+    first_layer: int  # the first and last layer whose linear inputs keep one, 0-based
+    last_layer: int
+
+
+def kept_tokens(record: dict) -> KeptTokens | None:
+    """What the a8-kept pass kept (None: the statistics flag no outlier token, nothing was kept)."""
+    counts = {
+        (window, int(layer)): len(positions)
+        for window, by_layer in record["outlier_tokens"].items()
+        for layer, positions in by_layer.items()
+    }
+    if not counts:
+        return None
+    layers = [layer for _, layer in counts]
+    return KeptTokens(len({window for window, _ in counts}), min(counts.values()), max(counts.values()), min(layers), max(layers))
+
+
+def kept_columns(record: dict) -> list[tuple[str, list[int]]]:
+    """The W_down columns the w8-kept pass kept, (linear's qualified name, columns), in layer order."""
+    return sorted(record["outlier_columns"].items(), key=lambda item: re.sub(r"\d+", lambda m: m.group().zfill(8), item[0]))
 
 
 def table(losses: pd.DataFrame, model: str) -> pd.DataFrame:
