@@ -94,7 +94,7 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(finishe
     workdir, _, _, _ = finished_run
     results = workdir / "results"
     # the MoE models lack Figs 7 and 9 (gate, up and act inside the experts are not captured)
-    for model, count in (("smollm2", 11), ("random-llama", 11), ("random-falcon", 8), ("tiny-gpt-oss", 9), ("tiny-jamba", 9)):
+    for model, count in (("smollm2", 12), ("random-llama", 12), ("random-falcon", 9), ("tiny-gpt-oss", 10), ("tiny-jamba", 10)):
         assert len(list((results / "figures" / model).glob("*.png"))) == count, model
     claims = (results / "claims" / "random-llama.md").read_text()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in claims.splitlines() if line.startswith("| ")}
@@ -119,6 +119,9 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(finishe
     assert "No activation outlier was found in the corpus" in caption
     caption = (results / "figures" / "smollm2" / "scaling_factor.caption.txt").read_text()
     assert "over 4 windows of 128 tokens. Outlier keys: from layer" in caption
+    # what the outliers cost a quantizer: each model's figure; the random model has no outlier token to keep
+    caption = (results / "figures" / "random-llama" / "quantization.caption.txt").read_text()
+    assert "the statistics flag no outlier token (Sun et al.'s rule), so the kept pass keeps nothing" in caption
 
 
 @pytest.mark.slow
@@ -200,6 +203,7 @@ def test_a_config_change_reruns_exactly_what_it_affects(finished_run):
         "interventions",
         "quantization",
         "intervention_figure",
+        "quantization_figure",
         "claims",
     }
     assert {(rule, "random-llama") for rule in after_fetch} <= jobs

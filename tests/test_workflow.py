@@ -47,6 +47,7 @@ def test_dry_run_of_the_default_config_plans_the_default_target(tmp_path):
         "interventions_table": 1,
         "quantization": 1,
         "quantization_table": 1,
+        "quantization_figure": 1,
         # the attention variants: 11 × 3 seeds on the testbed, 11 × 1 on characters, each task analysed and drawn
         "prepare_training_text": 1,
         "train_variant": 44,
@@ -81,6 +82,7 @@ def test_dry_run_of_the_paper_config_plans_every_model_without_the_network(tmp_p
         "interventions_table": 1,
         "quantization": 12,
         "quantization_table": 1,
+        "quantization_figure": 12,
         # GPT-2 124M on OpenWebText, one seed per variant, 8 GPUs each
         "prepare_training_text": 1,
         "train_variant": 11,
@@ -187,7 +189,7 @@ def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tm
     def planned(model):
         return set(re.findall(rf"results/figures/{model}/(\w+)\.png", done.stdout))
 
-    # every model gets Fig 2 and the interventions' figures, which say what its architecture lacks
+    # every model gets Fig 2 and the interventions' and quantization's figures, which say what its architecture lacks
     assert planned("falcon-7b") == {
         "fig01_existence",
         "fig02_layer",
@@ -197,9 +199,10 @@ def test_once_fetched_a_model_gets_only_the_figures_its_architecture_can_give(tm
         "fig06_attention_positions",
         "interventions",
         "scaling_factor",
+        "quantization",
     }
     assert planned("mpt-7b") == planned("falcon-7b")
-    assert len(planned("llama2-7b")) == 11
+    assert len(planned("llama2-7b")) == 12
     # the other 9 models are not fetched: their figures are planned once they are (fetch_model is a checkpoint)
     assert planned_jobs(done.stdout)["figure"] == 6 + 6 + 9  # no logits (Fig 8), no gate (Figs 7, 9)
 

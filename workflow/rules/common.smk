@@ -159,6 +159,10 @@ INTERVENTION_FIGURES = {
     ),
 }
 
+# What the outliers cost a quantizer, on the outputs of rule quantization (rule quantization_figure),
+# in the claims section beside the quantization table's page.
+QUANTIZATION_FIGURE = Figure("quantization", CLAIMS, "beyond the paper: quantization")
+
 # Every target model side by side (rule atlas_figure).
 ATLAS = Figure("atlas", CLAIMS, "beyond the paper: every model side by side")
 
@@ -415,6 +419,7 @@ def default_targets():
             model=TARGET_MODELS,
             intervention_figure=INTERVENTION_FIGURES,
         ),
+        *expand(rules.quantization_figure.output.png, model=TARGET_MODELS),
         *expand(rules.claims.output[0], model=TARGET_MODELS),
         rules.interventions_table.output.csv,
         rules.quantization_table.output.csv,

@@ -135,6 +135,7 @@ rule quantization:
 
 localrules:
     quantization_table,
+    quantization_figure,
 
 
 rule quantization_table:
@@ -155,3 +156,48 @@ rule quantization_table:
         models=TARGET_MODELS,
     script:
         "../scripts/quantization_table.py"
+
+
+rule quantization_figure:
+    input:
+        quantization=lambda wildcards: one(
+            rules.quantization.output.losses,
+            model=wildcards.model,
+            corpus=TARGET_CORPUS,
+        ),
+        record=lambda wildcards: one(
+            rules.quantization.output.record,
+            model=wildcards.model,
+            corpus=TARGET_CORPUS,
+        ),
+        notebook=NOTEBOOKS / f"{QUANTIZATION_FIGURE.notebook}.ipynb",
+    output:
+        **notebook_outputs(
+            "{model}/quantization",
+            caption="../report/figure.rst",
+            figure=lambda wildcards: QUANTIZATION_FIGURE,
+            subcategory="{model}",
+        ),
+    log:
+        "results/logs/figures/{model}/quantization.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        notebook=lambda wildcards: notebook_parameters(
+            QUANTIZATION_FIGURE,
+            rules.quantization_figure.output.png,
+            wildcards,
+            quantization_path=one(
+                rules.quantization.output.losses,
+                model=wildcards.model,
+                corpus=TARGET_CORPUS,
+            ),
+            record_path=one(
+                rules.quantization.output.record,
+                model=wildcards.model,
+                corpus=TARGET_CORPUS,
+            ),
+            model=wildcards.model,
+        ),
+    script:
+        "../scripts/run_notebook.py"
