@@ -143,10 +143,10 @@ class PromptTokenizer:
 
 
 def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> dict:
-    """Corpus statistics, prompt dump, weight statistics and interventions of `model`, as the rules write them."""
+    """Corpus statistics, prompt dump, weight statistics, interventions and quantization of `model`, as the rules write them."""
     from planted import LABELS
     from safetensors.torch import save_file
-    from systematic_outliers import interventions, io, passes
+    from systematic_outliers import interventions, io, passes, quantization
     from systematic_outliers.readers import Evidence
     from systematic_outliers.weights import weight_statistics
 
@@ -158,13 +158,26 @@ def capture_everything(model, windows, prompt_ids: list[int], folder: Path) -> d
     weight_statistics(folder / "model", "tiny").to_parquet(folder / "weights.parquet")
     evidence = Evidence.load(folder.name, folder / "stats", folder / "weights.parquet")
     interventions.intervene(folder.name, model, evidence, windows, [0, 1, 2], io.intervention_files(folder / "interventions.parquet"))
+    quantized = {"losses": folder / "quantization.parquet", "record": folder / "quantization.json"}
+    quantization.quantize(folder.name, model, evidence, windows, [0, 1, 2], quantized)
     return {
         "stats_dir": folder / "stats",
         "prompt_path": folder / "prompt.safetensors",
         "weights_path": folder / "weights.parquet",
         "architecture_path": folder / "model" / "architecture.json",
         "interventions_path": folder / "interventions.parquet",
+        "quantization_path": folder / "quantization.parquet",
     }
+
+
+MEASURED_FILES = ("stats_dir", "weights_path", "prompt_path", "interventions_path", "quantization_path")
+
+
+def measured(captured: dict, name: str):
+    """verdicts.measure of a capture_everything folder: what rules claims and claims_summary read."""
+    from systematic_outliers import verdicts
+
+    return verdicts.measure(name, *(captured[key] for key in MEASURED_FILES))
 
 
 @pytest.fixture(scope="session")

@@ -186,12 +186,12 @@ def test_the_learned_sink_claim_reaches_its_verdicts(tmp_path, logits, verdict):
 @pytest.fixture(scope="module")
 def mixtral_measured(tmp_path_factory):
     """verdicts.measure of each planted Mixtral, from capture_everything (statistics, prompt, weights, interventions)."""
-    from conftest import capture_everything
+    from conftest import capture_everything, measured
 
     def measure(aligned: bool):
         folder = tmp_path_factory.mktemp("aligned" if aligned else "separate")
         c = capture_everything(planted_mixtral(aligned), windows(folder), [5, 17, 42, 8, 63, 17], folder)
-        return verdicts.measure(folder.name, c["stats_dir"], c["weights_path"], c["prompt_path"], c["interventions_path"])
+        return measured(c, folder.name)
 
     return {aligned: measure(aligned) for aligned in (False, True)}
 

@@ -2,7 +2,7 @@
 
 import papermill
 import pytest
-from conftest import caption_of, run_notebook
+from conftest import caption_of, measured, run_notebook
 from planted import DOWN_COLUMN, EMBED_CHANNEL, MLP_LAYER, OUTPUT_CHANNEL, SINK_LAYER
 from systematic_outliers import choices, readers
 from systematic_outliers.readers import FigureDataError
@@ -219,20 +219,16 @@ def test_the_atlas_reads_with_one_model_and_with_several(fixtures, request, tmp_
         weights_paths=[str(c["weights_path"]) for c in captured],
         prompt_paths=[str(c["prompt_path"]) for c in captured],
         interventions_paths=[str(c["interventions_path"]) for c in captured],
+        quantization_paths=[str(c["quantization_path"]) for c in captured],
         output_stem=str(tmp_path / "atlas"),
     )
     caption = caption_of(tmp_path, "atlas")
     assert caption.startswith(f"The atlas of {len(models)} model{'s' if len(models) > 1 else ''} ({', '.join(models)}).")
     for model, c in zip(models, captured):
-        m = verdicts.measure(model, c["stats_dir"], c["weights_path"], c["prompt_path"], c["interventions_path"])
+        m = measured(c, model)
         holds = sum(finding.verdict == "holds" for _, finding in verdicts.judge(m))
         assert f"{model} {holds} of {len(verdicts.all_claims())}" in caption
-    atlas = verdicts.atlas_data(
-        [
-            verdicts.measure(n, c["stats_dir"], c["weights_path"], c["prompt_path"], c["interventions_path"])
-            for n, c in zip(models, captured)
-        ]
-    )
+    atlas = verdicts.atlas_data([measured(c, n) for n, c in zip(models, captured)])
     assert atlas.marks.set_index("model").emergence["planted"] == (MLP_LAYER + 1) / 4  # the planted emergence, relative
     assert atlas.classes.loc["planted"].sum() == pytest.approx(1.0)
     if "random" in models:

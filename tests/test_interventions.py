@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import measured, tiny_model
 from planted import (
     GRADUAL_CHANNEL,
     GRADUAL_SINK,
@@ -534,7 +534,7 @@ def test_an_architecture_whose_attention_cannot_be_edited_gets_the_activation_ab
         set(results.losses.intervention) == {BASELINE, ZEROED, MEAN, RANDOM_ZEROED, HELD_ZEROED, HELD_MEAN, RANDOM_HELD}
         and results.scaling.empty
     )
-    m = verdicts.measure(architecture, folder["stats_dir"], folder["weights_path"], folder["prompt_path"], folder["interventions_path"])
+    m = measured(folder, architecture)
     found = {claim.key: finding for claim, finding in verdicts.judge(m)}
     assert found["sink_needed"].verdict == NOT_MEASURED and found["sink_needed"].measured == f"no sink ablation: {reason}"
     assert found["scaling_factor"].verdict == NOT_MEASURED and found["needed"].verdict == DOES_NOT_HOLD

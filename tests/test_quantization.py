@@ -161,6 +161,14 @@ def test_without_the_rule_or_with_nothing_to_keep_the_claims_say_why():
     assert finding.verdict == DOES_NOT_HOLD and "no outlier tokens" in finding.measured
 
 
+def test_a_control_that_cannot_be_matched_in_count_is_not_measured():
+    # every token of the window is an outlier token: no other tokens to draw as many of
+    unmatched = _losses({**BASE, A8_KEPT: 3.05, A8_RANDOM: [3.9, 3.95]})
+    unmatched.loc[unmatched.quantization == A8_RANDOM, "edited"] = 0
+    finding = quantization_report.activation_finding(unmatched)
+    assert finding.verdict == NOT_MEASURED and "only 0 others to draw" in finding.measured
+
+
 def test_the_table_across_models_names_every_pass_and_each_models_claims():
     losses = _losses({**BASE, A8_KEPT: 3.05, A8_RANDOM: [3.9, 3.95]})
     table = pd.concat([quantization_report.table(losses, model) for model in ("one", "two")], ignore_index=True)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import caption_of, capture_everything, run_notebook
+from conftest import caption_of, capture_everything, measured, run_notebook
 from planted import (
     CANCEL_STEPS,
     DOWN_COLUMN,
@@ -21,10 +21,6 @@ from planted import (
 )
 from systematic_outliers import choices, definitions, readers, variant_report, verdict_engine, verdicts
 from systematic_outliers.verdict_engine import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, NOT_SHOWN, PARTLY
-
-
-def measured(capture, name):
-    return verdicts.measure(name, capture["stats_dir"], capture["weights_path"], capture["prompt_path"], capture["interventions_path"])
 
 
 def verdicts_of(m):
@@ -53,6 +49,10 @@ def test_the_planted_model_holds_where_it_was_planted(planted_capture):
         # (0 of 1 layers negative), grading an undefined measurement as a finding: it is not measured, and says why
         "scaling_factor": NOT_MEASURED,
         "small_values": PARTLY,  # its value norm is 0.6 × the median key's
+        # keeping the planted token restores per-tensor 8-bit activations (100 %; random tokens ≤ 6 %)
+        "quantization_activations": HOLDS,
+        # 8-bit weights cost this random model 0.0003 nats, below the floor: nothing for the planted column to explain
+        "quantization_weights": DOES_NOT_HOLD,
     }
     findings = {claim.key: finding for claim, finding in verdicts.judge(m)}
     assert f"column {DOWN_COLUMN} of layer {MLP_LAYER + 1}" in findings["weight"].measured
@@ -105,11 +105,14 @@ def test_the_random_model_has_no_outlier_and_every_existence_claim_fails(random_
         "sink_needed": DOES_NOT_HOLD,
         "scaling_factor": DOES_NOT_HOLD,
         "small_values": DOES_NOT_HOLD,
+        # 8-bit quantization costs the random model next to nothing, and there is nothing to keep
+        "quantization_activations": DOES_NOT_HOLD,
+        "quantization_weights": DOES_NOT_HOLD,
     }
     assert not m.chosen.emergence.found and "no layer has an outlier token in 50% of the 3 windows; shown: layer" in m.chosen.emergence.why
     assert m.evidence.outliers.empty and choices.prompt_outlier_tokens(m.prompt) == []
     text = verdicts.claims_file(m)
-    assert text.count("**does not hold**") == 3 + 4 and text.count("**not measured**") == 7 + 1
+    assert text.count("**does not hold**") == 3 + 4 + 2 and text.count("**not measured**") == 7 + 1
 
 
 def test_table1_and_the_summary_keep_a_model_without_outliers_beside_a_planted_one(planted_capture, random_capture):

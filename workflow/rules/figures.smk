@@ -57,6 +57,11 @@ rule claims:
             model=wildcards.model,
             corpus=TARGET_CORPUS,
         ),
+        quantization=lambda wildcards: one(
+            rules.quantization.output.losses,
+            model=wildcards.model,
+            corpus=TARGET_CORPUS,
+        ),
     output:
         "results/claims/{model}.md",
     log:
@@ -96,6 +101,7 @@ rule claims_summary:
             rules.dump_prompt.output.tensors, model=TARGET_MODELS, prompt=FIGURE_PROMPT
         ),
         interventions=rules.interventions_table.input.interventions,
+        quantization=rules.quantization_table.input.quantization,
     output:
         markdown="results/claims/summary.md",
         csv="results/claims/summary.csv",
@@ -116,6 +122,7 @@ rule atlas_figure:
         weights=rules.claims_summary.input.weights,
         prompts=rules.claims_summary.input.prompts,
         interventions=rules.claims_summary.input.interventions,
+        quantization=rules.claims_summary.input.quantization,
         notebook=NOTEBOOKS / "atlas.ipynb",
     output:
         **notebook_outputs(
@@ -141,6 +148,7 @@ rule atlas_figure:
             interventions_paths=list(
                 map(str, rules.claims_summary.input.interventions)
             ),
+            quantization_paths=list(map(str, rules.claims_summary.input.quantization)),
         ),
     script:
         "../scripts/run_notebook.py"

@@ -7,7 +7,12 @@ from systematic_outliers.rules import run_rule
 
 def main(snakemake):
     measured = verdicts.measure(
-        snakemake.wildcards.model, snakemake.input.stats, snakemake.input.weights, snakemake.input.prompt, snakemake.input.interventions
+        snakemake.wildcards.model,
+        snakemake.input.stats,
+        snakemake.input.weights,
+        snakemake.input.prompt,
+        snakemake.input.interventions,
+        snakemake.input.quantization,
     )
     text = verdicts.claims_file(measured)
     with atomic_file(snakemake.output[0]) as scratch:

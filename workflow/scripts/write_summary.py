@@ -7,9 +7,14 @@ from systematic_outliers.rules import run_rule
 
 def main(snakemake):
     measured = [
-        verdicts.measure(model, stats, weights, prompt, interventions)
-        for model, stats, weights, prompt, interventions in zip(
-            snakemake.params.models, snakemake.input.stats, snakemake.input.weights, snakemake.input.prompts, snakemake.input.interventions
+        verdicts.measure(model, *paths)
+        for model, *paths in zip(
+            snakemake.params.models,
+            snakemake.input.stats,
+            snakemake.input.weights,
+            snakemake.input.prompts,
+            snakemake.input.interventions,
+            snakemake.input.quantization,
         )
     ]
     scorecard, atlas, text = verdicts.summary(measured)

@@ -81,9 +81,10 @@ def random_channels(targets: list[ChannelTarget], width: int, seed: int) -> list
 
 
 def random_keys(keys: list[int], window_length: int, seed: int, window: int) -> list[int]:
-    """As many keys as `keys`, drawn from the window's other positions (one draw per seed and window)."""
+    """As many keys as `keys`, drawn from the window's other positions (one draw per seed and window);
+    fewer where the window has fewer others (the record's counts show it)."""
     others = np.setdiff1d(np.arange(window_length), keys)
-    return sorted(np.random.default_rng([seed, window]).choice(others, size=len(keys), replace=False).tolist())
+    return sorted(np.random.default_rng([seed, window]).choice(others, size=min(len(keys), len(others)), replace=False).tolist())
 
 
 def set_entries(hidden: torch.Tensor, edits: list[tuple[list[int], int, float]]) -> torch.Tensor:
@@ -206,7 +207,7 @@ class Passes:
                 self.exact[start] = bool(torch.equal(replayed, self.reference_logits))
                 if not self.exact[start]:  # said in the rule log and in the record: these passes run in full
                     print(
-                        f"a replay from layer {start} does not give the logits of the {self.reference} pass; the passes that start there run from the first layer"
+                        f"a replay from layer {start} does not give the logits of the {self.reference} pass; its passes run from the first layer"
                     )
         self.reference_logits = None
 

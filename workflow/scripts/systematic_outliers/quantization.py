@@ -147,7 +147,8 @@ def random_columns(columns: dict[str, list[int]], widths: dict[str, int], seed: 
     drawn = {}
     for index, (name, kept) in enumerate(sorted(columns.items())):
         others = np.setdiff1d(np.arange(widths[name]), kept)
-        drawn[name] = sorted(np.random.default_rng([seed, index]).choice(others, size=len(kept), replace=False).tolist())
+        size = min(len(kept), len(others))  # fewer where the matrix has fewer others: the judge sees the counts
+        drawn[name] = sorted(np.random.default_rng([seed, index]).choice(others, size=size, replace=False).tolist())
     return drawn
 
 
@@ -336,10 +337,11 @@ def run(
                 return edits
 
             yield W8_KEPT, -1, keeping(columns)
-            widths = {name: matrices[name].view.shape[-1] for name in columns}
             for seed in seeds:
-                yield W8_RANDOM, seed, keeping(random_columns(columns, widths, seed))
+                yield W8_RANDOM, seed, keeping(drawn_columns[seed])
 
+        widths = {name: matrices[name].view.shape[-1] for name in columns}
+        drawn_columns = {seed: random_columns(columns, widths, seed) for seed in seeds}
         first_column_layer = min((matrices[name].layer for name in columns), default=0)
         weights = _family(model, input_ids, W8, lambda p: nullcontext, first_column_layer, kept_columns)
 
@@ -348,7 +350,9 @@ def run(
     order = {name: i for i, name in enumerate(QUANTIZATIONS)}
     losses = losses.sort_values(["quantization", "seed", "window"], key=lambda c: c.map(order) if c.name == "quantization" else c)
     # a weight pass keeps its columns in every window
-    losses.loc[losses.quantization.isin([W8_KEPT, W8_RANDOM]), "edited"] = sum(len(c) for c in columns.values())
+    losses.loc[losses.quantization == W8_KEPT, "edited"] = sum(len(c) for c in columns.values())
+    for seed, drawn in drawn_columns.items():
+        losses.loc[(losses.quantization == W8_RANDOM) & (losses.seed == seed), "edited"] = sum(len(c) for c in drawn.values())
     seconds = {label: s for passes in everything for label, s in passes.seconds.items()}
     replays = {A8_KEPT: (first_token_layer, activations.exact), W8_KEPT: (first_column_layer, weights.exact)}
     return losses.reset_index(drop=True), {

@@ -48,6 +48,13 @@ def damages(losses: pd.DataFrame) -> dict[str, np.ndarray]:
     return {name: np.abs(per_seed.loc[name].to_numpy() - full) for name in QUANTIZATIONS if name in per_seed.index.get_level_values(0)}
 
 
+def a8_tensor_damage(losses: pd.DataFrame | None) -> float:
+    """The a8-per-tensor damage (the atlas' column); NaN where rule quantization was not run or the loss overflowed."""
+    if losses is None or losses.empty:
+        return float("nan")
+    return float(damages(losses).get(A8_TENSOR, [np.nan])[0])
+
+
 def _restored(before: float, after) -> np.ndarray:
     return (before - np.asarray(after, dtype=float)) / before
 
@@ -60,8 +67,12 @@ def _judge_kept(d: dict, broken: str, kept: str, random: str, large: bool, why_s
     numbers = f"{broken} damage {before:.4g}"
     if not large:
         return Finding(f"{numbers}; {why_small}", DOES_NOT_HOLD, f"{before:.3g}")
-    if int(losses[losses.quantization == kept].edited.sum()) == 0:
+    kept_count = int(losses[losses.quantization == kept].edited.sum())
+    if kept_count == 0:
         return Finding(f"{numbers}; the statistics flag no {what}: nothing to keep", DOES_NOT_HOLD, f"{before:.3g}")
+    drawn = losses[losses.quantization == random].groupby("seed").edited.sum()
+    if (drawn < kept_count).any():  # the windows have too few others: the control does not match
+        return Finding(f"not measured: {kept_count} {what} kept, but only {int(drawn.min())} others to draw as the control", NOT_MEASURED)
     share, shares = float(_restored(before, d[kept])[0]), _restored(before, d[random])
     text = (
         f"{numbers}; keeping the {what} restores {share:.0%}, keeping as many random ones {', '.join(f'{s:.0%}' for s in shares)} (seeds)"

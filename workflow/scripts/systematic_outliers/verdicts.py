@@ -9,12 +9,12 @@ locate), "does not hold" when the measurement says so. The intervention claims
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from . import choices, field_metrics
+from . import choices, field_metrics, quantization_report
 from .choices import MOST_WINDOWS, WEIGHT_OUTLIER_FACTOR
 from .definitions import ATTENTION_SHARE, PAPER_RATIO, SUN_FLOOR, SUN_RATIO, TOKEN_CLASSES, TOP, WRITE_SHARE
 from .intervention_report import INTERVENTION_CLAIMS
@@ -47,6 +47,7 @@ class Measured:
     record: dict
     table1: dict
     interventions: InterventionResults | None = None  # None: rule interventions was not run
+    quantization: pd.DataFrame | None = None  # the losses of rule quantization; None: not run
 
     @property
     def layers(self) -> int:
@@ -405,7 +406,7 @@ LLM_CLAIMS = [
 ]
 
 
-def measure(model: str, stats_dir, weights_path, prompt_path, interventions_path=None) -> Measured:
+def measure(model: str, stats_dir, weights_path, prompt_path, interventions_path=None, quantization_path=None) -> Measured:
     """Load one model's files and make its choices: the input of its claims, Table 1 row and atlas row.
     Always the data's own choices: figures.overrides steer what the figures show, never a verdict."""
     from .readers import read_prompt, read_prompt_record
@@ -414,12 +415,18 @@ def measure(model: str, stats_dir, weights_path, prompt_path, interventions_path
     chosen = choices.for_model(evidence)
     prompt, tokens = read_prompt(prompt_path, ("layer_output",))
     interventions = InterventionResults.load(interventions_path) if interventions_path else None
-    return Measured(evidence, chosen, prompt, tokens, read_prompt_record(prompt_path), alignment(evidence, chosen), interventions)
+    quantization = pd.read_parquet(quantization_path) if quantization_path else None
+    table1 = alignment(evidence, chosen)
+    return Measured(evidence, chosen, prompt, tokens, read_prompt_record(prompt_path), table1, interventions, quantization)
+
+
+# what the outliers cost a quantizer, judged on a model's quantization losses
+QUANTIZATION_CLAIMS = [replace(claim, judge=lambda m, judge=claim.judge: judge(m.quantization)) for claim in quantization_report.CLAIMS]
 
 
 def all_claims() -> list[Claim]:
-    """The LLM claims read from the statistics, then those the interventions test."""
-    return LLM_CLAIMS + INTERVENTION_CLAIMS
+    """The LLM claims read from the statistics, then those the interventions test, then the quantization's."""
+    return LLM_CLAIMS + INTERVENTION_CLAIMS + QUANTIZATION_CLAIMS
 
 
 def judge(m: Measured) -> list[tuple[Claim, Finding]]:
@@ -440,7 +447,7 @@ def claims_file(m: Measured) -> str:
             'is nothing to compare. The paper column is the paper\'s value for LLaMA-2-7B (from its text and figures; "≈": read off a plot).',
             *(
                 [
-                    f"The last {len(all_claims()) - len(LLM_CLAIMS)} claims test what the outliers do by editing the forward pass on the same "
+                    f"The {len(INTERVENTION_CLAIMS)} claims after them test what the outliers do by editing the forward pass on the same "
                     f"windows (rule interventions, "
                     f"controls over seeds {', '.join(map(str, m.interventions.record['seeds']))}): {m.interventions.record['activation']['why']}; "
                     + (
@@ -452,6 +459,8 @@ def claims_file(m: Measured) -> str:
                 if m.interventions
                 else []
             ),
+            f"The last {len(QUANTIZATION_CLAIMS)} ask what the outliers cost an 8-bit quantizer, on the same windows (rule quantization; "
+            "the quantizers and the papers that define them: results/tables/quantization.md).",
         ],
         judge(m),
     )
@@ -499,7 +508,7 @@ class AtlasData:
     marks: pd.DataFrame  # model, emergence, disappearance: relative depths, NaN where the data has none
     verdicts: pd.DataFrame  # one row per claim (its text), one column per model, and `paper` (the paper's value)
     classes: pd.DataFrame  # one row per model, one column per token class: the share of its outlier tokens
-    metrics: pd.DataFrame  # one row per model: massive_channels, sink_rate (Sink_1^0.3), kurtosis, max_abs
+    metrics: pd.DataFrame  # one row per model: massive_channels, sink_rate (Sink_1^0.3), kurtosis, max_abs, a8_tensor_damage
 
 
 def atlas_data(measured: list[Measured]) -> AtlasData:
@@ -539,6 +548,7 @@ def atlas_data(measured: list[Measured]) -> AtlasData:
                 "sink_rate": field[sink_label],
                 "kurtosis": field["kurtosis"],
                 "max_abs": float(c.curves.top1.max()),
+                "a8_tensor_damage": quantization_report.a8_tensor_damage(m.quantization),
             }
         )
     grid = pd.DataFrame(verdicts)
