@@ -100,3 +100,23 @@ def test_a_model_spread_over_cards_keeps_room_for_its_working_set_on_each(tiny_m
     free[1] = working - 1  # the second card cannot hold a layer's attention
     with pytest.raises(SourceError, match=r"^models.tiny: needs .* is free on 2 visible cards; ask for more GPUs"):
         passes.check_fits("tiny", needed, torch.device("cuda", 0), spread=True)
+
+
+def test_the_quantizations_copy_of_the_weights_is_counted_on_the_host(tiny_model_dir, monkeypatch):
+    """Rule quantization keeps the full-precision weights in host memory: on the CPU they count against
+    the same memory as the model; on a GPU they are checked against the host's, not the card's."""
+    import torch
+
+    _, folder = tiny_model_dir("llama")
+    plain, copied = memory.plan(folder, "float32", tokens=128), memory.plan(folder, "float32", tokens=128, host_copy=True)
+    assert copied.host_copy == copied.weights and copied.total == plain.total + plain.weights
+    assert "weights copied to the host" in str(copied)
+    monkeypatch.setattr(passes, "free_memory", lambda device: plain.total)  # room for the model, not for its copy
+    with pytest.raises(SourceError, match=r"^models.tiny: needs .* is free on cpu"):
+        passes.check_fits("tiny", copied, torch.device("cpu"))
+    free = {"cuda": plain.total, "cpu": plain.weights - 1}  # the card holds the job; the host cannot hold the copy
+    monkeypatch.setattr(passes, "free_memory", lambda device: free[device.type])
+    with pytest.raises(SourceError, match=r"^models.tiny: rule quantization keeps the full-precision weights in host memory"):
+        passes.check_fits("tiny", copied, torch.device("cuda", 0))
+    free["cpu"] = plain.weights
+    assert passes.check_fits("tiny", copied, torch.device("cuda", 0)) == {0: plain.weights}

@@ -10,7 +10,7 @@ def main(snakemake):
     name = snakemake.wildcards.model
     evidence = Evidence.load(name, snakemake.input.stats, snakemake.input.weights)
     model, input_ids = passes.load_for_windows(
-        name, snakemake.params.entry, snakemake.input.model, snakemake.input.windows, gpus=snakemake.resources.gpu
+        name, snakemake.params.entry, snakemake.input.model, snakemake.input.windows, gpus=snakemake.resources.gpu, host_copy=True
     )
     files = {part: getattr(snakemake.output, part) for part in ("losses", "record")}
     record = quantization.quantize(name, model, evidence, input_ids, snakemake.params.seeds, files)

@@ -11,7 +11,9 @@ Per job, in bytes (dtype: the model's; T: tokens of one pass):
 - activations of one layer: the MLP's intermediate T × d_ff (three tensors: gate, up, product) and the
   statistics' float32 copies of the residual stream (T × d_model, four);
 - the interventions' replay caches: one layer output per window for each layer an edited pass starts
-  from (at most three: the two activation ablations and the sink ablation).
+  from (at most three: the two activation ablations and the sink ablation);
+- the quantization's copy of the full-precision weights, in host memory (`host_copy`): on the
+  device itself when the job runs on the CPU, beside it when it runs on GPUs (passes.check_fits).
 
 tests/test_memory.py compares the plan with the measured peak of a tiny model (within a factor of 2).
 """
@@ -34,6 +36,7 @@ class Plan:
     logits: int
     activations: int
     caches: int = 0
+    host_copy: int = 0
 
     @property
     def total(self) -> int:
@@ -41,7 +44,9 @@ class Plan:
 
     def __str__(self) -> str:
         parts = [
-            f"{f.name.replace('caches', 'replay caches')} {readable(getattr(self, f.name))}" for f in fields(self) if getattr(self, f.name)
+            f"{f.name.replace('caches', 'replay caches').replace('host_copy', 'weights copied to the host')} {readable(getattr(self, f.name))}"
+            for f in fields(self)
+            if getattr(self, f.name)
         ]
         return f"{readable(self.total)} ({', '.join(parts)})"
 
@@ -60,9 +65,9 @@ def _size(model_config: dict, *keys: str) -> int:
     raise KeyError(f"config.json names none of {', '.join(keys)}")
 
 
-def plan(model_dir: Path, dtype: str, tokens: int, cached_windows: int = 0) -> Plan:
+def plan(model_dir: Path, dtype: str, tokens: int, cached_windows: int = 0, host_copy: bool = False) -> Plan:
     """The plan of one job on the fetched model in `model_dir`: passes of `tokens` tokens in `dtype`,
-    keeping `cached_windows` layer outputs for replays."""
+    keeping `cached_windows` layer outputs for replays (and with `host_copy` the weights once more)."""
     model_config = json.loads((Path(model_dir) / "config.json").read_text())
     size = DTYPE_BYTES[dtype]
     heads = _size(model_config, "num_attention_heads", "n_heads", "n_head", "num_heads")
@@ -72,10 +77,12 @@ def plan(model_dir: Path, dtype: str, tokens: int, cached_windows: int = 0) -> P
         inner = _size(model_config, "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size", "d_ff")
     except KeyError:  # MPT: expansion_ratio × d_model; GPT-2 and others: 4 × d_model
         inner = int(model_config.get("expansion_ratio", 4) * width)
+    weights = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
     return Plan(
-        weights=sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")),
+        weights=weights,
         attention=heads * tokens * tokens * (2 * size + 4 + (size if size < 4 else 0)),
         logits=tokens * vocabulary * (size + 8),
         activations=tokens * (3 * inner * size + 4 * width * 4),
         caches=cached_windows * REPLAY_STARTS * tokens * width * size,
+        host_copy=weights if host_copy else 0,
     )

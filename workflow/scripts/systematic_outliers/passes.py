@@ -7,6 +7,7 @@ the dtype of the model's config entry, and record device and dtype in what they 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,6 +30,15 @@ def check_fits(name: str, needed: memory.Plan, target: torch.device, spread: boo
     """Refuse, before loading, a job whose planned memory exceeds what is free on its device; with
     `spread` (device_map auto) over the job's visible cards, each keeping room for the non-weight part
     (any card may run the largest layer). Returns the max_memory that keeps accelerate on those cards."""
+    if needed.host_copy and target.type == "cuda":  # the copy waits in host memory, not on the cards
+        host = free_memory(torch.device("cpu"))
+        if needed.host_copy > host:
+            raise SourceError(
+                f"models.{name}: rule quantization keeps the full-precision weights in host memory "
+                f"({memory.readable(needed.host_copy)}) but {memory.readable(host)} is free there; run it where the host has more "
+                f"memory, or with a smaller models.{name}.dtype"
+            )
+        needed = replace(needed, host_copy=0)
     cards = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if spread and target.type == "cuda" else [target]
     free = {card: free_memory(card) for card in cards}
     working = needed.total - needed.weights
@@ -42,19 +52,19 @@ def check_fits(name: str, needed: memory.Plan, target: torch.device, spread: boo
     return {card.index if card.type == "cuda" else "cpu": room[card] for card in cards}
 
 
-def load(name: str, entry: dict, model_dir: Path, gpus: int = 0, tokens: int = 0, cached_windows: int = 0):
+def load(name: str, entry: dict, model_dir: Path, gpus: int = 0, tokens: int = 0, cached_windows: int = 0, host_copy: bool = False):
     """Load the fetched model unmodified, on the `gpus` cards the job was granted (on the CPU with 0;
     devices.device), always in eager attention: through the capturing attention function
     (capture.ATTENTION_CAPTURE) where the model's attention runs through transformers' interface, and
-    the capturing experts function where it has experts. `tokens` (of one pass) and `cached_windows`
-    (layer outputs the interventions keep) are the work at hand, which the memory plan counts before
-    anything is loaded (memory.plan, check_fits)."""
+    the capturing experts function where it has experts. `tokens` (of one pass), `cached_windows`
+    (layer outputs the interventions keep) and `host_copy` (the quantization's copy of the weights)
+    are the work at hand, which the memory plan counts before anything is loaded (memory.plan, check_fits)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = device(gpus, f"models.{name}")
     spread = entry.get("device_map") == "auto"
     dtype = load_dtype(entry, model_dir)
-    needed = memory.plan(model_dir, str(dtype).removeprefix("torch."), tokens, cached_windows)
+    needed = memory.plan(model_dir, str(dtype).removeprefix("torch."), tokens, cached_windows, host_copy)
     max_memory = check_fits(name, needed, target, spread)
     print(f"models.{name}: planned {needed} on {target}")
     fetched = architectures.fetched(model_dir, name)
@@ -102,11 +112,11 @@ def windows_shape(windows_dir: Path) -> tuple[int, int]:
     return count, length
 
 
-def load_for_windows(name: str, entry: dict, model_dir, windows_dir, gpus: int = 0):
+def load_for_windows(name: str, entry: dict, model_dir, windows_dir, gpus: int = 0, host_copy: bool = False):
     """The model loaded for passes that replay every window of `windows_dir` (its memory planned for
-    them: rules interventions and quantization), and the windows' token ids."""
+    them: rules interventions and quantization, which `host_copy` says), and the windows' token ids."""
     count, length = windows_shape(windows_dir)
-    model, _ = load(name, entry, Path(model_dir), gpus=gpus, tokens=length, cached_windows=count)
+    model, _ = load(name, entry, Path(model_dir), gpus=gpus, tokens=length, cached_windows=count, host_copy=host_copy)
     return model, load_file(Path(windows_dir) / "input_ids.safetensors")["input_ids"]
 
 
