@@ -398,3 +398,105 @@ def plot_layer_diagram(ax, attention: list, mlp: list, parallel: bool, title: st
     ax.set_position([0, 0, 1, top / (top + 0.45)])  # the title above, in the remaining 0.45 in
     ax.figure.set_size_inches(right - left, top + 0.35 + 0.45)
     ax.set_title(title, fontsize=10, pad=6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The atlas: every model of a run side by side, one to a dozen and more.
+
+MODEL_MARKERS = ("o", "s", "D", "P", "X", "*", "h", "p")  # no triangles: the atlas marks emergence and cancellation with them
+MODEL_LINESTYLES = ("-", "--", "-.")
+VERDICT_WORDS = {"holds": "holds", "partly": "partly", "does not hold": "does not\nhold", "not measured": "not\nmeasured"}
+VERDICT_SYMBOLS = {"holds": "✓", "partly": "◐", "does not hold": "✗", "not measured": "–"}
+
+
+def model_styles(models: list[str]) -> dict[str, dict]:
+    """A colour, a marker and a line style per model, for lines and dots that stay apart at a dozen models: ten
+    colours and eight markers cycle side by side (no two of the first forty models share both), and every ten
+    models the line style changes."""
+    colours = plt.get_cmap("tab10").colors
+    return {
+        model: {
+            "color": colours[i % len(colours)],
+            "marker": MODEL_MARKERS[i % len(MODEL_MARKERS)],
+            "linestyle": MODEL_LINESTYLES[(i // len(colours)) % len(MODEL_LINESTYLES)],
+        }
+        for i, model in enumerate(models)
+    }
+
+
+def centred_rows(ax, count: int, least: int = 3) -> None:
+    """Rows 0 … `count` − 1 top to bottom, centred in room for at least `least` rows, so a single model's bar or dot
+    is not stretched over the whole panel."""
+    pad = max(least - count, 0) / 2
+    ax.set_ylim(count - 0.5 + pad, -0.5 - pad)
+
+
+def shade_rows(ax, count: int) -> None:
+    """Every other row shaded, for the eye to follow a model's row across panels."""
+    for row in range(1, count, 2):
+        ax.axhspan(row - 0.5, row + 0.5, color="0.93", zorder=0, linewidth=0)
+
+
+def plot_verdict_grid(
+    ax, grid: pd.DataFrame, side: list[str], side_title: str, aspect: float | str = "auto", wrap: int = 52, side_wrap: int = 46
+) -> list:
+    """Each row's verdict (the index: the claims) per column (the models), coloured by VERDICT_COLOURS and named in its
+    cell; the rows' labels wrapped at `wrap` characters on the left, `side` (one text per row, e.g. the paper's value)
+    wrapped at `side_wrap` in gray on the right under `side_title`, the columns' names on top. Returns the cells' texts,
+    for `fit_verdict_texts` once the figure is laid out. `aspect`: a cell's height over its width."""
+    import textwrap
+
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+    from matplotlib.transforms import blended_transform_factory
+
+    codes = {verdict: i for i, verdict in enumerate(VERDICT_COLOURS)}
+    cells = grid.apply(lambda column: column.map(codes)).to_numpy(dtype=float)
+    rows, columns = cells.shape
+    ax.imshow(cells, cmap=ListedColormap(list(VERDICT_COLOURS.values())), vmin=-0.5, vmax=len(codes) - 0.5, aspect=aspect)
+    ax.set_xticks(np.arange(columns + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(rows + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+    ax.tick_params(which="major", length=0)
+    texts = [
+        ax.text(column, row, VERDICT_WORDS[grid.iat[row, column]], ha="center", va="center", fontsize=8, linespacing=0.95)
+        for row in range(rows)
+        for column in range(columns)
+    ]
+    ax.set_yticks(range(rows), [textwrap.fill(label, wrap) for label in grid.index], fontsize=8.5)
+    tilted = columns > 3
+    ax.set_xticks(range(columns), grid.columns, fontsize=9, rotation=35 if tilted else 0, ha="left" if tilted else "center",
+                  rotation_mode="anchor")  # fmt: skip
+    ax.xaxis.tick_top()
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    beside = blended_transform_factory(ax.transAxes, ax.transData)  # x: just right of the grid, y: the row
+    for row, text in enumerate(side):  # texts, not a twin axis: a twinned axes cannot keep the cells' aspect
+        ax.annotate(textwrap.fill(text or "–", side_wrap), (1.0, row), xycoords=beside, xytext=(6, 0), textcoords="offset points",
+                    va="center", fontsize=8, color="0.3")  # fmt: skip
+    ax.annotate(side_title, (1.0, -0.5), xycoords=beside, xytext=(6, 3), textcoords="offset points", va="bottom", fontsize=8.5,
+                fontweight="bold", color="0.3")  # fmt: skip
+    return texts
+
+
+def fit_verdict_texts(ax, texts: list) -> bool:
+    """Once the figure is laid out: where a cell's words do not fit its cell, every cell gets VERDICT_SYMBOLS instead and
+    the grid a legend of the symbols. True if the words stayed."""
+    from matplotlib.patches import Patch
+
+    figure = ax.figure.figure  # the whole figure, the grid's axes may sit in a subfigure
+    figure.draw_without_rendering()
+    rows, columns = ax.images[0].get_array().shape
+    box = ax.get_window_extent()
+    width, height = box.width / columns, box.height / rows
+    renderer = figure.canvas.get_renderer()
+    if all(t.get_window_extent(renderer).width < 0.92 * width and t.get_window_extent(renderer).height < 0.92 * height for t in texts):
+        return True
+    symbols = {words: VERDICT_SYMBOLS[verdict] for verdict, words in VERDICT_WORDS.items()}
+    for text in texts:
+        text.set_text(symbols[text.get_text()])
+        text.set_fontsize(11)
+    handles = [Patch(color=colour, label=f"{VERDICT_SYMBOLS[verdict]} {verdict}") for verdict, colour in VERDICT_COLOURS.items()]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=len(handles), frameon=False, fontsize=9)
+    return False
