@@ -201,16 +201,42 @@ def test_the_scaling_figure_reads_the_planted_sink_layers(planted_capture, tmp_p
     assert (tmp_path / "scaling.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize(
-    "fixtures", [["planted_capture"], ["planted_capture", "random_capture", "gradual_capture", "sink_capture", "cancelled_capture"]]
-)
+RANDOM_FAMILIES = ("qwen2", "gpt_neox", "phi3", "gemma2")  # tiny random models of more families: no outliers of any kind
+
+
+@pytest.fixture(scope="module")
+def random_family_captures(tmp_path_factory):
+    """capture_everything of a tiny random model of each of RANDOM_FAMILIES, by model name (random-qwen2, …)."""
+    import torch
+    from conftest import capture_everything
+    from planted import capturing
+    from tiny_families import tiny_family
+
+    captures = {}
+    for family in RANDOM_FAMILIES:
+        name = f"random-{family.replace('_', '-')}"
+        windows = torch.randint(0, 96, (3, 96), generator=torch.Generator().manual_seed(1))  # 96 tokens, as random_capture's
+        captures[name] = capture_everything(capturing(tiny_family(family)), windows, [61, 5, 8, 30, 2, 17], tmp_path_factory.mktemp(name))
+    return captures
+
+
+SEVERAL = ["planted_capture", "random_capture", "gradual_capture", "sink_capture", "cancelled_capture"]
+TWELVE = [*SEVERAL, "kept_capture", "large_sink_value_capture", "unread_sink_capture"] + [
+    f"random-{family.replace('_', '-')}" for family in RANDOM_FAMILIES
+]  # the paper's model count
+
+
+@pytest.mark.parametrize("fixtures", [["planted_capture"], SEVERAL, TWELVE], ids=["one", "five", "twelve"])
 def test_the_atlas_reads_with_one_model_and_with_several(fixtures, request, tmp_path):
     """The atlas (every model side by side) from the same verdicts as the claims: each model named, its verdicts counted,
-    the random control without outlier tokens beside the planted models."""
+    the random controls without outlier tokens beside the planted models, up to the paper's twelve models."""
     from systematic_outliers import verdicts
 
-    captured = [request.getfixturevalue(name) for name in fixtures]
-    models = [name.removesuffix("_capture") for name in fixtures]
+    def capture(name):
+        return request.getfixturevalue(name) if name.endswith("_capture") else request.getfixturevalue("random_family_captures")[name]
+
+    captured = [capture(name) for name in fixtures]
+    models = [name.removesuffix("_capture").replace("_", "-") for name in fixtures]
     run_notebook(
         "atlas",
         tmp_path,
@@ -231,6 +257,6 @@ def test_the_atlas_reads_with_one_model_and_with_several(fixtures, request, tmp_
     atlas = verdicts.atlas_data([measured(c, n) for n, c in zip(models, captured)])
     assert atlas.marks.set_index("model").emergence["planted"] == (MLP_LAYER + 1) / 4  # the planted emergence, relative
     assert atlas.classes.loc["planted"].sum() == pytest.approx(1.0)
-    if "random" in models:
-        assert atlas.classes.loc["random"].sum() == 0.0 and atlas.metrics.massive_channels["random"] == 0
-    assert (tmp_path / "atlas.png").stat().st_size > 50_000
+    for model in (model for model in models if model.startswith("random")):
+        assert atlas.classes.loc[model].sum() == 0.0 and atlas.metrics.massive_channels[model] == 0
+    assert (tmp_path / "atlas.png").stat().st_size > 50_000 * (1 + len(models) // 6)  # the figure grows with the models
