@@ -176,7 +176,8 @@ def _in_layers(model):
 def input_modules(model) -> dict[str, tuple[nn.Module, int]]:
     """Every linear of the decoder layers (nn.Linear; GPT-2's Conv1D) by qualified name, with its layer:
     the modules whose inputs the a8 passes quantize. A mixture-of-experts MLP whose experts are stacked
-    tensors computes inside one module: its router and shared experts are linears here, its experts' inputs are not."""
+    tensors computes inside one module: its shared experts (and its router, where that is an nn.Linear) are
+    here, the inputs of its experts are not."""
     from transformers.pytorch_utils import Conv1D
 
     return {
