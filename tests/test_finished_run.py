@@ -104,8 +104,12 @@ def test_a_model_without_outliers_gets_every_output_beside_one_with_them(finishe
     assert next(line for line in real.splitlines() if line.startswith("| Activation outliers exist")).endswith("| **holds** |")
     table1 = pd.read_csv(results / "tables" / "table1_alignment.csv").set_index("model")
     assert table1.activation_outlier_tokens["random-llama"] == 0 and table1.activation_outlier_tokens["smollm2"] > 0
+    from systematic_outliers import verdicts
+
     summary = pd.read_csv(results / "claims" / "summary.csv")
-    assert set(summary.model) == set(MODELS) and len(summary) == len(MODELS) * 15
+    assert set(summary.model) == set(MODELS) and len(summary) == len(MODELS) * len(verdicts.all_claims())
+    quantization_claims = {claim.text for claim in verdicts.QUANTIZATION_CLAIMS}
+    assert (summary[summary.claim.isin(quantization_claims)].groupby("model").size() == 2).all()
     # what the outliers do: SmolLM2 needs them (positive control), the random model has none to need
     verdict = summary.set_index(["model", "claim"]).verdict
     needed = "The activation outliers are needed: zeroing them breaks the model"
