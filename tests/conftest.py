@@ -180,47 +180,50 @@ def measured(captured: dict, name: str):
     return verdicts.measure(name, *(captured[key] for key in MEASURED_FILES))
 
 
+def planted_capture_of(tmp_path_factory, name: str, model, windows) -> dict:
+    """capture_everything of a planted model on its windows (`windows(folder)`), with the planted prompt."""
+    from planted import MASSIVE_TOKEN
+
+    folder = tmp_path_factory.mktemp(name)
+    return capture_everything(model, windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+
+
 @pytest.fixture(scope="session")
 def planted_capture(tmp_path_factory):
     """The planted tiny Llama (planted.planted_model): a massive activation, a weight outlier and a sink at known places."""
-    from planted import MASSIVE_TOKEN, planted_model, planted_windows
+    from planted import planted_model, planted_windows
 
-    folder = tmp_path_factory.mktemp("planted")
-    return capture_everything(planted_model(), planted_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+    return planted_capture_of(tmp_path_factory, "planted", planted_model(), planted_windows)
 
 
 @pytest.fixture(scope="session")
 def gradual_capture(tmp_path_factory):
     """The gradually built outlier (planted.gradual_model): written by the MLPs of four layers, needed by a no-op head."""
-    from planted import MASSIVE_TOKEN, gradual_model, gradual_windows
+    from planted import gradual_model, gradual_windows
 
-    folder = tmp_path_factory.mktemp("gradual")
-    return capture_everything(gradual_model(), gradual_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+    return planted_capture_of(tmp_path_factory, "gradual", gradual_model(), gradual_windows)
 
 
 @pytest.fixture(scope="session")
 def cancelled_capture(tmp_path_factory):
     """The planted outlier taken down over two layers by MLPs writing against it (planted.cancelled_model)."""
-    from planted import MASSIVE_TOKEN, cancelled_model, planted_windows
+    from planted import cancelled_model, planted_windows
 
-    folder = tmp_path_factory.mktemp("cancelled")
-    return capture_everything(cancelled_model(), planted_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+    return planted_capture_of(tmp_path_factory, "cancelled", cancelled_model(), planted_windows)
 
 
 @pytest.fixture(scope="session")
 def kept_capture(tmp_path_factory):
     """Its negative control: the same model without the cancelling MLPs, the outlier kept to the last layer."""
-    from planted import MASSIVE_TOKEN, cancelled_model, planted_windows
+    from planted import cancelled_model, planted_windows
 
-    folder = tmp_path_factory.mktemp("kept")
-    return capture_everything(cancelled_model(cancel=False), planted_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+    return planted_capture_of(tmp_path_factory, "kept", cancelled_model(cancel=False), planted_windows)
 
 
 def _sink_capture(tmp_path_factory, name, **switches):
-    from planted import MASSIVE_TOKEN, sink_model, sink_windows
+    from planted import sink_model, sink_windows
 
-    folder = tmp_path_factory.mktemp(name)
-    return capture_everything(sink_model(**switches), sink_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+    return planted_capture_of(tmp_path_factory, name, sink_model(**switches), sink_windows)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import caption_of, capture_everything, measured, run_notebook
+from conftest import caption_of, capture_everything, measured, planted_capture_of, run_notebook
 from planted import (
     CANCEL_STEPS,
     DOWN_COLUMN,
@@ -73,8 +73,7 @@ def test_an_outlier_written_early_and_kept_to_the_end_lives_from_an_early_layer_
     """The lifetime claim for the right reason: the planted outlier written by the MLP of layer 2 of 8 and never
     cancelled holds; the random control has no outlier tokens (not measured); the 4-layer planted model, whose outlier
     emerges at layer 3 of 4, only lasts (partly: test_the_planted_model_holds_where_it_was_planted)."""
-    folder = tmp_path_factory.mktemp("early")
-    captured = capture_everything(early_model(), planted_windows(folder), [MASSIVE_TOKEN, 5, 8, 30, 2, 17], folder)
+    captured = planted_capture_of(tmp_path_factory, "early", early_model(), planted_windows)
     findings = {claim.key: finding for claim, finding in verdicts.judge(measured(captured, "early"))}
     assert findings["lifetime"].verdict == HOLDS
     assert findings["lifetime"].measured.startswith(

@@ -2,7 +2,7 @@
 
 import pandas as pd
 from systematic_outliers import choices, verdicts
-from systematic_outliers.io import atomic_file
+from systematic_outliers.io import write_table
 from systematic_outliers.readers import Evidence
 from systematic_outliers.rules import run_rule
 
@@ -13,10 +13,7 @@ def main(snakemake):
         evidence = Evidence.load(model, stats, weights)
         rows.append(verdicts.alignment(evidence, choices.for_model(evidence)))
     table = pd.DataFrame(rows)
-    with atomic_file(snakemake.output.csv) as scratch:
-        table.to_csv(scratch, index=False)
-    with atomic_file(snakemake.output.markdown) as scratch:
-        scratch.write_text(verdicts.alignment_markdown(table))
+    write_table(table, snakemake.output.csv, snakemake.output.markdown, verdicts.alignment_markdown(table))
     print(table.to_string())
 
 

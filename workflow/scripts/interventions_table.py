@@ -1,7 +1,7 @@
 """Rule interventions_table: every model's losses under each intervention beside its controls, and the scaling-factor reading."""
 
 from systematic_outliers import intervention_report
-from systematic_outliers.io import atomic_file
+from systematic_outliers.io import write_table
 from systematic_outliers.readers import Evidence, InterventionResults
 from systematic_outliers.rules import run_rule
 
@@ -18,10 +18,7 @@ def main(snakemake):
         scaling[model] = f"{finding.measured} (**{finding.verdict}**)"
     table = intervention_report.table(results)
     text = intervention_report.table_markdown(table, scaling)
-    with atomic_file(snakemake.output.csv) as scratch:
-        table.to_csv(scratch, index=False)
-    with atomic_file(snakemake.output.markdown) as scratch:
-        scratch.write_text(text)
+    write_table(table, snakemake.output.csv, snakemake.output.markdown, text)
     print(text)
 
 

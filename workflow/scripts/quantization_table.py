@@ -2,7 +2,7 @@
 
 import pandas as pd
 from systematic_outliers import quantization_report
-from systematic_outliers.io import atomic_file
+from systematic_outliers.io import write_table
 from systematic_outliers.rules import run_rule
 
 
@@ -14,10 +14,7 @@ def main(snakemake):
         judged[model] = quantization_report.judged(losses)
     table = pd.concat(tables, ignore_index=True)
     text = quantization_report.table_markdown(table, judged)
-    with atomic_file(snakemake.output.csv) as scratch:
-        table.to_csv(scratch, index=False)
-    with atomic_file(snakemake.output.markdown) as scratch:
-        scratch.write_text(text)
+    write_table(table, snakemake.output.csv, snakemake.output.markdown, text)
     print(text)
 
 

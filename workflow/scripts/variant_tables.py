@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from systematic_outliers import variant_report
-from systematic_outliers.io import atomic_file
+from systematic_outliers.io import write_table
 from systematic_outliers.readers import read_table
 from systematic_outliers.rules import run_rule
 
@@ -29,10 +29,7 @@ def main(snakemake):
         ),
         (ranking, snakemake.output.ranking_csv, snakemake.output.ranking_md, variant_report.ranking_file(ranking, task, analysis)),
     ):
-        with atomic_file(csv_path) as scratch:
-            table.to_csv(scratch, index=False)
-        with atomic_file(markdown_path) as scratch:
-            scratch.write_text(text)
+        write_table(table, csv_path, markdown_path, text)
     print(table2.to_string())
     print(compression.to_string())
     print(ranking.to_string())

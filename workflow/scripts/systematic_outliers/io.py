@@ -65,6 +65,14 @@ def atomic_file(target: str | os.PathLike):
         scratch.unlink(missing_ok=True)
 
 
+def write_table(table, csv_path: str | os.PathLike, markdown_path: str | os.PathLike, markdown: str) -> None:
+    """A table rule's two outputs: the DataFrame `table` as CSV and its `markdown` text, each written atomically."""
+    with atomic_file(csv_path) as scratch:
+        table.to_csv(scratch, index=False)
+    with atomic_file(markdown_path) as scratch:
+        scratch.write_text(markdown)
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
