@@ -254,3 +254,14 @@ def test_linears_reading_one_tensor_share_one_quantized_copy():
         model(torch.arange(8)[None])
     # per layer: q/k/v, o, gate/up, down read four tensors
     assert len(modules) == 7 * model.config.num_hidden_layers and len(calls) == 4 * model.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_passes_run_in_half_precision_and_leave_the_weights_as_they_were(planted_capture, tmp_path, dtype):
+    """The GPU dtypes on the CPU: every pass finite, the replays exact, the model's half-precision weights restored bit for bit."""
+    model = planted_model().to(dtype)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    losses, record = _quantized(planted_capture, model, tmp_path)
+    assert set(losses.quantization) == set(QUANTIZATIONS) and losses.loss.notna().all()
+    assert record["dtype"] == str(dtype).removeprefix("torch.") and record["replayed_from"] == {A8_KEPT: MLP_LAYER, W8_KEPT: MLP_LAYER}
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
